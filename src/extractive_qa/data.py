@@ -1,0 +1,277 @@
+"""Reading extractive-QA files into one example type.
+
+Two formats are read:
+
+* the course's **hw7** JSON: ``{"questions": [{"id", "paragraph_id", "question_text", "answer_text",
+  "answer_start", "answer_end"}], "paragraphs": [str]}`` where ``answer_end`` is the index of the
+  answer's LAST character (inclusive) and test answers are ``null``;
+* **SQuAD** JSON (SQuAD v1.1, DRCD, CMRC2018): ``{"data": [{"paragraphs": [{"context", "qas": [{"id",
+  "question", "answers": [{"text", "answer_start"}]}]}]}]}`` with several references per question.
+
+Every reference is kept for scoring. The training label is the first reference that can be located
+in the context. Real files carry dirty labels; each is repaired to the nearest exact occurrence of the
+reference text when there is one, and counted by kind (see :class:`RepairKind`). A malformed file
+raises :class:`DataFormatError` naming the file, the record and the fix.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+class DataFormatError(ValueError):
+    """A data file cannot be read as QA data; the message names the file, the record and the fix."""
+
+    def __init__(self, path: str | Path, record: str | None, problem: str, fix: str):
+        where = f"{path}" if record is None else f"{path}, record {record}"
+        super().__init__(f"{where}: {problem}. Fix: {fix}")
+        self.path, self.record, self.problem, self.fix = str(path), record, problem, fix
+
+
+class RepairKind:
+    """Names of the counted repairs and data conditions (keys of ``ExampleSet.repairs``)."""
+
+    UTF16_OFFSET = "utf16_offset"  # answer_start counted in UTF-16 units; moved to the real character
+    START_MINUS_ONE = "start_minus_one"  # answer_start == -1 but the text occurs in the context
+    SHIFTED = "shifted_to_nearest"  # answer_start did not point at the text; moved to nearest occurrence
+    END_MISMATCH = "answer_end_mismatch"  # hw7 answer_end disagreed with the text's length; text wins
+    NOT_IN_CONTEXT = "not_in_context"  # reference text absent from the context: scored, never trained on
+    EMPTY_ANSWER = "empty_answer"  # empty reference text: dropped
+    EMPTY_QUESTION = "empty_question"  # kept; the model sees only the context
+    EMPTY_CONTEXT = "empty_context"  # kept; its prediction is the empty string
+    NO_TRAINING_LABEL = "no_training_label"  # questions with references but none located
+
+
+@dataclass
+class Example:
+    """One question over one context.
+
+    ``answers`` holds every reference text (for scoring); ``answer_start``/``answer_text`` hold the
+    training label (character offsets into ``context``) or ``None`` when no reference was located.
+    ``context_key`` identifies the context so that it is tokenized once however many questions share it.
+    """
+
+    id: str
+    question: str
+    context: str
+    context_key: str
+    answers: list[str] = field(default_factory=list)
+    answer_start: int | None = None
+    answer_text: str | None = None
+
+    @property
+    def answer_end(self) -> int | None:
+        """Exclusive character end of the training label."""
+        if self.answer_start is None or self.answer_text is None:
+            return None
+        return self.answer_start + len(self.answer_text)
+
+    @property
+    def has_label(self) -> bool:
+        return self.answer_start is not None
+
+
+@dataclass
+class ExampleSet:
+    """The examples of one file, the repairs made while reading it, and the file's identity."""
+
+    examples: list[Example]
+    repairs: Counter
+    path: str
+    format: str
+    digest: str
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __iter__(self) -> Iterator[Example]:
+        return iter(self.examples)
+
+    @property
+    def num_contexts(self) -> int:
+        return len({e.context_key for e in self.examples})
+
+
+def _utf16_to_index(text: str, utf16_offset: int) -> int:
+    """Character index of a UTF-16 code-unit offset (characters outside the BMP take two units)."""
+    units = 0
+    for i, ch in enumerate(text):
+        if units >= utf16_offset:
+            return i
+        units += 2 if ord(ch) > 0xFFFF else 1
+    return len(text)
+
+
+def locate_answer(context: str, text: str, start: int | None) -> tuple[int | None, str | None]:
+    """Find where ``text`` sits in ``context`` given a possibly wrong ``start``.
+
+    Returns ``(start, repair_kind)``: the repaired start (``None`` if the text does not occur) and the
+    kind of repair made (``None`` when ``start`` was right).
+    """
+    if start is not None and start >= 0 and context[start : start + len(text)] == text:
+        return start, None
+    occurrences = []
+    pos = context.find(text)
+    while pos != -1:
+        occurrences.append(pos)
+        pos = context.find(text, pos + 1)
+    if not occurrences:
+        return None, RepairKind.NOT_IN_CONTEXT
+    if start is None or start < 0:
+        return occurrences[0], RepairKind.START_MINUS_ONE
+    utf16_start = _utf16_to_index(context, start)
+    if context[utf16_start : utf16_start + len(text)] == text:
+        return utf16_start, RepairKind.UTF16_OFFSET
+    return min(occurrences, key=lambda p: (abs(p - start), p)), RepairKind.SHIFTED
+
+
+def _require(record: dict, keys: tuple[str, ...], path: Path, record_id: str, fix_hint: str) -> None:
+    if not isinstance(record, dict):
+        raise DataFormatError(path, record_id, f"expected an object, got {type(record).__name__}", fix_hint)
+    missing = [k for k in keys if k not in record]
+    if missing:
+        raise DataFormatError(path, record_id, f"missing key(s) {missing}", fix_hint)
+
+
+def _add_label(example: Example, refs: list[tuple[str, int | None]], repairs: Counter) -> None:
+    """Keep every non-empty reference for scoring; label with the first one found in the context."""
+    for text, start in refs:
+        if text is None or text == "":
+            repairs[RepairKind.EMPTY_ANSWER] += 1
+            continue
+        example.answers.append(text)
+        located, kind = locate_answer(example.context, text, start)
+        if kind is not None:
+            repairs[kind] += 1
+            if kind != RepairKind.NOT_IN_CONTEXT:
+                log.debug("repaired %s on question %s (%r)", kind, example.id, text)
+        if located is not None and example.answer_start is None:
+            example.answer_start, example.answer_text = located, text
+    if example.answers and example.answer_start is None:
+        repairs[RepairKind.NO_TRAINING_LABEL] += 1
+
+
+def _check_text(example: Example, repairs: Counter) -> None:
+    if not example.question.strip():
+        repairs[RepairKind.EMPTY_QUESTION] += 1
+    if not example.context.strip():
+        repairs[RepairKind.EMPTY_CONTEXT] += 1
+
+
+def _read_hw7(raw: dict, path: Path, repairs: Counter) -> list[Example]:
+    questions, paragraphs = raw["questions"], raw["paragraphs"]
+    if not isinstance(questions, list) or not isinstance(paragraphs, list):
+        raise DataFormatError(path, None, "'questions' and 'paragraphs' must be lists", "rewrite the file in the hw7 format")
+    for i, p in enumerate(paragraphs):
+        if not isinstance(p, str):
+            raise DataFormatError(path, f"paragraphs[{i}]", "paragraph is not a string", "make every paragraph a string")
+    fix = "each question needs id, paragraph_id and question_text (answer_* may be null in test files)"
+    examples = []
+    for i, q in enumerate(questions):
+        rid = f"#{i}" + (f" (id={q.get('id')!r})" if isinstance(q, dict) and "id" in q else "")
+        _require(q, ("id", "paragraph_id", "question_text"), path, rid, fix)
+        pid = q["paragraph_id"]
+        if not isinstance(pid, int) or isinstance(pid, bool) or not 0 <= pid < len(paragraphs):
+            raise DataFormatError(
+                path, rid, f"paragraph_id {pid!r} is not an index into the {len(paragraphs)} paragraphs",
+                "point paragraph_id at an existing paragraph (0-based)",
+            )
+        if not isinstance(q["question_text"], str):
+            raise DataFormatError(path, rid, "question_text is not a string", "make question_text a string")
+        example = Example(
+            id=str(q["id"]), question=q["question_text"], context=paragraphs[pid], context_key=f"p{pid}"
+        )
+        _check_text(example, repairs)
+        text = q.get("answer_text")
+        if text is not None:
+            start, end = q.get("answer_start"), q.get("answer_end")
+            if not isinstance(text, str) or (start is not None and not isinstance(start, int)):
+                raise DataFormatError(path, rid, "answer_text must be a string and answer_start an integer", fix)
+            if text and isinstance(start, int) and isinstance(end, int) and start >= 0 and end - start + 1 != len(text):
+                repairs[RepairKind.END_MISMATCH] += 1
+            _add_label(example, [(text, start)], repairs)
+        examples.append(example)
+    return examples
+
+
+def _read_squad(raw: dict, path: Path, repairs: Counter) -> list[Example]:
+    if not isinstance(raw["data"], list):
+        raise DataFormatError(path, None, "'data' must be a list of articles", "rewrite the file in the SQuAD format")
+    examples = []
+    for a, article in enumerate(raw["data"]):
+        _require(article, ("paragraphs",), path, f"data[{a}]", "each article needs a 'paragraphs' list")
+        for p, para in enumerate(article["paragraphs"]):
+            pid = f"data[{a}].paragraphs[{p}]"
+            _require(para, ("context", "qas"), path, pid, "each paragraph needs 'context' and 'qas'")
+            if not isinstance(para["context"], str):
+                raise DataFormatError(path, pid, "context is not a string", "make the context a string")
+            for k, qa in enumerate(para["qas"]):
+                rid = f"{pid}.qas[{k}]" + (f" (id={qa.get('id')!r})" if isinstance(qa, dict) and "id" in qa else "")
+                _require(qa, ("id", "question"), path, rid, "each question needs 'id' and 'question'")
+                if not isinstance(qa["question"], str):
+                    raise DataFormatError(path, rid, "question is not a string", "make the question a string")
+                example = Example(id=str(qa["id"]), question=qa["question"], context=para["context"], context_key=pid)
+                _check_text(example, repairs)
+                answers = qa.get("answers") or []
+                if not isinstance(answers, list):
+                    raise DataFormatError(path, rid, "'answers' is not a list", "make 'answers' a list of {text, answer_start}")
+                refs = []
+                for j, ans in enumerate(answers):
+                    _require(ans, ("text",), path, f"{rid}.answers[{j}]", "each answer needs 'text' (and 'answer_start')")
+                    start = ans.get("answer_start")
+                    refs.append((ans["text"], start if isinstance(start, int) else None))
+                _add_label(example, refs, repairs)
+                examples.append(example)
+    return examples
+
+
+def file_digest(path: str | Path) -> str:
+    """Short content hash of a file: identifies the data a run used (MLflow inputs, feature cache)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def read_examples(path: str | Path, require_questions: bool = True) -> ExampleSet:
+    """Read an hw7 or SQuAD-format file (detected from its top-level keys) into an :class:`ExampleSet`."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such data file")
+    try:
+        raw: Any = json.loads(path.read_text(encoding="utf-8-sig"))
+    except json.JSONDecodeError as err:
+        raise DataFormatError(path, None, f"invalid JSON at line {err.lineno}, column {err.colno}: {err.msg}",
+                              "repair the JSON (e.g. `python -m json.tool FILE` shows where)") from err
+    except UnicodeDecodeError as err:
+        raise DataFormatError(path, None, f"not UTF-8 text ({err.reason} at byte {err.start})", "save the file as UTF-8") from err
+    repairs: Counter = Counter()
+    if isinstance(raw, dict) and "questions" in raw and "paragraphs" in raw:
+        fmt, examples = "hw7", _read_hw7(raw, path, repairs)
+    elif isinstance(raw, dict) and "data" in raw:
+        fmt, examples = "squad", _read_squad(raw, path, repairs)
+    else:
+        shape = sorted(raw)[:5] if isinstance(raw, dict) else type(raw).__name__
+        raise DataFormatError(path, None, f"unknown top-level shape {shape}",
+                              "use the hw7 format {questions, paragraphs} or the SQuAD format {data: [...]}")
+    if require_questions and not examples:
+        raise DataFormatError(path, None, "the file holds no questions", "point the data config at a file with questions")
+    seen: dict[str, int] = {}
+    for i, e in enumerate(examples):
+        if e.id in seen:
+            raise DataFormatError(path, f"#{i} (id={e.id!r})", f"duplicate question id (first at #{seen[e.id]})",
+                                  "give every question a unique id: predictions are keyed by it")
+        seen[e.id] = i
+    if repairs:
+        log.info("%s: %d questions, repairs %s", path, len(examples), dict(repairs))
+    return ExampleSet(examples=examples, repairs=repairs, path=str(path), format=fmt, digest=file_digest(path))

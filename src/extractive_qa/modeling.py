@@ -1,0 +1,91 @@
+"""Loading tokenizers and question-answering models, pretrained or randomly initialised.
+
+``model.init: pretrained`` calls ``from_pretrained(model.name_or_path)`` (a hub id or a local
+directory), the real path users with the hub take. ``model.init: random`` builds the architecture
+from ``model.name_or_path``'s config (plus ``model.config_overrides``) with random weights, for
+offline runs, tests and speed work; the tokenizer comes from ``model.tokenizer`` (default: the same
+path). ``trust_remote_code`` stays off unless the config turns it on.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from pathlib import Path
+from urllib.parse import urlparse
+
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger(__name__)
+
+
+class SetupError(RuntimeError):
+    """A model or data file could not be fetched; the message says which override fixes it."""
+
+
+OFFLINE_HINT = (
+    "Offline? Run `make train ARGS=experiment=offline_smoke` (tiny random-init model, data from ../shared), "
+    "or point the config at local files: model=tiny (or model.name_or_path=/path/to/model_dir) and "
+    "data.dir=/path/to/data_dir."
+)
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        return False
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _in_hub_cache(repo_id: str) -> bool:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+        return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+    except Exception:  # noqa: BLE001 - any cache-layout problem just means "not cached"
+        return False
+
+
+def check_fetchable(name_or_path: str, what: str = "model") -> None:
+    """Fail fast, with one clear message, when a hub id can be neither found locally nor fetched.
+
+    Without this, transformers retries name resolution for about a minute and prints a stack trace.
+    """
+    if Path(name_or_path).expanduser().exists() or _in_hub_cache(name_or_path):
+        return
+    if not _hub_reachable():
+        raise SetupError(f"Could not fetch {what} '{name_or_path}': it is not a local directory, not in the "
+                         f"Hugging Face cache, and the hub cannot be reached. {OFFLINE_HINT}")
+
+
+def load_tokenizer(model_cfg: DictConfig):
+    from transformers import AutoTokenizer
+
+    path = str(model_cfg.get("tokenizer") or model_cfg.name_or_path)
+    check_fetchable(path, "tokenizer")
+    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=bool(model_cfg.get("trust_remote_code", False)),
+                                        revision=model_cfg.get("revision"))
+    if not tok.is_fast:
+        raise SetupError(f"tokenizer '{path}' has no fast implementation; offsets need a fast tokenizer")
+    return tok
+
+
+def load_model(model_cfg: DictConfig):
+    """An ``AutoModelForQuestionAnswering`` per ``model_cfg`` (see the module docstring)."""
+    from transformers import AutoConfig, AutoModelForQuestionAnswering
+
+    path = str(model_cfg.name_or_path)
+    remote = bool(model_cfg.get("trust_remote_code", False))
+    check_fetchable(path)
+    overrides = OmegaConf.to_container(model_cfg.get("config_overrides") or {}, resolve=True)
+    if model_cfg.init == "pretrained":
+        return AutoModelForQuestionAnswering.from_pretrained(
+            path, trust_remote_code=remote, revision=model_cfg.get("revision"), **overrides)
+    if model_cfg.init == "random":
+        config = AutoConfig.from_pretrained(path, trust_remote_code=remote, **overrides)
+        return AutoModelForQuestionAnswering.from_config(config, trust_remote_code=remote)
+    raise ValueError(f"model.init must be 'pretrained' or 'random', got {model_cfg.init!r}")
