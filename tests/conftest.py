@@ -37,7 +37,7 @@ _SYNTH_CHARS = (
 
 def build_char_tokenizer(directory: Path, extra_chars: str = ""):
     """A BERT WordPiece tokenizer over single characters, English words and digit pieces, built offline."""
-    from transformers import BertTokenizerFast
+    from transformers import AutoTokenizer
 
     directory.mkdir(parents=True, exist_ok=True)
     specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
@@ -46,8 +46,10 @@ def build_char_tokenizer(directory: Path, extra_chars: str = ""):
     digits = [str(d) for d in range(10)] + [f"##{d}" for d in range(10)] + ["20", "##20", "19", "##19"]
     vocab = specials + chars + words + digits
     (directory / "vocab.txt").write_text("\n".join(dict.fromkeys(vocab)) + "\n", encoding="utf-8")
-    tok = BertTokenizerFast(vocab_file=str(directory / "vocab.txt"), do_lower_case=False, tokenize_chinese_chars=True)
-    tok.save_pretrained(directory)
+    (directory / "tokenizer_config.json").write_text(json.dumps(
+        {"tokenizer_class": "BertTokenizer", "do_lower_case": False, "tokenize_chinese_chars": True}), encoding="utf-8")
+    tok = AutoTokenizer.from_pretrained(directory)
+    assert len(tok) == len(dict.fromkeys(vocab)), "the vocabulary did not load"
     return tok
 
 

@@ -13,7 +13,7 @@ from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
 from .data import ExampleSet, read_examples
-from .modeling import OFFLINE_HINT, SetupError
+from .modeling import SetupError
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ def resolve_data_file(data_cfg: DictConfig, split: str) -> Path:
     except (urllib.error.URLError, OSError, TimeoutError, zipfile.BadZipFile) as err:
         raise SetupError(
             f"Could not fetch the {split} data file {path} ({type(err).__name__}: {getattr(err, 'reason', err)}). "
-            f"Fix: data.{split}_file=/path/to/{path.name} or data.dir=/dir/with/the/files. {OFFLINE_HINT}"
+            f"Fix: data.{split}_file=/path/to/{path.name} or data.dir=/dir/with/the/files."
         ) from err
 
 

@@ -24,6 +24,11 @@ class SetupError(RuntimeError):
     """A model or data file could not be fetched; the message says which override fixes it."""
 
 
+def setup_message(errors: list[SetupError]) -> str:
+    """One message for everything that could not be fetched, with the offline way out once."""
+    return "\n".join(f"error: {e}" for e in errors) + f"\n{OFFLINE_HINT}"
+
+
 OFFLINE_HINT = (
     "Offline? Run `make train ARGS=experiment=offline_smoke` (tiny random-init model, data from ../shared), "
     "or point the config at local files: model=tiny (or model.name_or_path=/path/to/model_dir) and "
@@ -59,7 +64,7 @@ def check_fetchable(name_or_path: str, what: str = "model") -> None:
         return
     if not _hub_reachable():
         raise SetupError(f"Could not fetch {what} '{name_or_path}': it is not a local directory, not in the "
-                         f"Hugging Face cache, and the hub cannot be reached. {OFFLINE_HINT}")
+                         "Hugging Face cache, and the hub cannot be reached.")
 
 
 def load_tokenizer(model_cfg: DictConfig):

@@ -93,17 +93,17 @@ def data_report(
 
 @hydra.main(config_path=CONF_DIR, config_name="report", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    from .datafiles import load_split
     from .features import window_config
-    from .modeling import SetupError, load_tokenizer
+    from .modeling import SetupError
+    from .train import load_data_and_tokenizer
     from .windowing import encode_examples, eval_windows
 
     try:
-        examples = load_split(cfg.data, cfg.split)
-        tokenizer = load_tokenizer(cfg.model)
+        splits, tokenizer = load_data_and_tokenizer(cfg, (cfg.split,))
     except SetupError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(err, file=sys.stderr)
         sys.exit(2)
+    examples = splits[cfg.split]
     window = window_config(cfg.window)
     enc = encode_examples(examples.examples, tokenizer, window)
     windows = eval_windows(enc, window)

@@ -1,0 +1,66 @@
+"""Files a run leaves behind: predictions, the submission CSV, n-best lists, metrics."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+from .data import Example
+from .postprocess import Prediction
+
+
+def write_atomic(path: str | Path, text: str) -> None:
+    """Write through a temporary file and a rename, so readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def write_json(path: str | Path, obj) -> None:
+    write_atomic(path, json.dumps(obj, ensure_ascii=False, indent=2, default=float) + "\n")
+
+
+def write_jsonl(path: str | Path, rows: Sequence[dict]) -> None:
+    write_atomic(path, "".join(json.dumps(r, ensure_ascii=False, default=float) + "\n" for r in rows))
+
+
+def write_submission(path: str | Path, examples: Sequence[Example], predictions: Sequence[Prediction],
+                     strip_commas: bool = False) -> Path:
+    """``ID,Answer`` CSV with every example's id exactly once, in file order.
+
+    Answers are quoted by the csv module where needed (correct CSV). ``strip_commas=True`` deletes
+    commas from answers instead, as the course's notebook does, for answer keys built that way.
+    Newlines inside an answer become spaces: one row per question, whatever reads the file.
+    """
+    by_id = {p.id: p for p in predictions}
+    ids = [ex.id for ex in examples]
+    if len(set(ids)) != len(ids):
+        raise ValueError("duplicate question ids: a submission needs exactly one row per id")
+    missing = [i for i in ids if i not in by_id]
+    if missing:
+        raise ValueError(f"{len(missing)} questions have no prediction (first: {missing[:5]})")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["ID", "Answer"])
+    for qid in ids:
+        answer = by_id[qid].text.replace("\r", " ").replace("\n", " ")
+        if strip_commas:
+            answer = answer.replace(",", "")
+        writer.writerow([qid, answer])
+    write_atomic(path, buf.getvalue())
+    return path
+
+
+def nbest_json(predictions: Sequence[Prediction]) -> dict[str, list[dict]]:
+    return {p.id: p.nbest or [{"text": p.text, "start": p.start, "end": p.end, "score": p.score, "probability": 1.0}]
+            for p in predictions}

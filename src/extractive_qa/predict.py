@@ -1,0 +1,77 @@
+"""``python -m extractive_qa.predict`` (``make predict``): predict a test file with a trained run.
+
+Uses the run's own window and post-processing settings (from its ``config_resolved.yaml``) and the
+same :func:`~extractive_qa.evaluation.predict` code as training, writes ``ID,Answer`` with every test
+id exactly once, and prints the CSV's path.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from .config import CONF_DIR
+
+log = logging.getLogger(__name__)
+
+
+def newest_run(output_dir: Path) -> Path:
+    runs = [p.parent for p in output_dir.glob("**/best_model/config.json") if (p.parent.parent / "config_resolved.yaml").is_file()]
+    if not runs:
+        raise FileNotFoundError(f"no trained run with a best_model/ under {output_dir}; train one first "
+                                "(make train) or pass run_dir=/path/to/run")
+    return max(runs, key=lambda p: p.stat().st_mtime).parent
+
+
+def predict_run(run_dir: Path, test_file: str | None = None, output: str | None = None,
+                eval_batch_size: int | None = None, precision: str | None = None,
+                strip_commas: bool | None = None) -> Path:
+    from transformers import AutoModelForQuestionAnswering, AutoTokenizer
+
+    from .data import read_examples
+    from .evaluation import PostprocessSettings, predict
+    from .features import window_config
+    from .outputs import write_submission
+    from .windowing import encode_examples, eval_windows
+
+    run_cfg = OmegaConf.load(run_dir / "config_resolved.yaml")
+    examples = read_examples(test_file or run_cfg.data.test_file)
+    model_dir = run_dir / "best_model"
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForQuestionAnswering.from_pretrained(model_dir)
+    accelerator = None
+    mixed = precision if precision is not None else run_cfg.precision.mixed_precision
+    if mixed not in ("no", "fp32"):
+        from accelerate import Accelerator
+
+        accelerator = Accelerator(mixed_precision=mixed)
+        model = accelerator.prepare(model)
+    window = window_config(run_cfg.window)
+    enc = encode_examples(examples.examples, tokenizer, window)
+    windows = eval_windows(enc, window)
+    preds = predict(model, enc, windows, PostprocessSettings.from_cfg(run_cfg),
+                    int(eval_batch_size or run_cfg.eval_batch_size), accelerator, "predict")
+    out = Path(output) if output else run_dir / "submission.csv"
+    strip = run_cfg.csv_strip_commas if strip_commas is None else strip_commas
+    return write_submission(out, examples.examples, preds, bool(strip))
+
+
+@hydra.main(config_path=CONF_DIR, config_name="predict", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    from .data import DataFormatError
+
+    try:
+        run_dir = Path(cfg.run_dir).resolve() if cfg.run_dir else newest_run(Path(cfg.paths.output_dir))
+        path = predict_run(run_dir, cfg.test_file, cfg.output, cfg.eval_batch_size, cfg.precision, cfg.csv_strip_commas)
+    except (FileNotFoundError, DataFormatError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    print(path)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,148 @@
+"""The training recipe end to end: it learns, it writes every per-run file, sweeps run as typed,
+the predictor writes one row per test id, and missing model or data stop with one clear message."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import HW7_DIR, ROOT, needs_shared
+from synthetic import write_synthetic_hw7, write_tiny_model_dir
+
+from extractive_qa.data import read_examples
+
+
+def run_module(module: str, *overrides: str, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    out = subprocess.run([sys.executable, "-m", module, *overrides], capture_output=True, text=True, cwd=ROOT,
+                         env=full_env, timeout=900)
+    if check and out.returncode != 0:
+        raise AssertionError(f"{module} failed ({out.returncode}):\n{out.stdout[-3000:]}\n{out.stderr[-5000:]}")
+    return out
+
+
+def common(tmp: Path) -> list[str]:
+    """Keep every test run out of the project's outputs/, cache and MLflow store."""
+    return [f"paths.output_dir={tmp}/outputs", f"paths.cache_dir={tmp}/cache", "tracking=none"]
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory) -> dict[str, Path]:
+    tmp = tmp_path_factory.mktemp("synthetic")
+    return {"data": write_synthetic_hw7(tmp / "data", n_train=1000), "model": write_tiny_model_dir(tmp / "model"),
+            "tmp": tmp}
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.slow
+def test_tiny_model_learns_synthetic_chinese_qa(synthetic, tmp_path):
+    run_dir = tmp_path / "run"
+    run_module("extractive_qa.train", *common(tmp_path), "model=tiny", f"model.name_or_path={synthetic['model']}",
+               f"data.dir={synthetic['data']}", "epochs=6", "batch_size=32", "lr=1e-3", "warmup_ratio=0.1",
+               "logging_steps=20", "eval_batch_size=128", "predict_test=false", "save_model=false",
+               f"hydra.run.dir={run_dir}")
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["best_dev_em"] >= 0.9, metrics
+    losses = [m["train/loss"] for m in read_metrics(run_dir) if "train/loss" in m]
+    assert losses[-1] < losses[0] / 4
+
+
+@pytest.fixture(scope="module")
+def shared_run(tmp_path_factory) -> Path:
+    if not HW7_DIR.is_dir():
+        pytest.skip("needs ../shared")
+    tmp = tmp_path_factory.mktemp("shared_run")
+    run_dir = tmp / "run"
+    run_module("extractive_qa.train", *common(tmp), "experiment=offline_smoke", "data.limit_train=96", "data.limit_dev=48",
+               "epochs=1", "max_steps=3", "logging_steps=1", "precision=bf16", f"hydra.run.dir={run_dir}")
+    return run_dir
+
+
+@needs_shared
+def test_end_to_end_run_on_shared_hw7_writes_every_file(shared_run):
+    for name in ("config_resolved.yaml", ".hydra/config.yaml", ".hydra/overrides.yaml", "dev_predictions.jsonl",
+                 "dev_nbest.json", "test_predictions.csv", "test_nbest.json", "metrics.json", "metrics.jsonl",
+                 "data_report.json", "best_model/model.safetensors", "best_model/config.json",
+                 "best_model/tokenizer_config.json"):
+        assert (shared_run / name).is_file(), name
+    rows = [json.loads(line) for line in (shared_run / "dev_predictions.jsonl").read_text().splitlines()]
+    assert len(rows) == 48 and set(rows[0]) >= {"id", "question", "prediction", "references", "em", "f1"}
+    test_ids = [ex.id for ex in read_examples(HW7_DIR / "hw7_test.json")]
+    with open(shared_run / "test_predictions.csv", newline="", encoding="utf-8") as f:
+        table = list(csv.reader(f))
+    assert table[0] == ["ID", "Answer"] and [r[0] for r in table[1:]] == test_ids
+    metrics = json.loads((shared_run / "metrics.json").read_text())
+    assert metrics["steps"] == 3 and metrics["test_questions"] == len(test_ids)
+    report = json.loads((shared_run / "data_report.json").read_text())
+    assert report["questions"] == 48 and report["oracle_em"] == 1.0
+    logged = read_metrics(shared_run)
+    assert [m["step"] for m in logged if "train/loss" in m] == [1, 2, 3]
+    assert any("dev/em" in m for m in logged)
+
+
+@needs_shared
+def test_predictor_writes_every_test_id_once(shared_run, tmp_path):
+    out = tmp_path / "sub.csv"
+    res = run_module("extractive_qa.predict", f"run_dir={shared_run}", f"output={out}")
+    assert res.stdout.strip().endswith(str(out))
+    ids = [ex.id for ex in read_examples(HW7_DIR / "hw7_test.json")]
+    with open(out, newline="", encoding="utf-8") as f:
+        table = list(csv.DictReader(f))
+    assert [r["ID"] for r in table] == ids and len(set(ids)) == len(ids)
+    # Same model, same post-processing code: the predictor reproduces the run's own test predictions.
+    with open(shared_run / "test_predictions.csv", newline="", encoding="utf-8") as f:
+        assert [r["Answer"] for r in csv.DictReader(f)] == [r["Answer"] for r in table]
+
+
+@needs_shared
+def test_predictor_defaults_to_the_newest_run(shared_run):
+    res = run_module("extractive_qa.predict", f"paths.output_dir={shared_run.parent}")
+    assert Path(res.stdout.strip().splitlines()[-1]) == shared_run / "submission.csv"
+
+
+def test_warmup_sweep_runs_two_jobs_with_different_lr_curves(synthetic, tmp_path):
+    res = run_module("extractive_qa.train", "-m", "warmup_ratio=0.1,0.5", *common(tmp_path), "model=tiny",
+                     f"model.name_or_path={synthetic['model']}", f"data.dir={synthetic['data']}", "data.limit_train=64",
+                     "data.limit_dev=16", "data.limit_test=16", "epochs=1", "max_steps=8", "logging_steps=1", "batch_size=8",
+                     f"hydra.sweep.dir={tmp_path}/sweep")
+    jobs = sorted((tmp_path / "sweep").glob("[0-9]*"))
+    assert [j.name for j in jobs] == ["0", "1"], res.stdout
+    curves = [[m["train/lr"] for m in read_metrics(j) if "train/lr" in m] for j in jobs]
+    assert len(curves[0]) == len(curves[1]) == 8 and curves[0] != curves[1]
+    # warmup 0.1 of 8 steps peaks after 1 step; 0.5 after 4
+    assert curves[0].index(max(curves[0])) < curves[1].index(max(curves[1]))
+    for j in jobs:
+        assert (j / "test_predictions.csv").is_file()
+
+
+def test_missing_data_stops_with_one_message(tmp_path):
+    res = run_module("extractive_qa.train", *common(tmp_path), f"data.dir={tmp_path}/nowhere", check=False)
+    assert res.returncode == 2
+    assert "Traceback" not in res.stderr
+    assert "Could not fetch the train data file" in res.stderr and "experiment=offline_smoke" in res.stderr
+
+
+def test_unreachable_hub_stops_fast_with_one_message(synthetic, tmp_path):
+    res = run_module("extractive_qa.train", *common(tmp_path), f"data.dir={synthetic['data']}",
+                     "model.name_or_path=no-such-org/no-such-model", env={"HF_HUB_OFFLINE": "1"}, check=False)
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert "Could not fetch tokenizer 'no-such-org/no-such-model'" in res.stderr and "offline_smoke" in res.stderr
+
+
+def test_fp16_on_cpu_is_a_clear_error(synthetic, tmp_path):
+    pytest.importorskip("torch")
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("has a GPU")
+    res = run_module("extractive_qa.train", *common(tmp_path), "model=tiny", f"model.name_or_path={synthetic['model']}",
+                     f"data.dir={synthetic['data']}", "precision=fp16", check=False)
+    assert res.returncode == 2 and "fp16 needs a CUDA GPU" in res.stderr and "Traceback" not in res.stderr
