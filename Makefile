@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 # elsewhere: make install TORCH_INDEX=https://download.pytorch.org/whl/cpu
 TORCH ?= torch==2.13.0
 TORCH_INDEX ?=
-EXTRAS ?= dev
+EXTRAS ?= dev,optuna,joblib,submitit
 ARGS ?=
 STAMP := $(VENV)/.installed
 

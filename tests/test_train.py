@@ -5,37 +5,17 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from conftest import HW7_DIR, ROOT, needs_shared
-from synthetic import write_synthetic_hw7, write_tiny_model_dir
+from conftest import HW7_DIR, needs_shared, run_module
 
 from extractive_qa.data import read_examples
-
-
-def run_module(module: str, *overrides: str, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
-    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-    out = subprocess.run([sys.executable, "-m", module, *overrides], capture_output=True, text=True, cwd=ROOT,
-                         env=full_env, timeout=900)
-    if check and out.returncode != 0:
-        raise AssertionError(f"{module} failed ({out.returncode}):\n{out.stdout[-3000:]}\n{out.stderr[-5000:]}")
-    return out
 
 
 def common(tmp: Path) -> list[str]:
     """Keep every test run out of the project's outputs/, cache and MLflow store."""
     return [f"paths.output_dir={tmp}/outputs", f"paths.cache_dir={tmp}/cache", "tracking=none"]
-
-
-@pytest.fixture(scope="module")
-def synthetic(tmp_path_factory) -> dict[str, Path]:
-    tmp = tmp_path_factory.mktemp("synthetic")
-    return {"data": write_synthetic_hw7(tmp / "data", n_train=1000), "model": write_tiny_model_dir(tmp / "model"),
-            "tmp": tmp}
 
 
 def read_metrics(run_dir: Path) -> list[dict]:

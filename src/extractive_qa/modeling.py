@@ -15,6 +15,7 @@ import socket
 from pathlib import Path
 from urllib.parse import urlparse
 
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger(__name__)
@@ -79,6 +80,26 @@ def load_tokenizer(model_cfg: DictConfig):
     return tok
 
 
+def keep_head_fp32(model):
+    """Make the QA head (``qa_outputs``) compute in fp32 even under autocast.
+
+    Start/end logits are compared across positions and windows, and bf16's 8-bit mantissa turns
+    near-ties into different answers. Only the head's ``forward`` is replaced: weights, state-dict
+    keys and saved checkpoints stay those of the plain model.
+    """
+    head = getattr(model, "qa_outputs", None)
+    if isinstance(head, torch.nn.Linear) and not getattr(head, "_fp32_head", False):
+        plain_forward = head.forward
+
+        def forward(hidden: torch.Tensor) -> torch.Tensor:
+            with torch.autocast(device_type=hidden.device.type, enabled=False):
+                return plain_forward(hidden.float())
+
+        head.forward = forward
+        head._fp32_head = True
+    return model
+
+
 def load_model(model_cfg: DictConfig):
     """An ``AutoModelForQuestionAnswering`` per ``model_cfg`` (see the module docstring)."""
     from transformers import AutoConfig, AutoModelForQuestionAnswering
@@ -88,9 +109,9 @@ def load_model(model_cfg: DictConfig):
     check_fetchable(path)
     overrides = OmegaConf.to_container(model_cfg.get("config_overrides") or {}, resolve=True)
     if model_cfg.init == "pretrained":
-        return AutoModelForQuestionAnswering.from_pretrained(
-            path, trust_remote_code=remote, revision=model_cfg.get("revision"), **overrides)
+        return keep_head_fp32(AutoModelForQuestionAnswering.from_pretrained(
+            path, trust_remote_code=remote, revision=model_cfg.get("revision"), **overrides))
     if model_cfg.init == "random":
         config = AutoConfig.from_pretrained(path, trust_remote_code=remote, **overrides)
-        return AutoModelForQuestionAnswering.from_config(config, trust_remote_code=remote)
+        return keep_head_fp32(AutoModelForQuestionAnswering.from_config(config, trust_remote_code=remote))
     raise ValueError(f"model.init must be 'pretrained' or 'random', got {model_cfg.init!r}")

@@ -35,6 +35,7 @@ def predict_run(run_dir: Path, test_file: str | None = None, output: str | None 
     from .data import read_examples
     from .evaluation import PostprocessSettings, predict
     from .features import window_config
+    from .modeling import keep_head_fp32
     from .outputs import write_submission
     from .windowing import encode_examples, eval_windows
 
@@ -42,7 +43,7 @@ def predict_run(run_dir: Path, test_file: str | None = None, output: str | None 
     examples = read_examples(test_file or run_cfg.data.test_file)
     model_dir = run_dir / "best_model"
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForQuestionAnswering.from_pretrained(model_dir)
+    model = keep_head_fp32(AutoModelForQuestionAnswering.from_pretrained(model_dir))
     accelerator = None
     mixed = precision if precision is not None else run_cfg.precision.mixed_precision
     if mixed not in ("no", "fp32"):

@@ -24,7 +24,7 @@ from .config import CONF_DIR, to_plain
 from .datafiles import load_split
 from .evaluation import MODEL_INPUTS, PostprocessSettings, predict, score
 from .features import encode_cached, window_config
-from .modeling import SetupError, load_model, load_tokenizer, setup_message
+from .modeling import SetupError, keep_head_fp32, load_model, load_tokenizer, setup_message
 from .outputs import nbest_json, write_json, write_jsonl, write_submission
 from .report import data_report
 from .tracking import start_tracking
@@ -110,6 +110,8 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
                             collate_fn=PadCollator(tokenizer.pad_token_id or 0),
                             generator=torch.Generator().manual_seed(int(cfg.seed)))
         model = load_model(cfg.model)
+        if cfg.get("compile"):
+            model = torch.compile(model)
         optimizer = instantiate(cfg.optimizer)(parameter_groups(model, float(cfg.optimizer.weight_decay)))
         steps_per_epoch = math.ceil(len(loader) / int(cfg.grad_accum_steps))
         total_steps = steps_per_epoch * int(cfg.epochs)
@@ -194,7 +196,7 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
             # `make predict` loads); the main process writes the files.
             from transformers import AutoModelForQuestionAnswering
 
-            best_model = AutoModelForQuestionAnswering.from_pretrained(best_dir).to(accelerator.device)
+            best_model = keep_head_fp32(AutoModelForQuestionAnswering.from_pretrained(best_dir)).to(accelerator.device)
             test_windows = eval_windows(enc["test"], window)
             preds = predict(best_model, enc["test"], test_windows, post, int(cfg.eval_batch_size), accelerator, "test")
             if is_main:

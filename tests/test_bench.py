@@ -1,0 +1,48 @@
+"""`make bench` runs end to end (tiny model, a few questions) and the feature cache is used."""
+
+import json
+
+from conftest import needs_shared, run_module
+
+from extractive_qa.data import read_examples
+from extractive_qa.features import encode_cached
+from extractive_qa.windowing import WindowConfig
+
+
+@needs_shared
+def test_bench_prints_json_lines_with_ratios(tmp_path):
+    res = run_module("extractive_qa.bench", "model=tiny", "bench.eval_questions=8", "bench.naive_questions=2",
+                     "bench.train_steps=1", "bench.train_questions=40", "bench.parts=[eval,train]")
+    lines = [json.loads(line) for line in res.stdout.splitlines() if line.startswith("{")]
+    kinds = [line["bench"] for line in lines]
+    assert kinds == ["eval_naive", "eval", "eval", "train_naive", "train", "summary"]
+    for line in lines[:-1]:
+        assert line["peak_rss_mb"] > 0 and line.get("questions_per_s", line.get("windows_per_s")) > 0
+    summary = lines[-1]
+    assert summary["eval_speedup_default_windows"] > 0 and summary["train_tokens_per_s_ratio"] > 0
+    assert summary["oracle_em_default_windows"] == 1.0
+
+
+def test_feature_cache_tokenizes_once(tmp_path, char_tokenizer, monkeypatch):
+    from conftest import hw7_file, hw7_question
+
+    path = hw7_file(tmp_path / "d.json", ["台北是城市。"], [hw7_question(1, 0, "哪裡？", "台北", 0)])
+    examples = read_examples(path)
+    window = WindowConfig()
+    first = encode_cached(examples, char_tokenizer, window, tmp_path / "cache")
+    cached = list((tmp_path / "cache" / "features").glob("*.pkl"))
+    assert len(cached) == 1
+
+    def fail(*args, **kwargs):
+        raise AssertionError("tokenized again")
+
+    monkeypatch.setattr("extractive_qa.features.encode_examples", fail)
+    second = encode_cached(examples, char_tokenizer, window, tmp_path / "cache")
+    assert second.context_ids == first.context_ids and second.question_ids == first.question_ids
+    assert second.examples[0] is examples.examples[0]
+    # Another question length is another key (and would tokenize again).
+    try:
+        encode_cached(examples, char_tokenizer, WindowConfig(max_question_len=8), tmp_path / "cache")
+        raise RuntimeError("expected a cache miss")
+    except AssertionError as err:
+        assert "tokenized again" in str(err)
