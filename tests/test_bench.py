@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 from conftest import needs_shared, run_module
 
 from extractive_qa.data import read_examples
@@ -41,8 +42,5 @@ def test_feature_cache_tokenizes_once(tmp_path, char_tokenizer, monkeypatch):
     assert second.context_ids == first.context_ids and second.question_ids == first.question_ids
     assert second.examples[0] is examples.examples[0]
     # Another question length is another key (and would tokenize again).
-    try:
+    with pytest.raises(AssertionError, match="tokenized again"):
         encode_cached(examples, char_tokenizer, WindowConfig(max_question_len=8), tmp_path / "cache")
-        raise RuntimeError("expected a cache miss")
-    except AssertionError as err:
-        assert "tokenized again" in str(err)

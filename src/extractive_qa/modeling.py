@@ -107,7 +107,8 @@ def load_model(model_cfg: DictConfig):
     path = str(model_cfg.name_or_path)
     remote = bool(model_cfg.get("trust_remote_code", False))
     check_fetchable(path)
-    overrides = OmegaConf.to_container(model_cfg.get("config_overrides") or {}, resolve=True)
+    raw = model_cfg.get("config_overrides")
+    overrides = OmegaConf.to_container(raw, resolve=True) if isinstance(raw, DictConfig) else dict(raw or {})
     if model_cfg.init == "pretrained":
         return keep_head_fp32(AutoModelForQuestionAnswering.from_pretrained(
             path, trust_remote_code=remote, revision=model_cfg.get("revision"), **overrides))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -44,7 +45,10 @@ def make_accelerator(cfg: DictConfig):
     mixed = str(cfg.precision.mixed_precision)
     if mixed == "fp16" and not torch.cuda.is_available():
         raise SetupError("precision=fp16 needs a CUDA GPU (none found); on a CPU use precision=bf16 or precision=fp32")
-    return Accelerator(mixed_precision=mixed,
+    # Several processes and no GPU (torchrun, or `accelerate launch --multi_gpu` on a CPU machine):
+    # Accelerate only forms a gloo process group over CPUs when told to use the CPU.
+    multi_cpu = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
+    return Accelerator(cpu=multi_cpu, mixed_precision=mixed,
                        gradient_accumulation_steps=int(cfg.grad_accum_steps))
 
 
@@ -75,6 +79,21 @@ def load_data_and_tokenizer(cfg: DictConfig, split_names: tuple[str, ...]):
     return splits, tokenizer
 
 
+def agree_on_run_dir(accelerator, run_dir: Path) -> Path:
+    """Under ``accelerate launch`` every rank composes its own config and its own timestamped run dir;
+    all ranks take the main process's, and the others' empty Hydra dirs are removed."""
+    if accelerator.num_processes == 1:
+        return run_dir
+    from accelerate.utils import broadcast_object_list
+
+    shared = Path(broadcast_object_list([str(run_dir)])[0])
+    if shared != run_dir and not accelerator.is_main_process and run_dir.is_dir():
+        import shutil
+
+        shutil.rmtree(run_dir, ignore_errors=True)
+    return shared
+
+
 def run_dir_of_job() -> Path:
     from hydra.core.hydra_config import HydraConfig
 
@@ -87,9 +106,12 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
 
     started = time.time()
     set_seed(int(cfg.seed))
-    run_dir.mkdir(parents=True, exist_ok=True)
     accelerator = make_accelerator(cfg)
     is_main = accelerator.is_main_process
+    run_dir = agree_on_run_dir(accelerator, run_dir)
+    if is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(OmegaConf.create(to_plain(cfg)), run_dir / "config_resolved.yaml")
 
     # Data and tokenizer first: they fail fast (before any model download), all problems at once.
     splits, tokenizer = load_data_and_tokenizer(cfg, ("train", "dev", "test") if cfg.predict_test else ("train", "dev"))
@@ -120,8 +142,8 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
         scheduler = instantiate(cfg.scheduler)(optimizer=optimizer, num_warmup_steps=int(float(cfg.warmup_ratio) * total_steps),
                                                num_training_steps=total_steps)
         model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
-        log.info("%d training windows, %d optimizer steps (%d per epoch), %d dev windows",
-                 len(train_set), total_steps, steps_per_epoch, len(dev_windows))
+        log.info("%d training windows, %d optimizer steps (%d per epoch), %d dev windows, %d process(es)",
+                 len(train_set), total_steps, steps_per_epoch, len(dev_windows), accelerator.num_processes)
 
         best = {"em": -1.0}
         best_dir = run_dir / "best_model"
@@ -221,13 +243,15 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
 @hydra.main(config_path=CONF_DIR, config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> float:
     run_dir = run_dir_of_job()
-    OmegaConf.save(OmegaConf.create(to_plain(cfg)), run_dir / "config_resolved.yaml")
     try:
         return train(cfg, run_dir)
     except SetupError as err:
         msg = str(err)
         print(msg if msg.startswith("error: ") else setup_message([err]), file=sys.stderr)
         sys.exit(2)
+    except FloatingPointError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(3)
 
 
 if __name__ == "__main__":

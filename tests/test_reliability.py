@@ -1,0 +1,68 @@
+"""Reliability: non-finite loss stops cleanly; two processes give what one gives."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import run_module
+from mlflow.tracking import MlflowClient
+
+
+def tiny(synthetic, tmp: Path) -> list[str]:
+    return [f"paths.output_dir={tmp}/outputs", f"paths.cache_dir={tmp}/cache", "model=tiny",
+            f"model.name_or_path={synthetic['model']}", f"data.dir={synthetic['data']}", "data.limit_train=64",
+            "data.limit_dev=16", "data.limit_test=16", "epochs=1", "batch_size=8", "logging_steps=1"]
+
+
+def test_non_finite_loss_stops_fails_the_run_and_keeps_the_finite_checkpoint(synthetic, tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    run_dir = tmp_path / "run"
+    res = run_module("extractive_qa.train", *tiny(synthetic, tmp_path), "lr=1e25", "eval_steps=1", "warmup_ratio=0",
+                     "tracking=mlflow", f"tracking.uri={uri}", "experiment_name=nan", f"hydra.run.dir={run_dir}",
+                     check=False)
+    assert res.returncode == 3 and "Traceback" not in res.stderr
+    assert "non-finite training loss" in res.stderr and "no checkpoint was written from this state" in res.stderr
+    client = MlflowClient(uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("nan").experiment_id])
+    assert run.info.status == "FAILED"
+    from safetensors.torch import load_file
+
+    weights = load_file(run_dir / "best_model" / "model.safetensors")  # saved at step 1, before the blow-up
+    assert all(bool(t.isfinite().all()) for t in weights.values())
+
+
+@pytest.mark.slow
+def test_two_processes_match_one(synthetic, tmp_path):
+    if not shutil.which("accelerate", path=str(Path(sys.executable).parent)):
+        pytest.skip("accelerate CLI not installed")
+    common = [*tiny(synthetic, tmp_path), "tracking=none", "eval_batch_size=7",  # 7: uneven shards across ranks
+              "+model.config_overrides.hidden_dropout_prob=0.0", "+model.config_overrides.attention_probs_dropout_prob=0.0",
+              "data.limit_dev=30", "data.limit_test=13", "max_steps=4"]
+    run_module("extractive_qa.train", *common, "batch_size=8", f"hydra.run.dir={tmp_path}/one")
+    accelerate = str(Path(sys.executable).parent / "accelerate")
+    import os
+    import subprocess
+
+    from conftest import ROOT
+
+    # On a machine without GPUs, `--multi_gpu` is accelerate's torchrun-based launcher; the processes
+    # form a gloo group over CPUs (`--cpu` alone would start a single process without mpirun).
+    out = subprocess.run([accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+                          "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "extractive_qa.train", *common,
+                          "batch_size=4", f"hydra.run.dir={tmp_path}/two"],
+                         capture_output=True, text=True, cwd=ROOT, timeout=900, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    assert out.returncode == 0, out.stderr[-4000:]
+    assert "2 process(es)" in out.stdout + out.stderr
+    one, two = tmp_path / "one", tmp_path / "two"
+    m1, m2 = (json.loads((d / "metrics.json").read_text()) for d in (one, two))
+    assert m1["best_dev_em"] == m2["best_dev_em"] and m1["best_dev_f1"] == pytest.approx(m2["best_dev_f1"])
+    rows = [[json.loads(line)["prediction"] for line in (d / "dev_predictions.jsonl").read_text().splitlines()] for d in (one, two)]
+    assert len(rows[1]) == 30 and rows[0] == rows[1]
+    subs = [list(csv.reader(open(d / "test_predictions.csv", encoding="utf-8"))) for d in (one, two)]
+    assert len(subs[1]) == 14 and subs[0] == subs[1]
+    assert len(list(tmp_path.glob("**/metrics.json"))) == 2  # only the main process wrote files
