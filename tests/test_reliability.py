@@ -66,3 +66,92 @@ def test_two_processes_match_one(synthetic, tmp_path):
     subs = [list(csv.reader(open(d / "test_predictions.csv", encoding="utf-8"))) for d in (one, two)]
     assert len(subs[1]) == 14 and subs[0] == subs[1]
     assert len(list(tmp_path.glob("**/metrics.json"))) == 2  # only the main process wrote files
+
+
+def _launch(args: list[str]):
+    import os
+    import subprocess
+
+    from conftest import ROOT
+
+    return subprocess.Popen([sys.executable, "-m", "extractive_qa.train", *args], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+def _wait_for(path: Path, proc, timeout: float = 300) -> None:
+    import time
+
+    deadline = time.time() + timeout
+    while not path.exists():
+        assert proc.poll() is None, f"training ended before {path} appeared:\n{proc.stderr.read()[-3000:]}"
+        assert time.time() < deadline, f"{path} never appeared"
+        time.sleep(0.02)
+
+
+def _resume_args(synthetic, tmp: Path) -> list[str]:
+    return [*tiny(synthetic, tmp), "data.limit_train=600", "epochs=2", "checkpoint_steps=10", "keep_checkpoints=2",
+            "predict_test=false", "logging_steps=5"]
+
+
+def _final_weights(run_dir: Path):
+    from safetensors.torch import load_file
+
+    from extractive_qa.checkpointing import checkpoints_of
+
+    last = checkpoints_of(run_dir)[-1]
+    return last.name, load_file(last / "model.safetensors")
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_matches_an_uninterrupted_run(synthetic, tmp_path):
+    import signal
+
+    import torch
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    args = [*_resume_args(synthetic, tmp_path), "tracking=mlflow", f"tracking.uri={uri}"]
+    run_module("extractive_qa.train", *args, "experiment_name=straight", f"hydra.run.dir={tmp_path}/straight")
+
+    killed = tmp_path / "killed"
+    proc = _launch([*args, "experiment_name=killed", f"hydra.run.dir={killed}"])
+    _wait_for(killed / "checkpoints" / "step_30", proc)  # mid-epoch (75 steps per epoch)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    run_module("extractive_qa.train", *args, "experiment_name=killed", f"resume={killed}",
+               f"hydra.run.dir={tmp_path}/ignored")
+
+    name_a, a = _final_weights(tmp_path / "straight")
+    name_b, b = _final_weights(killed)
+    assert name_a == name_b == "step_150"
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    ma, mb = (json.loads((d / "metrics.json").read_text()) for d in (tmp_path / "straight", killed))
+    assert ma["best_dev_em"] == mb["best_dev_em"] and ma["best_dev_f1"] == mb["best_dev_f1"] and mb["steps"] == 150
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("killed").experiment_id])
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"  # the same MLflow run, continued
+    assert len(list((killed / "checkpoints").glob("step_*"))) == 2  # keep_checkpoints
+
+
+@pytest.mark.slow
+def test_sigint_saves_a_checkpoint_marks_killed_and_says_how_to_resume(synthetic, tmp_path):
+    import signal
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    run_dir = tmp_path / "outputs" / "runs" / "first"  # resume=auto looks under paths.output_dir
+    args = [*_resume_args(synthetic, tmp_path), "checkpoint_steps=20", "tracking=mlflow", f"tracking.uri={uri}",
+            "experiment_name=sigint"]
+    proc = _launch([*args, f"hydra.run.dir={run_dir}"])
+    _wait_for(run_dir / "checkpoints" / "step_20", proc)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130 and f"resume={run_dir}" in err and "Traceback" not in err
+    client = MlflowClient(uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("sigint").experiment_id])
+    assert run.info.status == "KILLED"
+    stopped_at = max(int(p.name.split("_")[1]) for p in (run_dir / "checkpoints").glob("step_*"))
+    assert 20 < stopped_at < 150
+    run_module("extractive_qa.train", *args, "resume=auto", f"hydra.run.dir={tmp_path}/second")
+    run = client.get_run(run.info.run_id)
+    assert run.info.status == "FINISHED" and "best/dev_em" in run.data.metrics
+    assert len(client.search_runs([run.info.experiment_id])) == 1
+    assert json.loads((run_dir / "metrics.json").read_text())["steps"] == 150

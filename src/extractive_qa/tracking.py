@@ -256,6 +256,10 @@ class MultiTracker(Tracker):
     def __init__(self, trackers: list[Tracker]):
         self.trackers = trackers
 
+    @property
+    def run_id(self) -> str | None:
+        return next((t.run_id for t in self.trackers if getattr(t, "run_id", None)), None)
+
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         for t in self.trackers:
             t.log_metrics(metrics, step)

@@ -7,6 +7,7 @@ test -> files in the run dir. Returns the best dev EM (what an Optuna sweep maxi
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -21,6 +22,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from .batching import PadCollator, TrainWindowDataset
+from .checkpointing import Interrupted, StopRequest, find_checkpoint, load_trainer_state, save_checkpoint
 from .config import CONF_DIR, to_plain
 from .datafiles import load_split
 from .evaluation import MODEL_INPUTS, PostprocessSettings, predict, score
@@ -48,7 +50,12 @@ def make_accelerator(cfg: DictConfig):
     # Several processes and no GPU (torchrun, or `accelerate launch --multi_gpu` on a CPU machine):
     # Accelerate only forms a gloo process group over CPUs when told to use the CPU.
     multi_cpu = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
+    from accelerate.utils import DataLoaderConfiguration
+
+    # A seedable sampler makes each epoch's order a function of (seed, epoch): resuming mid-epoch
+    # replays exactly the batches the interrupted run would have seen.
     return Accelerator(cpu=multi_cpu, mixed_precision=mixed,
+                       dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
                        gradient_accumulation_steps=int(cfg.grad_accum_steps))
 
 
@@ -109,7 +116,15 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
     accelerator = make_accelerator(cfg)
     is_main = accelerator.is_main_process
     run_dir = agree_on_run_dir(accelerator, run_dir)
-    if is_main:
+    checkpoint = find_checkpoint(cfg.get("resume"), Path(cfg.paths.output_dir), str(cfg.experiment_name))
+    resume_state = load_trainer_state(checkpoint) if checkpoint else None
+    if resume_state:
+        # Continue in the interrupted run's folder and MLflow run.
+        run_dir = checkpoint.parent.parent
+        if resume_state.get("mlflow_run_id") and "run_id" in cfg.tracking:
+            cfg.tracking.run_id = resume_state["mlflow_run_id"]
+        log.info("resuming from %s (step %d)", checkpoint, resume_state["step"])
+    elif is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(OmegaConf.create(to_plain(cfg)), run_dir / "config_resolved.yaml")
 
@@ -125,7 +140,7 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
     report["train_repairs"] = dict(splits["train"].repairs)
 
     tracker = start_tracking(cfg, run_dir, splits, is_main)
-    with tracker:
+    with tracker, contextlib.ExitStack() as stack:
         tracker.log_dict(report, "data_report.json")
         train_set = TrainWindowDataset(enc["train"], window, int(cfg.seed))
         loader = DataLoader(train_set, batch_size=int(cfg.batch_size), shuffle=True, num_workers=int(cfg.num_workers),
@@ -164,14 +179,28 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
                         tokenizer.save_pretrained(best_dir)
                 accelerator.wait_for_everyone()
 
-        step, window_loss, window_acc, window_n = 0, 0.0, 0.0, 0
+        step, start_epoch, skip = 0, 0, 0
+        if resume_state:
+            accelerator.load_state(str(checkpoint))
+            step, start_epoch, skip = resume_state["step"], resume_state["epoch"], resume_state["batches_done"]
+            best.update(resume_state["best"])
+
+        def save(epoch: int, batches_done: int) -> Path:
+            state = {"step": step, "epoch": epoch, "batches_done": batches_done, "best": best,
+                     "mlflow_run_id": getattr(tracker, "run_id", None), "experiment_name": str(cfg.experiment_name)}
+            return save_checkpoint(accelerator, run_dir, state, int(cfg.keep_checkpoints))
+
+        window_loss, window_acc, window_n = 0.0, 0.0, 0
         tokens_seen, t_log = 0, time.time()
         model.train()
-        for epoch in range(int(cfg.epochs)):
+        stop = stack.enter_context(StopRequest())
+        for epoch in range(start_epoch, int(cfg.epochs)):
             train_set.set_epoch(epoch)
-            bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not accelerator.is_local_main_process,
-                       mininterval=2)
-            for batch_no, batch in enumerate(bar, start=1):
+            loader.set_epoch(epoch)
+            batches = accelerator.skip_first_batches(loader, skip) if skip else loader
+            bar = tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not accelerator.is_local_main_process,
+                       mininterval=2, initial=skip, total=len(loader))
+            for batch_no, batch in enumerate(bar, start=skip + 1):
                 with accelerator.accumulate(model):
                     out = model(**{k: batch[k] for k in MODEL_INPUTS}, start_positions=batch["start_positions"],
                                 end_positions=batch["end_positions"])
@@ -203,10 +232,17 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
                     window_loss, window_acc, window_n, tokens_seen, t_log = 0.0, 0.0, 0, 0, time.time()
                 if cfg.eval_steps and step % int(cfg.eval_steps) == 0:
                     evaluate_dev(step, epoch + batch_no / len(loader))
+                if cfg.checkpoint_steps and step % int(cfg.checkpoint_steps) == 0 and step < total_steps:
+                    save(epoch, batch_no)
+                if stop.agreed(accelerator):
+                    raise Interrupted(save(epoch, batch_no), step)
                 if step >= total_steps:
                     break
+            skip = 0
             if not cfg.eval_steps or step % int(cfg.eval_steps) != 0:
                 evaluate_dev(step, epoch + 1.0)
+            if cfg.checkpoint_steps:
+                save(epoch + 1, 0)
             if step >= total_steps:
                 break
 
@@ -252,6 +288,10 @@ def main(cfg: DictConfig) -> float:
     except FloatingPointError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(3)
+    except Interrupted as stopped:
+        print(f"stopped: {stopped}. The MLflow run is marked KILLED. Resume with the same command plus "
+              f"resume={stopped.checkpoint.parent.parent}", file=sys.stderr)
+        sys.exit(130)
 
 
 if __name__ == "__main__":
