@@ -126,3 +126,14 @@ def test_fp16_on_cpu_is_a_clear_error(synthetic, tmp_path):
     res = run_module("extractive_qa.train", *common(tmp_path), "model=tiny", f"model.name_or_path={synthetic['model']}",
                      f"data.dir={synthetic['data']}", "precision=fp16", check=False)
     assert res.returncode == 2 and "fp16 needs a CUDA GPU" in res.stderr and "Traceback" not in res.stderr
+
+
+@needs_shared
+def test_predictor_precision_override(shared_run, tmp_path):
+    ok = run_module("extractive_qa.predict", f"run_dir={shared_run}", "mixed_precision=no", f"output={tmp_path}/fp32.csv")
+    assert Path(ok.stdout.strip().splitlines()[-1]) == tmp_path / "fp32.csv"
+    import torch
+
+    if not torch.cuda.is_available():
+        res = run_module("extractive_qa.predict", f"run_dir={shared_run}", "mixed_precision=fp16", check=False)
+        assert res.returncode == 2 and "fp16 needs a CUDA GPU" in res.stderr and "Traceback" not in res.stderr

@@ -38,7 +38,8 @@ def window_logits(model, enc: EncodedExamples, windows: Windows, batch_size: int
     Windows are sorted by length so each batch pads little; with several processes each rank runs a
     shard and ``gather_for_metrics`` drops the duplicates that an uneven last batch adds.
     """
-    order = np.argsort(-window_lengths(enc, windows), kind="stable")
+    lengths = window_lengths(enc, windows)
+    order = np.argsort(-lengths, kind="stable")
     dataset = torch.utils.data.Subset(WindowDataset(enc, windows, with_labels=False), order.tolist())
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=PadCollator(enc.pad_id))
     main = True
@@ -48,7 +49,6 @@ def window_logits(model, enc: EncodedExamples, windows: Windows, batch_size: int
     device = next(model.parameters()).device
     starts: list[np.ndarray | None] = [None] * len(windows)
     ends: list[np.ndarray | None] = [None] * len(windows)
-    lengths = window_lengths(enc, windows)
     was_training = model.training
     model.eval()
     with torch.inference_mode():

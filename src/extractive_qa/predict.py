@@ -47,9 +47,9 @@ def predict_run(run_dir: Path, test_file: str | None = None, output: str | None 
     accelerator = None
     mixed = precision if precision is not None else run_cfg.precision.mixed_precision
     if mixed not in ("no", "fp32"):
-        from accelerate import Accelerator
+        from .train import make_accelerator
 
-        accelerator = Accelerator(mixed_precision=mixed)
+        accelerator = make_accelerator(OmegaConf.create({"precision": {"mixed_precision": mixed}, "grad_accum_steps": 1}))
         model = accelerator.prepare(model)
     window = window_config(run_cfg.window)
     enc = encode_examples(examples.examples, tokenizer, window)
@@ -64,11 +64,12 @@ def predict_run(run_dir: Path, test_file: str | None = None, output: str | None 
 @hydra.main(config_path=CONF_DIR, config_name="predict", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     from .data import DataFormatError
+    from .modeling import SetupError
 
     try:
         run_dir = Path(cfg.run_dir).resolve() if cfg.run_dir else newest_run(Path(cfg.paths.output_dir))
-        path = predict_run(run_dir, cfg.test_file, cfg.output, cfg.eval_batch_size, cfg.precision, cfg.csv_strip_commas)
-    except (FileNotFoundError, DataFormatError) as err:
+        path = predict_run(run_dir, cfg.test_file, cfg.output, cfg.eval_batch_size, cfg.mixed_precision, cfg.csv_strip_commas)
+    except (FileNotFoundError, DataFormatError, SetupError) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
     print(path)
