@@ -23,7 +23,7 @@ needs_shared = pytest.mark.skipif(
 
 @pytest.fixture(scope="session")
 def char_tokenizer(tmp_path_factory):
-    from extractive_qa.synthetic import build_char_tokenizer
+    from extractive_qa.core.synthetic import build_char_tokenizer
 
     return build_char_tokenizer(tmp_path_factory.mktemp("char_tokenizer"))
 
@@ -65,7 +65,7 @@ def run_module(module: str, *overrides: str, env: dict | None = None, check: boo
 @pytest.fixture(scope="session")
 def synthetic(tmp_path_factory) -> dict[str, Path]:
     """A synthetic hw7-format data dir and an offline tiny-model dir (see synthetic.py)."""
-    from extractive_qa.synthetic import write_synthetic_hw7, write_tiny_model_dir
+    from extractive_qa.core.synthetic import write_synthetic_hw7, write_tiny_model_dir
 
     tmp = tmp_path_factory.mktemp("synthetic")
     return {"data": write_synthetic_hw7(tmp / "data", n_train=1000), "model": write_tiny_model_dir(tmp / "model"),

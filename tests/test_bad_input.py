@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from conftest import hw7_file, hw7_question
 
-from extractive_qa.data import DataFormatError, RepairKind, read_examples
-from extractive_qa.outputs import write_submission
-from extractive_qa.postprocess import oracle_logits, postprocess_predictions
-from extractive_qa.windowing import WindowConfig, encode_examples, eval_windows
+from extractive_qa.core.data import DataFormatError, RepairKind, read_examples
+from extractive_qa.core.outputs import write_submission
+from extractive_qa.core.postprocess import oracle_logits, postprocess_predictions
+from extractive_qa.core.windowing import WindowConfig, encode_examples, eval_windows
 
 LONG = ("的是在了和有人這中大為上個國我以要他時來用們生到作地於出就分對成會可主發年動同工也能下" * 1200)[:50_000]
 
@@ -82,7 +82,7 @@ def test_submission_refuses_to_drop_or_duplicate(tmp_path, char_tokenizer):
 
 
 def test_submission_quotes_commas_and_newlines_or_strips_commas(tmp_path, char_tokenizer):
-    from extractive_qa.postprocess import Prediction
+    from extractive_qa.core.postprocess import Prediction
 
     examples = read_examples(hw7_file(tmp_path / "t.json", ["x"], [hw7_question(1, 0, "q"), hw7_question(2, 0, "q")]))
     preds = [Prediction(id="1", text='台北, "市"', score=0.0), Prediction(id="2", text="a\nb", score=0.0)]

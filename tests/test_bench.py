@@ -5,9 +5,9 @@ import json
 import pytest
 from conftest import needs_shared, run_module
 
-from extractive_qa.data import read_examples
-from extractive_qa.features import encode_cached
-from extractive_qa.windowing import WindowConfig
+from extractive_qa.core.data import read_examples
+from extractive_qa.core.features import encode_cached
+from extractive_qa.core.windowing import WindowConfig
 
 
 @needs_shared
@@ -37,7 +37,7 @@ def test_feature_cache_tokenizes_once(tmp_path, char_tokenizer, monkeypatch):
     def fail(*args, **kwargs):
         raise AssertionError("tokenized again")
 
-    monkeypatch.setattr("extractive_qa.features.encode_examples", fail)
+    monkeypatch.setattr("extractive_qa.core.features.encode_examples", fail)
     second = encode_cached(examples, char_tokenizer, window, tmp_path / "cache")
     assert second.context_ids == first.context_ids and second.question_ids == first.question_ids
     assert second.examples[0] is examples.examples[0]

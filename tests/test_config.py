@@ -8,9 +8,9 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from extractive_qa.config import CONF_DIR
-from extractive_qa.features import window_config
-from extractive_qa.train import parameter_groups
+from extractive_qa.core.config import CONF_DIR
+from extractive_qa.core.features import window_config
+from extractive_qa.engine.setup import parameter_groups
 
 GROUPS = ["model", "data", "window", "optimizer", "scheduler", "precision", "debug"]
 

@@ -1,6 +1,6 @@
 import pytest
 
-from extractive_qa.metrics import (
+from extractive_qa.core.metrics import (
     aggregate,
     char_f1,
     cmrc_em,

@@ -3,9 +3,9 @@ import math
 import numpy as np
 import pytest
 
-from extractive_qa.data import Example
-from extractive_qa.postprocess import oracle_logits, postprocess_predictions
-from extractive_qa.windowing import WindowConfig, Windows, encode_examples, eval_windows
+from extractive_qa.core.data import Example
+from extractive_qa.core.postprocess import oracle_logits, postprocess_predictions
+from extractive_qa.core.windowing import WindowConfig, Windows, encode_examples, eval_windows
 
 
 def _one(context, answer, question="問題"):

@@ -96,7 +96,7 @@ def _resume_args(synthetic, tmp: Path) -> list[str]:
 def _final_weights(run_dir: Path):
     from safetensors.torch import load_file
 
-    from extractive_qa.checkpointing import checkpoints_of
+    from extractive_qa.engine.checkpointing import checkpoints_of
 
     last = checkpoints_of(run_dir)[-1]
     return last.name, load_file(last / "model.safetensors")

@@ -6,11 +6,11 @@ import pytest
 from conftest import HW7_DIR, ROOT, SQUAD_DIR, needs_shared
 from hydra import compose, initialize_config_dir
 
-from extractive_qa.config import CONF_DIR
-from extractive_qa.data import read_examples
-from extractive_qa.features import window_config
-from extractive_qa.report import data_report
-from extractive_qa.windowing import encode_examples, eval_windows
+from extractive_qa.core.analysis import data_report
+from extractive_qa.core.config import CONF_DIR
+from extractive_qa.core.data import read_examples
+from extractive_qa.core.features import window_config
+from extractive_qa.core.windowing import encode_examples, eval_windows
 
 DATASETS = {  # file -> data preset whose max_answer_len applies
     HW7_DIR / "hw7_dev.json": "hw7",

@@ -17,8 +17,8 @@ from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
 from extractive_qa.compare import compare
-from extractive_qa.config import CONF_DIR
-from extractive_qa.tracking import MlflowTracker, run_name_from_overrides, safe_params
+from extractive_qa.core.config import CONF_DIR
+from extractive_qa.tracking.trackers import MlflowTracker, run_name_from_overrides, safe_params
 
 
 def tiny_overrides(synthetic, tmp: Path, uri: str) -> list[str]:

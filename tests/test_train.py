@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from conftest import HW7_DIR, needs_shared, run_module
 
-from extractive_qa.data import read_examples
+from extractive_qa.core.data import read_examples
 
 
 def common(tmp: Path) -> list[str]:

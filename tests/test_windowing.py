@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 from conftest import HW7_DIR, needs_shared
 
-from extractive_qa.data import Example, read_examples
-from extractive_qa.windowing import (
+from extractive_qa.core.data import Example, read_examples
+from extractive_qa.core.windowing import (
     WindowConfig,
     build_input_ids,
     char_span_to_tokens,

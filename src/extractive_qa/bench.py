@@ -32,7 +32,7 @@ import hydra
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from .config import CONF_DIR, to_plain
+from .core.config import CONF_DIR, to_plain
 
 
 def _peak_rss_mb() -> float:
@@ -43,10 +43,10 @@ def _setup(cfg: dict, window_name: str, split: str, limit: int):
     """Tokenizer, encoded slice and windows for a window preset (``default`` or ``seed``)."""
     import torch
 
-    from .datafiles import load_split
-    from .features import window_config
-    from .modeling import load_tokenizer
-    from .windowing import encode_examples, eval_windows
+    from .core.datafiles import load_split
+    from .core.features import window_config
+    from .core.windowing import encode_examples, eval_windows
+    from .engine.modeling import load_tokenizer
 
     torch.set_num_threads(int(cfg["bench"]["threads"]) or torch.get_num_threads())
     c = OmegaConf.create(cfg)
@@ -61,17 +61,17 @@ def _setup(cfg: dict, window_name: str, split: str, limit: int):
 def _model(c: DictConfig):
     import torch
 
-    from .modeling import load_model
+    from .engine.modeling import load_model
 
     torch.manual_seed(0)
     return load_model(c.model).eval()
 
 
 def eval_ours(cfg: dict, window_name: str) -> dict:
-    from .batching import window_lengths
-    from .evaluation import PostprocessSettings, predict, score
-    from .postprocess import oracle_logits, postprocess_predictions
-    from .train import make_accelerator
+    from .core.postprocess import oracle_logits, postprocess_predictions
+    from .engine.batching import window_lengths
+    from .engine.evaluation import PostprocessSettings, predict, score
+    from .engine.setup import make_accelerator
 
     c, _, _, enc, windows = _setup(cfg, window_name, "dev", int(cfg["bench"]["eval_questions"]))
     model = _model(c)
@@ -94,8 +94,8 @@ def eval_naive(cfg: dict) -> dict:
     """The seed notebook's dev loop (see the module docstring)."""
     import torch
 
-    from .batching import window_lengths
-    from .windowing import build_input_ids
+    from .core.windowing import build_input_ids
+    from .engine.batching import window_lengths
 
     c, tokenizer, window, enc, windows = _setup(cfg, "seed", "dev", int(cfg["bench"]["naive_questions"]))
     model = _model(c)
@@ -134,8 +134,8 @@ def _train_steps(c: DictConfig, enc, window, naive: bool) -> dict:
     import torch
     from torch.utils.data import DataLoader
 
-    from .batching import PadCollator, TrainWindowDataset
-    from .train import make_accelerator
+    from .engine.batching import PadCollator, TrainWindowDataset
+    from .engine.setup import make_accelerator
 
     steps, batch_size = int(c.bench.train_steps), int(c.bench.train_batch_size)
     dataset = TrainWindowDataset(enc, window, 0)
@@ -188,12 +188,12 @@ def bf16_agreement(cfg: dict) -> dict:
     import torch
     from transformers import AutoModelForQuestionAnswering
 
-    from .datafiles import load_split
-    from .evaluation import PostprocessSettings, predict, score
-    from .features import window_config
-    from .modeling import keep_head_fp32, load_tokenizer
-    from .synthetic import write_synthetic_hw7, write_tiny_model_dir
-    from .windowing import encode_examples, eval_windows
+    from .core.datafiles import load_split
+    from .core.features import window_config
+    from .core.synthetic import write_synthetic_hw7, write_tiny_model_dir
+    from .core.windowing import encode_examples, eval_windows
+    from .engine.evaluation import PostprocessSettings, predict, score
+    from .engine.modeling import keep_head_fp32, load_tokenizer
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

@@ -18,8 +18,8 @@ import os
 import sys
 from pathlib import Path
 
-from .config import project_root
-from .outputs import write_atomic
+from .core.config import project_root
+from .core.outputs import write_atomic
 
 REPORT_TAG = "extractive_qa.report"
 IGNORED_PARAMS = ("paths.", "hydra.", "tracking.run_id")

@@ -1,7 +1,7 @@
 """``python -m extractive_qa.predict`` (``make predict``): predict a test file with a trained run.
 
 Uses the run's own window and post-processing settings (from its ``config_resolved.yaml``) and the
-same :func:`~extractive_qa.evaluation.predict` code as training, writes ``ID,Answer`` with every test
+same :func:`~extractive_qa.engine.evaluation.predict` code as training, writes ``ID,Answer`` with every test
 id exactly once, and prints the CSV's path.
 """
 
@@ -14,7 +14,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from .config import CONF_DIR
+from .core.config import CONF_DIR
 
 log = logging.getLogger(__name__)
 
@@ -32,12 +32,12 @@ def predict_run(run_dir: Path, test_file: str | None = None, output: str | None 
                 strip_commas: bool | None = None) -> Path:
     from transformers import AutoModelForQuestionAnswering, AutoTokenizer
 
-    from .data import read_examples
-    from .evaluation import PostprocessSettings, predict
-    from .features import window_config
-    from .modeling import keep_head_fp32
-    from .outputs import write_submission
-    from .windowing import encode_examples, eval_windows
+    from .core.data import read_examples
+    from .core.features import window_config
+    from .core.outputs import write_submission
+    from .core.windowing import encode_examples, eval_windows
+    from .engine.evaluation import PostprocessSettings, predict
+    from .engine.modeling import keep_head_fp32
 
     run_cfg = OmegaConf.load(run_dir / "config_resolved.yaml")
     examples = read_examples(test_file or run_cfg.data.test_file)
@@ -47,7 +47,7 @@ def predict_run(run_dir: Path, test_file: str | None = None, output: str | None 
     accelerator = None
     mixed = precision if precision is not None else run_cfg.precision.mixed_precision
     if mixed not in ("no", "fp32"):
-        from .train import make_accelerator
+        from .engine.setup import make_accelerator
 
         accelerator = make_accelerator(OmegaConf.create({"precision": {"mixed_precision": mixed}, "grad_accum_steps": 1}))
         model = accelerator.prepare(model)
@@ -63,8 +63,8 @@ def predict_run(run_dir: Path, test_file: str | None = None, output: str | None 
 
 @hydra.main(config_path=CONF_DIR, config_name="predict", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    from .data import DataFormatError
-    from .modeling import SetupError
+    from .core.data import DataFormatError
+    from .core.errors import SetupError
 
     try:
         run_dir = Path(cfg.run_dir).resolve() if cfg.run_dir else newest_run(Path(cfg.paths.output_dir))

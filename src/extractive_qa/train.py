@@ -1,104 +1,325 @@
 """The training recipe: ``python -m extractive_qa.train [overrides]`` (Hydra; ``-m`` for sweeps).
 
-Read top to bottom: data -> tokenizer and windows -> model, optimizer, scheduler -> the Accelerate
-loop (logging train loss / accuracy / lr, evaluating dev EM / F1) -> the best model predicts dev and
-test -> files in the run dir. Returns the best dev EM (what an Optuna sweep maximises).
+Read it top to bottom. :meth:`TrainingRecipe.setup` builds everything in a fixed order -- the
+Accelerator, the checkpoint to resume, data and tokenizer, windows, tracking, model, optimizer and
+schedule; :meth:`~TrainingRecipe.train` is the loop (a loss step, then logging, evaluation and
+checkpointing when due); :meth:`~TrainingRecipe.finish` predicts the test split with the best model
+and writes the run's files. What the phases share is the recipe's attributes, and where training
+stands is one :class:`Progress`, saved whole in every checkpoint. Returns the best dev EM (what an
+Optuna sweep maximises).
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
-import os
+import shutil
 import sys
 import time
+from contextlib import ExitStack
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import hydra
 import torch
+from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from .batching import PadCollator, TrainWindowDataset
-from .checkpointing import Interrupted, StopRequest, find_checkpoint, load_trainer_state, save_checkpoint
-from .config import CONF_DIR, to_plain
-from .datafiles import load_split
-from .evaluation import MODEL_INPUTS, PostprocessSettings, predict, score
-from .features import encode_cached, window_config
-from .modeling import SetupError, keep_head_fp32, load_model, load_tokenizer, setup_message
-from .outputs import nbest_json, write_json, write_jsonl, write_submission
-from .report import data_report
-from .tracking import start_tracking
-from .windowing import eval_windows
+from .core.analysis import data_report
+from .core.config import CONF_DIR, to_plain
+from .core.errors import SetupError, setup_message
+from .core.features import encode_cached, window_config
+from .core.outputs import nbest_json, write_json, write_jsonl, write_submission
+from .core.windowing import eval_windows
+from .engine.batching import PadCollator, TrainWindowDataset
+from .engine.checkpointing import (
+    Interrupted,
+    StopRequest,
+    find_checkpoint,
+    load_trainer_state,
+    save_checkpoint,
+)
+from .engine.evaluation import MODEL_INPUTS, PostprocessSettings, predict, score
+from .engine.modeling import keep_head_fp32, load_model
+from .engine.setup import agree_on_run_dir, load_data_and_tokenizer, make_accelerator, parameter_groups
+from .tracking.trackers import start_tracking
 
 log = logging.getLogger(__name__)
 
 
-def make_accelerator(cfg: DictConfig):
-    """A fresh Accelerator per job: Hydra runs ``-m`` jobs in one process, and Accelerate keeps one
-    global state per process (a second job with another mixed_precision would raise)."""
-    from accelerate import Accelerator
-    from accelerate.state import AcceleratorState, GradientState
+@dataclass
+class Progress:
+    """Where training stands: saved whole in every checkpoint, restored whole on resume."""
 
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
-    mixed = str(cfg.precision.mixed_precision)
-    if mixed == "fp16" and not torch.cuda.is_available():
-        raise SetupError("precision=fp16 needs a CUDA GPU (none found); on a CPU use precision=bf16 or precision=fp32")
-    # Several processes and no GPU (torchrun, or `accelerate launch --multi_gpu` on a CPU machine):
-    # Accelerate only forms a gloo process group over CPUs when told to use the CPU.
-    multi_cpu = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
-    from accelerate.utils import DataLoaderConfiguration
+    step: int = 0  # optimizer steps taken
+    epoch: int = 0  # the epoch in progress
+    batches_done: int = 0  # batches of that epoch already trained on
+    best: dict = field(default_factory=lambda: {"em": -1.0})  # best dev metrics, with their step and epoch
 
-    # A seedable sampler makes each epoch's order a function of (seed, epoch): resuming mid-epoch
-    # replays exactly the batches the interrupted run would have seen.
-    return Accelerator(cpu=multi_cpu, mixed_precision=mixed,
-                       dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
-                       gradient_accumulation_steps=int(cfg.grad_accum_steps))
+    @classmethod
+    def from_state(cls, state: dict) -> Progress:
+        return cls(step=state["step"], epoch=state["epoch"], batches_done=state["batches_done"], best=dict(state["best"]))
 
 
-def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """No weight decay on biases and LayerNorm weights (BERT's recipe)."""
-    decay, no_decay = [], []
-    for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        (no_decay if param.ndim < 2 or "LayerNorm" in name or name.endswith(".bias") else decay).append(param)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+@dataclass
+class LogWindow:
+    """Running sums between two ``train/*`` log points."""
+
+    loss: float = 0.0
+    acc: float = 0.0
+    batches: int = 0
+    tokens: int = 0
+    started: float = field(default_factory=time.time)
+
+    def add(self, loss: float, acc: float, tokens: int) -> None:
+        self.loss, self.acc, self.batches, self.tokens = self.loss + loss, self.acc + acc, self.batches + 1, self.tokens + tokens
+
+    def metrics(self) -> dict[str, float]:
+        elapsed = max(time.time() - self.started, 1e-9)
+        return {"train/loss": self.loss / self.batches, "train/acc": self.acc / self.batches,
+                "train/tokens_per_s": self.tokens / elapsed}
 
 
-def load_data_and_tokenizer(cfg: DictConfig, split_names: tuple[str, ...]):
-    """The splits and the tokenizer, or one SetupError listing everything that could not be fetched."""
-    errors, splits, tokenizer = [], {}, None
-    for name in split_names:
-        try:
-            splits[name] = load_split(cfg.data, name)
-        except SetupError as err:
-            errors.append(err)
-    try:
-        tokenizer = load_tokenizer(cfg.model)
-    except SetupError as err:
-        errors.append(err)
-    if errors:
-        raise SetupError(setup_message(errors))
-    return splits, tokenizer
+class TrainingRecipe:
+    """One training job. Use as a context manager: leaving it ends the tracker's run with a true status
+    (FINISHED, FAILED on an exception, KILLED on an interrupt) and restores signal handlers."""
+
+    def __init__(self, cfg: DictConfig, run_dir: Path):
+        self.cfg, self.run_dir = cfg, run_dir
+        self.epochs, self.batch_size, self.grad_accum = int(cfg.epochs), int(cfg.batch_size), int(cfg.grad_accum_steps)
+        self.logging_steps, self.eval_steps = int(cfg.logging_steps), int(cfg.eval_steps or 0)
+        self.checkpoint_steps = int(cfg.checkpoint_steps or 0)
+        self.progress = Progress()
+        self._started = time.time()
+        self._exit = ExitStack()
+
+    def __enter__(self) -> TrainingRecipe:
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        return self._exit.__exit__(*exc)
+
+    # ---------------------------------------------------------------- setup
+    def setup(self) -> None:
+        """Build everything, in this order: seed -> Accelerator -> run dir and resume point -> data (fails
+        fast, before any model download) -> tracking -> loader, model, optimizer, schedule -> restore."""
+        from accelerate.utils import set_seed
+
+        set_seed(int(self.cfg.seed))
+        self.accelerator = make_accelerator(self.cfg)
+        self.is_main = self.accelerator.is_main_process
+        self.run_dir = agree_on_run_dir(self.accelerator, self.run_dir)
+        checkpoint = self._setup_resume()
+        self._setup_data()
+        self.tracker = self._exit.enter_context(start_tracking(self.cfg, self.run_dir, self.splits, self.is_main))
+        self.tracker.log_dict(self.data_report, "data_report.json")
+        self.train_set, loader = self._setup_train_loader()
+        model = self._setup_model()
+        optimizer = instantiate(self.cfg.optimizer)(parameter_groups(model, float(self.cfg.optimizer.weight_decay)))
+        scheduler = self._setup_scheduler(optimizer, len(loader))
+        self.model, self.optimizer, self.loader, self.scheduler = self.accelerator.prepare(model, optimizer, loader, scheduler)
+        if checkpoint is not None:
+            self.accelerator.load_state(str(checkpoint))
+            self.progress = Progress.from_state(load_trainer_state(checkpoint))
+        log.info("%d training windows, %d optimizer steps (%d per epoch), %d dev windows, %d process(es)",
+                 len(self.train_set), self.total_steps, self.steps_per_epoch, len(self.dev_windows),
+                 self.accelerator.num_processes)
+
+    def _setup_resume(self) -> Path | None:
+        """The checkpoint to resume from (then continue in its run dir and MLflow run), or a fresh run dir."""
+        cfg = self.cfg
+        checkpoint = find_checkpoint(cfg.get("resume"), Path(cfg.paths.output_dir), str(cfg.experiment_name))
+        if checkpoint is not None:
+            state = load_trainer_state(checkpoint)
+            self.run_dir = checkpoint.parent.parent
+            if state.get("mlflow_run_id") and "run_id" in cfg.tracking:
+                cfg.tracking.run_id = state["mlflow_run_id"]
+            log.info("resuming from %s (step %d)", checkpoint, state["step"])
+        elif self.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            OmegaConf.save(OmegaConf.create(to_plain(cfg)), self.run_dir / "config_resolved.yaml")
+        return checkpoint
+
+    def _setup_data(self) -> None:
+        """Splits, tokenizer, tokenized features (cached), dev windows and the dev data report."""
+        cfg = self.cfg
+        split_names = ("train", "dev", "test") if cfg.predict_test else ("train", "dev")
+        self.splits, self.tokenizer = load_data_and_tokenizer(cfg, split_names)
+        self.window = window_config(cfg.window)
+        cache = Path(cfg.paths.cache_dir) if cfg.feature_cache else None
+        self.encoded = {s: encode_cached(ex, self.tokenizer, self.window, cache) for s, ex in self.splits.items()}
+        self.dev_windows = eval_windows(self.encoded["dev"], self.window)
+        self.post = PostprocessSettings.from_cfg(cfg)
+        self.data_report = data_report(self.splits["dev"], self.encoded["dev"], self.dev_windows, self.window,
+                                       self.tokenizer.unk_token_id, self.post.max_answer_len, self.post.span_score)
+        self.data_report["train_repairs"] = dict(self.splits["train"].repairs)
+
+    def _setup_train_loader(self) -> tuple[TrainWindowDataset, DataLoader]:
+        seed = int(self.cfg.seed)
+        train_set = TrainWindowDataset(self.encoded["train"], self.window, seed)
+        loader = DataLoader(train_set, batch_size=self.batch_size, shuffle=True, num_workers=int(self.cfg.num_workers),
+                            collate_fn=PadCollator(self.tokenizer.pad_token_id or 0),
+                            generator=torch.Generator().manual_seed(seed))
+        return train_set, loader
+
+    def _setup_model(self) -> torch.nn.Module:
+        model = load_model(self.cfg.model)
+        return torch.compile(model) if self.cfg.get("compile") else model
+
+    def _setup_scheduler(self, optimizer, batches_per_epoch: int):
+        """The learning-rate schedule over the run's optimizer steps (``max_steps`` caps them)."""
+        self.steps_per_epoch = math.ceil(batches_per_epoch / self.grad_accum)
+        self.total_steps = self.steps_per_epoch * self.epochs
+        if self.cfg.max_steps:
+            self.total_steps = min(self.total_steps, int(self.cfg.max_steps))
+        warmup = int(float(self.cfg.warmup_ratio) * self.total_steps)
+        return instantiate(self.cfg.scheduler)(optimizer=optimizer, num_warmup_steps=warmup,
+                                                       num_training_steps=self.total_steps)
+
+    # ---------------------------------------------------------------- the loop
+    def train(self) -> None:
+        """Epochs from where :attr:`progress` stands to the end (``max_steps`` may stop earlier).
+        SIGINT / SIGTERM stop at the next optimizer step, after a checkpoint."""
+        self._stop = self._exit.enter_context(StopRequest())
+        self._log_window = LogWindow()
+        self.model.train()
+        for epoch in range(self.progress.epoch, self.epochs):
+            self._train_epoch(epoch)
+            if self.progress.step >= self.total_steps:
+                break
+
+    def _train_epoch(self, epoch: int) -> None:
+        p, skip = self.progress, self.progress.batches_done
+        self.train_set.set_epoch(epoch)
+        self.loader.set_epoch(epoch)
+        batches = self.accelerator.skip_first_batches(self.loader, skip) if skip else self.loader
+        bar = tqdm(batches, desc=f"epoch {epoch + 1}/{self.epochs}", disable=not self.accelerator.is_local_main_process,
+                   mininterval=2, initial=skip, total=len(self.loader))
+        for batch_no, batch in enumerate(bar, start=skip + 1):
+            self._loss_step(batch)
+            if not self.accelerator.sync_gradients:
+                continue
+            p.step += 1
+            epoch_fraction = epoch + batch_no / len(self.loader)
+            self._maybe_log(epoch_fraction, bar)
+            if self.eval_steps and p.step % self.eval_steps == 0:
+                self.evaluate(epoch_fraction)
+            if self.checkpoint_steps and p.step % self.checkpoint_steps == 0 and p.step < self.total_steps:
+                self._save(epoch, batch_no)
+            if self._stop.agreed(self.accelerator):
+                raise Interrupted(self._save(epoch, batch_no), p.step)
+            if p.step >= self.total_steps:
+                break
+        # Every epoch ends with a dev evaluation (unless one just ran) and, when checkpointing, a checkpoint.
+        if not self.eval_steps or p.step % self.eval_steps != 0:
+            self.evaluate(epoch + 1.0)
+        if self.checkpoint_steps:
+            self._save(epoch + 1, 0)
+
+    def _loss_step(self, batch: dict) -> None:
+        """Forward, backward and (when gradients are accumulated) one optimizer step; adds the batch's
+        loss and span accuracy to the log window."""
+        with self.accelerator.accumulate(self.model):
+            out = self.model(**{k: batch[k] for k in MODEL_INPUTS}, start_positions=batch["start_positions"],
+                             end_positions=batch["end_positions"])
+            loss = out.loss
+            if not torch.isfinite(loss):
+                hint = (" (fp16 overflow? try precision=bf16 or precision=fp32)"
+                        if self.cfg.precision.mixed_precision == "fp16" else "")
+                raise FloatingPointError(f"non-finite training loss {loss.item()} at step {self.progress.step}{hint}; "
+                                         "no checkpoint was written from this state")
+            self.accelerator.backward(loss)
+            if self.accelerator.sync_gradients and self.cfg.max_grad_norm:
+                self.accelerator.clip_grad_norm_(self.model.parameters(), float(self.cfg.max_grad_norm))
+            self.optimizer.step()
+            self.scheduler.step()
+            self.optimizer.zero_grad()
+        right = (out.start_logits.argmax(-1) == batch["start_positions"]) & (out.end_logits.argmax(-1) == batch["end_positions"])
+        self._log_window.add(loss.item(), right.float().mean().item(), int(batch["attention_mask"].sum()))
+
+    def _maybe_log(self, epoch_fraction: float, bar) -> None:
+        step = self.progress.step
+        if step % self.logging_steps != 0 and step != self.total_steps:
+            return
+        metrics = self._log_window.metrics()
+        self.tracker.log_metrics({**metrics, "train/lr": self.scheduler.get_last_lr()[0], "epoch": epoch_fraction}, step)
+        bar.set_postfix(loss=f"{metrics['train/loss']:.3f}", acc=f"{metrics['train/acc']:.3f}")
+        self._log_window = LogWindow()
+
+    def _save(self, epoch: int, batches_done: int) -> Path:
+        self.progress.epoch, self.progress.batches_done = epoch, batches_done
+        state = {**asdict(self.progress), "mlflow_run_id": getattr(self.tracker, "run_id", None),
+                 "experiment_name": str(self.cfg.experiment_name)}
+        return save_checkpoint(self.accelerator, self.run_dir, state, int(self.cfg.keep_checkpoints))
+
+    # ---------------------------------------------------------------- evaluation
+    def evaluate(self, epoch_fraction: float) -> dict[str, float]:
+        """Dev EM / F1 now; a new best keeps its predictions and the model (``best_model/``)."""
+        p = self.progress
+        preds = predict(self.model, self.encoded["dev"], self.dev_windows, self.post, int(self.cfg.eval_batch_size),
+                        self.accelerator, "dev")
+        metrics, rows = score(preds, self.encoded["dev"])
+        self.tracker.log_metrics({f"dev/{k}": v for k, v in metrics.items()} | {"epoch": epoch_fraction}, p.step)
+        log.info("step %d (epoch %.2f): dev EM %.4f F1 %.4f", p.step, epoch_fraction, metrics["em"], metrics["f1"])
+        if metrics["em"] > p.best["em"]:
+            p.best.update(metrics, step=p.step, epoch=epoch_fraction)
+            if self.is_main:
+                write_jsonl(self.run_dir / "dev_predictions.jsonl", rows)
+                write_json(self.run_dir / "dev_nbest.json", nbest_json(preds))
+                if self.cfg.save_model or self.cfg.predict_test:
+                    self.accelerator.unwrap_model(self.model).save_pretrained(self.best_dir, safe_serialization=True)
+                    self.tokenizer.save_pretrained(self.best_dir)
+            self.accelerator.wait_for_everyone()
+        return metrics
+
+    @property
+    def best_dir(self) -> Path:
+        return self.run_dir / "best_model"
+
+    # ---------------------------------------------------------------- finishing
+    def finish(self) -> float:
+        """Test predictions from the best model, ``metrics.json``, the run's files to the tracker."""
+        best = self.progress.best
+        summary = {"best_dev_em": best["em"], "best_dev_f1": best.get("f1"), "best_dev_em_cmrc": best.get("em_cmrc"),
+                   "best_dev_f1_cmrc": best.get("f1_cmrc"), "best_step": best.get("step"), "best_epoch": best.get("epoch"),
+                   "steps": self.progress.step, "train_windows": len(self.train_set), "wall_time_s": None}
+        if self.cfg.predict_test:
+            summary["test_questions"] = self._predict_test()
+        if not self.cfg.save_model and self.is_main and self.best_dir.exists():
+            shutil.rmtree(self.best_dir)
+        summary["wall_time_s"] = time.time() - self._started
+        if self.is_main:
+            write_json(self.run_dir / "metrics.json", summary)
+            self.tracker.log_metrics({"best/dev_em": best["em"], "best/dev_f1": best.get("f1", 0.0),
+                                      "wall_time_s": summary["wall_time_s"]}, self.progress.step)
+            self.tracker.log_run_files(self.run_dir)
+        log.info("done in %.0fs: best dev EM %.4f (step %s); outputs in %s", summary["wall_time_s"], best["em"],
+                 best.get("step"), self.run_dir)
+        return float(best["em"])
+
+    def _predict_test(self) -> int:
+        """Every process predicts its shard with the best model as saved (exactly what ``make predict``
+        loads); the main process writes the submission and the n-best lists."""
+        from transformers import AutoModelForQuestionAnswering
+
+        best_model = keep_head_fp32(AutoModelForQuestionAnswering.from_pretrained(self.best_dir)).to(self.accelerator.device)
+        enc = self.encoded["test"]
+        preds = predict(best_model, enc, eval_windows(enc, self.window), self.post, int(self.cfg.eval_batch_size),
+                        self.accelerator, "test")
+        if self.is_main:
+            write_submission(self.run_dir / "test_predictions.csv", enc.examples, preds, bool(self.cfg.csv_strip_commas))
+            write_json(self.run_dir / "test_nbest.json", nbest_json(preds))
+        return len(preds)
 
 
-def agree_on_run_dir(accelerator, run_dir: Path) -> Path:
-    """Under ``accelerate launch`` every rank composes its own config and its own timestamped run dir;
-    all ranks take the main process's, and the others' empty Hydra dirs are removed."""
-    if accelerator.num_processes == 1:
-        return run_dir
-    from accelerate.utils import broadcast_object_list
-
-    shared = Path(broadcast_object_list([str(run_dir)])[0])
-    if shared != run_dir and not accelerator.is_main_process and run_dir.is_dir():
-        import shutil
-
-        shutil.rmtree(run_dir, ignore_errors=True)
-    return shared
+def train(cfg: DictConfig, run_dir: Path) -> float:
+    """Set up, train, finish; the best dev EM."""
+    with TrainingRecipe(cfg, run_dir) as recipe:
+        recipe.setup()
+        recipe.train()
+        return recipe.finish()
 
 
 def run_dir_of_job() -> Path:
@@ -107,180 +328,10 @@ def run_dir_of_job() -> Path:
     return Path(HydraConfig.get().runtime.output_dir)
 
 
-def train(cfg: DictConfig, run_dir: Path) -> float:
-    from accelerate.utils import set_seed
-    from hydra.utils import instantiate
-
-    started = time.time()
-    set_seed(int(cfg.seed))
-    accelerator = make_accelerator(cfg)
-    is_main = accelerator.is_main_process
-    run_dir = agree_on_run_dir(accelerator, run_dir)
-    checkpoint = find_checkpoint(cfg.get("resume"), Path(cfg.paths.output_dir), str(cfg.experiment_name))
-    resume_state = load_trainer_state(checkpoint) if checkpoint else None
-    if resume_state:
-        # Continue in the interrupted run's folder and MLflow run.
-        run_dir = checkpoint.parent.parent
-        if resume_state.get("mlflow_run_id") and "run_id" in cfg.tracking:
-            cfg.tracking.run_id = resume_state["mlflow_run_id"]
-        log.info("resuming from %s (step %d)", checkpoint, resume_state["step"])
-    elif is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        OmegaConf.save(OmegaConf.create(to_plain(cfg)), run_dir / "config_resolved.yaml")
-
-    # Data and tokenizer first: they fail fast (before any model download), all problems at once.
-    splits, tokenizer = load_data_and_tokenizer(cfg, ("train", "dev", "test") if cfg.predict_test else ("train", "dev"))
-    window = window_config(cfg.window)
-    cache = Path(cfg.paths.cache_dir) if cfg.feature_cache else None
-    enc = {s: encode_cached(ex, tokenizer, window, cache) for s, ex in splits.items()}
-    dev_windows = eval_windows(enc["dev"], window)
-    post = PostprocessSettings.from_cfg(cfg)
-    report = data_report(splits["dev"], enc["dev"], dev_windows, window, tokenizer.unk_token_id,
-                         post.max_answer_len, post.span_score)
-    report["train_repairs"] = dict(splits["train"].repairs)
-
-    tracker = start_tracking(cfg, run_dir, splits, is_main)
-    with tracker, contextlib.ExitStack() as stack:
-        tracker.log_dict(report, "data_report.json")
-        train_set = TrainWindowDataset(enc["train"], window, int(cfg.seed))
-        loader = DataLoader(train_set, batch_size=int(cfg.batch_size), shuffle=True, num_workers=int(cfg.num_workers),
-                            collate_fn=PadCollator(tokenizer.pad_token_id or 0),
-                            generator=torch.Generator().manual_seed(int(cfg.seed)))
-        model = load_model(cfg.model)
-        if cfg.get("compile"):
-            model = torch.compile(model)
-        optimizer = instantiate(cfg.optimizer)(parameter_groups(model, float(cfg.optimizer.weight_decay)))
-        steps_per_epoch = math.ceil(len(loader) / int(cfg.grad_accum_steps))
-        total_steps = steps_per_epoch * int(cfg.epochs)
-        if cfg.max_steps:
-            total_steps = min(total_steps, int(cfg.max_steps))
-        scheduler = instantiate(cfg.scheduler)(optimizer=optimizer, num_warmup_steps=int(float(cfg.warmup_ratio) * total_steps),
-                                               num_training_steps=total_steps)
-        model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
-        log.info("%d training windows, %d optimizer steps (%d per epoch), %d dev windows, %d process(es)",
-                 len(train_set), total_steps, steps_per_epoch, len(dev_windows), accelerator.num_processes)
-
-        best = {"em": -1.0}
-        best_dir = run_dir / "best_model"
-
-        def evaluate_dev(step: int, epoch: float) -> None:
-            preds = predict(model, enc["dev"], dev_windows, post, int(cfg.eval_batch_size), accelerator, "dev")
-            metrics, rows = score(preds, enc["dev"])
-            tracker.log_metrics({f"dev/{k}": v for k, v in metrics.items()} | {"epoch": epoch}, step)
-            log.info("step %d (epoch %.2f): dev EM %.4f F1 %.4f", step, epoch, metrics["em"], metrics["f1"])
-            if metrics["em"] > best["em"]:
-                best.update(metrics, step=step, epoch=epoch)
-                if is_main:
-                    write_jsonl(run_dir / "dev_predictions.jsonl", rows)
-                    write_json(run_dir / "dev_nbest.json", nbest_json(preds))
-                    if cfg.save_model or cfg.predict_test:
-                        unwrapped = accelerator.unwrap_model(model)
-                        unwrapped.save_pretrained(best_dir, safe_serialization=True)
-                        tokenizer.save_pretrained(best_dir)
-                accelerator.wait_for_everyone()
-
-        step, start_epoch, skip = 0, 0, 0
-        if resume_state:
-            accelerator.load_state(str(checkpoint))
-            step, start_epoch, skip = resume_state["step"], resume_state["epoch"], resume_state["batches_done"]
-            best.update(resume_state["best"])
-
-        def save(epoch: int, batches_done: int) -> Path:
-            state = {"step": step, "epoch": epoch, "batches_done": batches_done, "best": best,
-                     "mlflow_run_id": getattr(tracker, "run_id", None), "experiment_name": str(cfg.experiment_name)}
-            return save_checkpoint(accelerator, run_dir, state, int(cfg.keep_checkpoints))
-
-        window_loss, window_acc, window_n = 0.0, 0.0, 0
-        tokens_seen, t_log = 0, time.time()
-        model.train()
-        stop = stack.enter_context(StopRequest())
-        for epoch in range(start_epoch, int(cfg.epochs)):
-            train_set.set_epoch(epoch)
-            loader.set_epoch(epoch)
-            batches = accelerator.skip_first_batches(loader, skip) if skip else loader
-            bar = tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not accelerator.is_local_main_process,
-                       mininterval=2, initial=skip, total=len(loader))
-            for batch_no, batch in enumerate(bar, start=skip + 1):
-                with accelerator.accumulate(model):
-                    out = model(**{k: batch[k] for k in MODEL_INPUTS}, start_positions=batch["start_positions"],
-                                end_positions=batch["end_positions"])
-                    loss = out.loss
-                    if not torch.isfinite(loss):
-                        hint = " (fp16 overflow? try precision=bf16 or precision=fp32)" if cfg.precision.mixed_precision == "fp16" else ""
-                        raise FloatingPointError(f"non-finite training loss {loss.item()} at step {step}{hint}; "
-                                                 "no checkpoint was written from this state")
-                    accelerator.backward(loss)
-                    if accelerator.sync_gradients and cfg.max_grad_norm:
-                        accelerator.clip_grad_norm_(model.parameters(), float(cfg.max_grad_norm))
-                    optimizer.step()
-                    scheduler.step()
-                    optimizer.zero_grad()
-                right = (out.start_logits.argmax(-1) == batch["start_positions"]) & (out.end_logits.argmax(-1) == batch["end_positions"])
-                window_loss += loss.item()
-                window_acc += right.float().mean().item()
-                window_n += 1
-                tokens_seen += int(batch["attention_mask"].sum())
-                if not accelerator.sync_gradients:
-                    continue
-                step += 1
-                if step % int(cfg.logging_steps) == 0 or step == total_steps:
-                    elapsed = max(time.time() - t_log, 1e-9)
-                    tracker.log_metrics({"train/loss": window_loss / window_n, "train/acc": window_acc / window_n,
-                                         "train/lr": scheduler.get_last_lr()[0], "train/tokens_per_s": tokens_seen / elapsed,
-                                         "epoch": epoch + batch_no / len(loader)}, step)
-                    bar.set_postfix(loss=f"{window_loss / window_n:.3f}", acc=f"{window_acc / window_n:.3f}")
-                    window_loss, window_acc, window_n, tokens_seen, t_log = 0.0, 0.0, 0, 0, time.time()
-                if cfg.eval_steps and step % int(cfg.eval_steps) == 0:
-                    evaluate_dev(step, epoch + batch_no / len(loader))
-                if cfg.checkpoint_steps and step % int(cfg.checkpoint_steps) == 0 and step < total_steps:
-                    save(epoch, batch_no)
-                if stop.agreed(accelerator):
-                    raise Interrupted(save(epoch, batch_no), step)
-                if step >= total_steps:
-                    break
-            skip = 0
-            if not cfg.eval_steps or step % int(cfg.eval_steps) != 0:
-                evaluate_dev(step, epoch + 1.0)
-            if cfg.checkpoint_steps:
-                save(epoch + 1, 0)
-            if step >= total_steps:
-                break
-
-        summary = {"best_dev_em": best["em"], "best_dev_f1": best.get("f1"), "best_dev_em_cmrc": best.get("em_cmrc"),
-                   "best_dev_f1_cmrc": best.get("f1_cmrc"), "best_step": best.get("step"), "best_epoch": best.get("epoch"),
-                   "steps": step, "train_windows": len(train_set), "wall_time_s": None}
-        if cfg.predict_test:
-            # Every process predicts its shard with the best model (as saved, so exactly what
-            # `make predict` loads); the main process writes the files.
-            from transformers import AutoModelForQuestionAnswering
-
-            best_model = keep_head_fp32(AutoModelForQuestionAnswering.from_pretrained(best_dir)).to(accelerator.device)
-            test_windows = eval_windows(enc["test"], window)
-            preds = predict(best_model, enc["test"], test_windows, post, int(cfg.eval_batch_size), accelerator, "test")
-            if is_main:
-                write_submission(run_dir / "test_predictions.csv", enc["test"].examples, preds, bool(cfg.csv_strip_commas))
-                write_json(run_dir / "test_nbest.json", nbest_json(preds))
-            summary["test_questions"] = len(preds)
-        if not cfg.save_model and is_main and best_dir.exists():
-            import shutil
-
-            shutil.rmtree(best_dir)
-        summary["wall_time_s"] = time.time() - started
-        if is_main:
-            write_json(run_dir / "metrics.json", summary)
-            tracker.log_metrics({"best/dev_em": best["em"], "best/dev_f1": best.get("f1", 0.0),
-                                 "wall_time_s": summary["wall_time_s"]}, step)
-            tracker.log_run_files(run_dir)
-        log.info("done in %.0fs: best dev EM %.4f (step %s); outputs in %s", summary["wall_time_s"], best["em"],
-                 best.get("step"), run_dir)
-    return float(best["em"])
-
-
 @hydra.main(config_path=CONF_DIR, config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> float:
-    run_dir = run_dir_of_job()
     try:
-        return train(cfg, run_dir)
+        return train(cfg, run_dir_of_job())
     except SetupError as err:
         msg = str(err)
         print(msg if msg.startswith("error: ") else setup_message([err]), file=sys.stderr)

@@ -19,7 +19,7 @@ def project_root() -> Path:
     env = os.environ.get("EXTRACTIVE_QA_ROOT")
     if env:
         return Path(env).resolve()
-    candidates = [Path(__file__).resolve().parents[2], *[Path.cwd(), *Path.cwd().parents]]
+    candidates = [Path(__file__).resolve().parents[3], *[Path.cwd(), *Path.cwd().parents]]
     for c in candidates:
         if (c / "conf" / "train.yaml").is_file():
             return c

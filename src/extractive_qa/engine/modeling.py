@@ -18,23 +18,9 @@ from urllib.parse import urlparse
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from ..core.errors import SetupError
+
 log = logging.getLogger(__name__)
-
-
-class SetupError(RuntimeError):
-    """A model or data file could not be fetched; the message says which override fixes it."""
-
-
-def setup_message(errors: list[SetupError]) -> str:
-    """One message for everything that could not be fetched, with the offline way out once."""
-    return "\n".join(f"error: {e}" for e in errors) + f"\n{OFFLINE_HINT}"
-
-
-OFFLINE_HINT = (
-    "Offline? Run `make train ARGS=experiment=offline_smoke` (tiny random-init model, data from ../shared), "
-    "or point the config at local files: model=tiny (or model.name_or_path=/path/to/model_dir) and "
-    "data.dir=/path/to/data_dir."
-)
 
 
 def _hub_reachable(timeout: float = 3.0) -> bool:

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .windowing import (
+from ..core.windowing import (
     EncodedExamples,
     WindowConfig,
     Windows,

@@ -13,7 +13,7 @@ from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
 from .data import ExampleSet, read_examples
-from .modeling import SetupError
+from .errors import SetupError
 
 log = logging.getLogger(__name__)
 

@@ -55,7 +55,7 @@ def postprocess_predictions(
 
     Contract:
 
-    * ``windows`` are the windows of ``enc`` (from :func:`~extractive_qa.windowing.eval_windows`);
+    * ``windows`` are the windows of ``enc`` (from :func:`~extractive_qa.core.windowing.eval_windows`);
       ``start_logits[w]`` / ``end_logits[w]`` hold window ``w``'s logits for its sequence positions
       (at least up to its final [SEP]; anything beyond is ignored).
     * Candidates: the ``top_k`` start and ``top_k`` end positions among the window's **context**

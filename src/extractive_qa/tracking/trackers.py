@@ -25,8 +25,8 @@ from typing import TypeVar
 
 from omegaconf import DictConfig
 
-from .config import flatten, to_plain
-from .outputs import write_json
+from ..core.config import flatten, to_plain
+from ..core.outputs import write_json
 
 log = logging.getLogger(__name__)
 

@@ -10,10 +10,10 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from ..core.metrics import aggregate, score_prediction
+from ..core.postprocess import Prediction, postprocess_predictions
+from ..core.windowing import EncodedExamples, Windows
 from .batching import PadCollator, WindowDataset, window_lengths
-from .metrics import aggregate, score_prediction
-from .postprocess import Prediction, postprocess_predictions
-from .windowing import EncodedExamples, Windows
 
 MODEL_INPUTS = ("input_ids", "token_type_ids", "attention_mask")
 

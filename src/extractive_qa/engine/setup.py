@@ -1,0 +1,84 @@
+"""Run set-up shared by the entry points: the Accelerator, data + tokenizer, the run dir, the optimizer.
+
+Training, the predictor and the benchmark all start here, so a precision rule or a data-loading
+message is written once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig
+
+from ..core.data import ExampleSet
+from ..core.datafiles import load_split
+from ..core.errors import SetupError, setup_message
+from .modeling import load_tokenizer
+
+log = logging.getLogger(__name__)
+
+
+def make_accelerator(cfg: DictConfig):
+    """A fresh Accelerator per job: Hydra runs ``-m`` jobs in one process, and Accelerate keeps one
+    global state per process (a second job with another mixed_precision would raise)."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, GradientState
+    from accelerate.utils import DataLoaderConfiguration
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    mixed = str(cfg.precision.mixed_precision)
+    if mixed == "fp16" and not torch.cuda.is_available():
+        raise SetupError("precision=fp16 needs a CUDA GPU (none found); on a CPU use precision=bf16 or precision=fp32")
+    # Several processes and no GPU (torchrun, or `accelerate launch --multi_gpu` on a CPU machine):
+    # Accelerate only forms a gloo process group over CPUs when told to use the CPU.
+    multi_cpu = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
+    # A seedable sampler makes each epoch's order a function of (seed, epoch): resuming mid-epoch
+    # replays exactly the batches the interrupted run would have seen.
+    return Accelerator(cpu=multi_cpu, mixed_precision=mixed,
+                       dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+                       gradient_accumulation_steps=int(cfg.get("grad_accum_steps", 1)))
+
+
+def load_data_and_tokenizer(cfg: DictConfig, split_names: tuple[str, ...]) -> tuple[dict[str, ExampleSet], object]:
+    """The splits and the tokenizer, or one SetupError listing everything that could not be fetched."""
+    errors, splits, tokenizer = [], {}, None
+    for name in split_names:
+        try:
+            splits[name] = load_split(cfg.data, name)
+        except SetupError as err:
+            errors.append(err)
+    try:
+        tokenizer = load_tokenizer(cfg.model)
+    except SetupError as err:
+        errors.append(err)
+    if errors:
+        raise SetupError(setup_message(errors))
+    return splits, tokenizer
+
+
+def agree_on_run_dir(accelerator, run_dir: Path) -> Path:
+    """Under ``accelerate launch`` every rank composes its own config and its own timestamped run dir;
+    all ranks take the main process's, and the others' empty Hydra dirs are removed."""
+    if accelerator.num_processes == 1:
+        return run_dir
+    from accelerate.utils import broadcast_object_list
+
+    shared = Path(broadcast_object_list([str(run_dir)])[0])
+    if shared != run_dir and not accelerator.is_main_process and run_dir.is_dir():
+        shutil.rmtree(run_dir, ignore_errors=True)
+    return shared
+
+
+def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """No weight decay on biases and LayerNorm weights (BERT's recipe)."""
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        (no_decay if param.ndim < 2 or "LayerNorm" in name or name.endswith(".bias") else decay).append(param)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
