@@ -62,6 +62,18 @@ def run_module(module: str, *overrides: str, env: dict | None = None, check: boo
     return out
 
 
+def run_with_faults(faults: list[str], *overrides: str, env: dict | None = None, check: bool = False,
+                    module: str = "extractive_qa.train") -> subprocess.CompletedProcess:
+    """``module``'s CLI with faults injected at exact points of the recipe (see fault_runner.py)."""
+    args = [a for f in faults for a in ("--fault", f)]
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    out = subprocess.run([sys.executable, str(ROOT / "tests" / "fault_runner.py"), "--module", module, *args, "--", *overrides],
+                         capture_output=True, text=True, cwd=ROOT, env=full_env, timeout=900)
+    if check and out.returncode != 0:
+        raise AssertionError(f"{module} failed ({out.returncode}):\n{out.stdout[-3000:]}\n{out.stderr[-5000:]}")
+    return out
+
+
 @pytest.fixture(scope="session")
 def synthetic(tmp_path_factory) -> dict[str, Path]:
     """A synthetic hw7-format data dir and an offline tiny-model dir (see synthetic.py)."""

@@ -13,15 +13,22 @@ from extractive_qa.core.windowing import WindowConfig
 @needs_shared
 def test_bench_prints_json_lines_with_ratios(tmp_path):
     res = run_module("extractive_qa.bench", "model=tiny", "bench.eval_questions=8", "bench.naive_questions=2",
-                     "bench.train_steps=1", "bench.train_questions=40", "bench.parts=[eval,train]")
+                     "bench.train_steps=1", "bench.train_questions=40", "bench.parts=[eval,budgets,train]", "bench.budget_questions=4", "bench.eval_budgets=[512,4096]")
     lines = [json.loads(line) for line in res.stdout.splitlines() if line.startswith("{")]
     kinds = [line["bench"] for line in lines]
-    assert kinds == ["eval_naive", "eval", "eval", "train_naive", "train", "summary"]
-    for line in lines[:-1]:
+    assert kinds == ["hardware", "gemm_peak", "eval_naive", "eval", "eval", "eval_budget", "eval_budget", "train_naive",
+                     "train", "summary"]
+    hardware, gemm = lines[0], lines[1]
+    assert hardware["device"] == "cpu" and hardware["precision"] in ("bf16", "no") and hardware["precision_reason"]
+    assert hardware["torch_cpu_capability"] and hardware["threads"] >= 1
+    assert gemm["gflops_fp32"] > 0
+    for line in lines[2:-1]:
         assert line["peak_rss_mb"] > 0 and line.get("questions_per_s", line.get("windows_per_s")) > 0
+    assert [line["eval_batch_tokens"] for line in lines[5:7]] == [512, 4096]
     summary = lines[-1]
     assert summary["eval_speedup_default_windows"] > 0 and summary["train_tokens_per_s_ratio"] > 0
     assert summary["oracle_em_default_windows"] == 1.0
+    assert 0 < summary["eval_mfu"] and 0 < summary["train_mfu"] and summary["precision"] == hardware["precision"]
 
 
 def test_feature_cache_tokenizes_once(tmp_path, char_tokenizer, monkeypatch):

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import run_module
+from conftest import run_module, run_with_faults
 from mlflow.tracking import MlflowClient
 
 
@@ -40,7 +40,7 @@ def test_non_finite_loss_stops_fails_the_run_and_keeps_the_finite_checkpoint(syn
 def test_two_processes_match_one(synthetic, tmp_path):
     if not shutil.which("accelerate", path=str(Path(sys.executable).parent)):
         pytest.skip("accelerate CLI not installed")
-    common = [*tiny(synthetic, tmp_path), "tracking=none", "eval_batch_size=7",  # 7: uneven shards across ranks
+    common = [*tiny(synthetic, tmp_path), "tracking=none", "eval_batch_tokens=700",  # a few windows per batch: uneven shards across ranks
               "+model.config_overrides.hidden_dropout_prob=0.0", "+model.config_overrides.attention_probs_dropout_prob=0.0",
               "data.limit_dev=30", "data.limit_test=13", "max_steps=4"]
     run_module("extractive_qa.train", *common, "batch_size=8", f"hydra.run.dir={tmp_path}/one")
@@ -68,26 +68,6 @@ def test_two_processes_match_one(synthetic, tmp_path):
     assert len(list(tmp_path.glob("**/metrics.json"))) == 2  # only the main process wrote files
 
 
-def _launch(args: list[str]):
-    import os
-    import subprocess
-
-    from conftest import ROOT
-
-    return subprocess.Popen([sys.executable, "-m", "extractive_qa.train", *args], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-
-
-def _wait_for(path: Path, proc, timeout: float = 300) -> None:
-    import time
-
-    deadline = time.time() + timeout
-    while not path.exists():
-        assert proc.poll() is None, f"training ended before {path} appeared:\n{proc.stderr.read()[-3000:]}"
-        assert time.time() < deadline, f"{path} never appeared"
-        time.sleep(0.02)
-
-
 def _resume_args(synthetic, tmp: Path) -> list[str]:
     return [*tiny(synthetic, tmp), "data.limit_train=600", "epochs=2", "checkpoint_steps=10", "keep_checkpoints=2",
             "predict_test=false", "logging_steps=5"]
@@ -113,10 +93,9 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(synthetic, tmp_path):
     run_module("extractive_qa.train", *args, "experiment_name=straight", f"hydra.run.dir={tmp_path}/straight")
 
     killed = tmp_path / "killed"
-    proc = _launch([*args, "experiment_name=killed", f"hydra.run.dir={killed}"])
-    _wait_for(killed / "checkpoints" / "step_30", proc)  # mid-epoch (75 steps per epoch)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    # SIGKILL right after the step-30 checkpoint is written (mid-epoch: 75 steps per epoch).
+    res = run_with_faults(["after:_save:30=SIGKILL"], *args, "experiment_name=killed", f"hydra.run.dir={killed}")
+    assert res.returncode == -signal.SIGKILL
     run_module("extractive_qa.train", *args, "experiment_name=killed", f"resume={killed}",
                f"hydra.run.dir={tmp_path}/ignored")
 
@@ -134,22 +113,20 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(synthetic, tmp_path):
 
 @pytest.mark.slow
 def test_sigint_saves_a_checkpoint_marks_killed_and_says_how_to_resume(synthetic, tmp_path):
-    import signal
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     run_dir = tmp_path / "outputs" / "runs" / "first"  # resume=auto looks under paths.output_dir
     args = [*_resume_args(synthetic, tmp_path), "checkpoint_steps=20", "tracking=mlflow", f"tracking.uri={uri}",
             "experiment_name=sigint"]
-    proc = _launch([*args, f"hydra.run.dir={run_dir}"])
-    _wait_for(run_dir / "checkpoints" / "step_20", proc)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=300)
-    assert proc.returncode == 130 and f"resume={run_dir}" in err and "Traceback" not in err
+    # Ctrl-C arrives during step 25's logging; the loop stops after that step, with a checkpoint.
+    res = run_with_faults(["after:_maybe_log:25=SIGINT"], *args, f"hydra.run.dir={run_dir}")
+    err = res.stderr
+    assert res.returncode == 130 and f"resume={run_dir}" in err and "Traceback" not in err
     client = MlflowClient(uri)
     (run,) = client.search_runs([client.get_experiment_by_name("sigint").experiment_id])
     assert run.info.status == "KILLED"
     stopped_at = max(int(p.name.split("_")[1]) for p in (run_dir / "checkpoints").glob("step_*"))
-    assert 20 < stopped_at < 150
+    assert stopped_at == 25
     run_module("extractive_qa.train", *args, "resume=auto", f"hydra.run.dir={tmp_path}/second")
     run = client.get_run(run.info.run_id)
     assert run.info.status == "FINISHED" and "best/dev_em" in run.data.metrics

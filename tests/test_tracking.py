@@ -42,12 +42,14 @@ def test_sweep_leaves_one_complete_run_per_job(sweep_store):
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name("tracking-test")
     assert exp.artifact_location.startswith("file://") and str(tmp) in exp.artifact_location
-    runs = sorted(client.search_runs([exp.experiment_id]), key=lambda r: r.data.tags["job.num"])
-    assert [r.info.run_name for r in runs] == ["warmup_ratio=0.1", "warmup_ratio=0.5"]
+    runs = sorted((r for r in client.search_runs([exp.experiment_id]) if "job.num" in r.data.tags),
+                  key=lambda r: r.data.tags["job.num"])
+    sweep_id = runs[0].data.tags["sweep.id"]
+    assert [r.info.run_name for r in runs] == [f"{sweep_id} warmup_ratio=0.1", f"{sweep_id} warmup_ratio=0.5"]
     for job, run in enumerate(runs):
         tags, params, metrics = run.data.tags, run.data.params, run.data.metrics
         assert run.info.status == "FINISHED"
-        assert tags["sweep.id"] == str((tmp / "sweep").resolve()) and tags["job.num"] == str(job)
+        assert tags["sweep.dir"] == str((tmp / "sweep").resolve()) and tags["job.num"] == str(job)
         assert len(tags["git.commit"]) in (40, 7) or tags["git.commit"] == "unknown"
         assert tags["git.dirty"] in ("true", "false", "unknown")
         assert tags["command"].startswith("python -m extractive_qa.train -m warmup_ratio=0.1,0.5")
@@ -118,10 +120,12 @@ def test_ctrl_c_marks_the_run_killed_and_secrets_stay_out(tmp_path, monkeypatch)
 
 def test_run_names_show_what_a_sweep_varies():
     overrides = ["warmup_ratio=0.1", "experiment=offline_smoke", "data.dir=/a/b"]
-    assert run_name_from_overrides(overrides, ["-m", "warmup_ratio=0.1,0.2", "experiment=offline_smoke"]) == "warmup_ratio=0.1"
-    assert run_name_from_overrides(overrides, ["warmup_ratio=0.1", "experiment=offline_smoke"]) == \
-        "warmup_ratio=0.1,experiment=offline_smoke"
-    assert run_name_from_overrides([], []) == "defaults"
+    sweep = {"id": "a1b2c3", "swept_keys": ["warmup_ratio"]}
+    assert run_name_from_overrides(overrides, sweep) == "a1b2c3 warmup_ratio=0.1"
+    assert run_name_from_overrides(overrides) == "warmup_ratio=0.1,experiment=offline_smoke"
+    assert run_name_from_overrides([]) == "defaults"
+    assert run_name_from_overrides(["data.dev_file=/x/dev.json"], {"id": "f", "swept_keys": ["data.dev_file"]}) == \
+        "f data.dev_file=dev.json"
 
 
 def _free_port() -> int:
@@ -163,8 +167,9 @@ def test_parallel_joblib_jobs_share_one_fresh_sqlite_store(synthetic, tmp_path):
     run_module("extractive_qa.train", "-m", "launcher=joblib", "warmup_ratio=0.1,0.5", *tiny_overrides(synthetic, tmp_path, uri),
                "max_steps=4", f"hydra.sweep.dir={tmp_path}/sweep")
     client = MlflowClient(uri)
-    runs = client.search_runs([client.get_experiment_by_name("tracking-test").experiment_id])
-    assert sorted(r.info.run_name for r in runs) == ["warmup_ratio=0.1", "warmup_ratio=0.5"]
+    runs = [r for r in client.search_runs([client.get_experiment_by_name("tracking-test").experiment_id])
+            if "job.num" in r.data.tags]
+    assert sorted(r.info.run_name.split(" ", 1)[1] for r in runs) == ["warmup_ratio=0.1", "warmup_ratio=0.5"]
     for r in runs:
         assert r.info.status == "FINISHED" and "best/dev_em" in r.data.metrics
         assert len(client.get_metric_history(r.info.run_id, "train/loss")) == 4

@@ -27,7 +27,7 @@ def test_tiny_model_learns_synthetic_chinese_qa(synthetic, tmp_path):
     run_dir = tmp_path / "run"
     run_module("extractive_qa.train", *common(tmp_path), "model=tiny", f"model.name_or_path={synthetic['model']}",
                f"data.dir={synthetic['data']}", "epochs=6", "batch_size=32", "lr=1e-3", "warmup_ratio=0.1",
-               "logging_steps=20", "eval_batch_size=128", "predict_test=false", "save_model=false",
+               "logging_steps=20", "eval_batch_tokens=16384", "predict_test=false", "save_model=false",
                f"hydra.run.dir={run_dir}")
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["best_dev_em"] >= 0.9, metrics

@@ -1,21 +1,29 @@
-"""``python -m extractive_qa.bench`` (``make bench``): evaluation and training speed against the seed's strategy.
+"""``python -m extractive_qa.bench`` (``make bench``): evaluation and training speed against the seed's
+strategy, on this hardware, in the precision ``precision=auto`` picks for it.
 
 Prints one JSON object per line:
 
-* ``eval`` -- this project's evaluation (windows of many questions per batch, sorted by length,
-  padded per batch to a multiple of 8, autocast per ``precision``, vectorised post-processing) at the
-  default windows and at the seed's windows, and ``eval_naive`` -- the seed notebook's loop
-  re-implemented: one question per batch, every window padded to the full length, fp32, start and end
-  picked independently, text decoded from ids. Each reports questions/s, windows/s, tokens/s (real,
-  non-padding tokens), peak RSS; ours also the oracle EM of the same slice.
-* ``train`` / ``train_naive`` -- optimizer steps at the seed's settings: ours with dynamic padding and
-  ``precision``; the naive loop padded to the full length in fp32.
+* ``hardware`` -- CPU model and the flags that decide matmul speed, torch's CPU capability, threads,
+  GPU name and memory, the precision chosen and why.
+* ``gemm_peak`` -- a GEMM microbenchmark (BERT-shaped matrices) in fp32 and in the chosen precision:
+  the peak against which model FLOPs utilisation (MFU) is computed in this same run.
+* ``eval_naive`` -- the seed notebook's dev loop re-implemented: one question per batch, every window
+  padded to the full length, fp32, start and end picked independently, text decoded from ids.
+* ``eval`` -- this project's evaluation at the default windows and at the seed's windows (windows of
+  many questions per batch, batches sized in tokens, sorted by length, padded per batch, autocast,
+  vectorised post-processing), with MFU. ``eval_budget`` -- the default windows at several
+  ``eval_batch_tokens`` budgets, to pick one for a machine.
+* ``train_naive`` / ``train`` -- optimizer steps at the seed's settings: the naive loop padded to the
+  full length in fp32 with a plain AdamW; ours as the recipe trains (dynamic padding, batches grouped
+  by length, the configured optimizer, the chosen precision), with MFU.
 * ``bf16_agreement`` -- a tiny model trained on the synthetic set: share of dev questions whose bf16
   prediction equals the fp32 one.
 * ``summary`` -- the ratios against the naive baseline measured in this same run.
 
-Each measurement runs in a fresh process so its peak RSS is its own. Speed targets live here, never
-in timed tests.
+Model FLOPs (the MFU numerator) count real, non-padding tokens: a window of T tokens costs
+T * (2N + 4*L*d*T) in the forward pass (N = non-embedding parameters, L layers, width d: the matmuls
+plus attention's two T x T products); a training step 3x that (forward + backward). Each measurement
+runs in a fresh process, so its peak RSS is its own. Speed targets live here, never in timed tests.
 """
 
 from __future__ import annotations
@@ -67,27 +75,90 @@ def _model(c: DictConfig):
     return load_model(c.model).eval()
 
 
-def eval_ours(cfg: dict, window_name: str) -> dict:
+def forward_flops(model, lengths: np.ndarray) -> float:
+    """Forward FLOPs of windows of ``lengths`` real tokens: sum of T * (2N + 4*L*d*T)."""
+    config = model.config
+    n = sum(p.numel() for name, p in model.named_parameters() if "embeddings" not in name)
+    lengths = np.asarray(lengths, dtype=np.float64)
+    return float((lengths * (2 * n + 4 * config.num_hidden_layers * config.hidden_size * lengths)).sum())
+
+
+def _sync(device) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def gemm_peak(cfg: dict) -> dict:
+    """GFLOP/s of BERT-shaped GEMMs ((tokens x d) @ (d x 4d)) in fp32 and in the chosen precision."""
+    import torch
+
+    from .engine.setup import make_accelerator
+
+    torch.set_num_threads(int(cfg["bench"]["threads"]) or torch.get_num_threads())
+    accelerator = make_accelerator(OmegaConf.create(cfg))
+    device = accelerator.device
+    rows, d = (16384, 1024) if device.type == "cuda" else (2048, 768)
+    a = torch.randn(rows, d, device=device)
+    b = torch.randn(d, 4 * d, device=device)
+    result = {"bench": "gemm_peak", "device": device.type, "shape": [rows, d, 4 * d]}
+    precisions = dict.fromkeys(["no", accelerator.mixed_precision])
+    for precision in precisions:
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+        x, y = (a.to(dtype), b.to(dtype)) if dtype else (a, b)
+        for _ in range(3):
+            x @ y
+        _sync(device)
+        repeats = 200 if device.type == "cuda" else 10
+        start = time.perf_counter()
+        for _ in range(repeats):
+            x @ y
+        _sync(device)
+        seconds = (time.perf_counter() - start) / repeats
+        result[f"gflops_{'fp32' if precision == 'no' else precision}"] = 2 * rows * d * 4 * d / seconds / 1e9
+    return result
+
+
+def _peak_for(peaks: dict, precision: str) -> float | None:
+    return peaks.get(f"gflops_{'fp32' if precision == 'no' else precision}")
+
+
+def eval_ours(cfg: dict, window_name: str, budgets: list | None = None) -> dict | list[dict]:
+    """Our evaluation over the slice; with ``budgets``, once per eval_batch_tokens budget."""
     from .core.postprocess import oracle_logits, postprocess_predictions
     from .engine.batching import window_lengths
     from .engine.evaluation import PostprocessSettings, predict, score
+    from .engine.hardware import eval_batch_tokens
     from .engine.setup import make_accelerator
 
-    c, _, _, enc, windows = _setup(cfg, window_name, "dev", int(cfg["bench"]["eval_questions"]))
-    model = _model(c)
+    limit = int(cfg["bench"]["budget_questions" if budgets else "seed_questions" if window_name == "seed" else "eval_questions"])
+    c, _, _, enc, windows = _setup(cfg, window_name, "dev", limit)
     accelerator = make_accelerator(c)
-    model = accelerator.prepare(model)
+    model = accelerator.prepare(_model(c))
     post = PostprocessSettings.from_cfg(c)
-    start = time.perf_counter()
-    preds = predict(model, enc, windows, post, int(c.eval_batch_size), accelerator, "bench")
-    seconds = time.perf_counter() - start
-    s, e = oracle_logits(enc, windows)
-    oracle, _ = score(postprocess_predictions(enc, windows, s, e, max_answer_len=post.max_answer_len), enc)
+    lengths = window_lengths(enc, windows)
+    flops = forward_flops(accelerator.unwrap_model(model), lengths)
     n = len(enc.examples)
-    return {"bench": "eval", "windows_preset": window_name, "precision": c.precision.mixed_precision,
-            "questions": n, "windows": len(windows), "seconds": seconds, "questions_per_s": n / seconds,
-            "windows_per_s": len(windows) / seconds, "tokens_per_s": float(window_lengths(enc, windows).sum()) / seconds,
-            "oracle_em": oracle["em"], "predictions": len(preds), "peak_rss_mb": _peak_rss_mb()}
+    if budgets:
+        predict(model, enc, windows, post, c.eval_batch_tokens, accelerator, "warm-up")
+    rows = []
+    for budget in budgets or [c.eval_batch_tokens]:
+        _sync(accelerator.device)
+        start = time.perf_counter()
+        preds = predict(model, enc, windows, post, budget, accelerator, "bench")
+        _sync(accelerator.device)
+        seconds = time.perf_counter() - start
+        rows.append({"bench": "eval_budget" if budgets else "eval", "windows_preset": window_name,
+                     "precision": c.precision.mixed_precision, "eval_batch_tokens": eval_batch_tokens(budget),
+                     "questions": n, "windows": len(windows), "seconds": seconds, "questions_per_s": n / seconds,
+                     "windows_per_s": len(windows) / seconds, "tokens_per_s": float(lengths.sum()) / seconds,
+                     "model_gflops_per_s": flops / seconds / 1e9, "predictions": len(preds), "peak_rss_mb": _peak_rss_mb()})
+    if budgets:
+        return rows
+    s, e = oracle_logits(enc, windows)
+    rows[0]["oracle_em"] = score(postprocess_predictions(enc, windows, s, e, max_answer_len=post.max_answer_len), enc)[0]["em"]
+    return rows[0]
 
 
 def eval_naive(cfg: dict) -> dict:
@@ -131,31 +202,38 @@ def eval_naive(cfg: dict) -> dict:
 
 
 def _train_steps(c: DictConfig, enc, window, naive: bool) -> dict:
+    """Timed optimizer steps: naive (fixed padding, fp32, plain AdamW) or as the recipe trains."""
     import torch
-    from torch.utils.data import DataLoader
+    from hydra.utils import instantiate
 
-    from .engine.batching import PadCollator, TrainWindowDataset
-    from .engine.setup import make_accelerator
+    from .engine.batching import TrainWindowDataset, train_loader
+    from .engine.setup import make_accelerator, parameter_groups
 
     steps, batch_size = int(c.bench.train_steps), int(c.bench.train_batch_size)
     dataset = TrainWindowDataset(enc, window, 0)
-    collate = PadCollator(enc.pad_id, fixed_length=window.max_total_len() if naive else None)
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, collate_fn=collate,
-                        generator=torch.Generator().manual_seed(0), num_workers=0 if naive else int(c.num_workers))
+    loader = train_loader(dataset, batch_size, enc.pad_id, group_by_length=bool(c.group_by_length) and not naive,
+                          num_workers=0 if naive else int(c.num_workers),
+                          fixed_length=window.max_total_len() if naive else None)
     model = _model(c).train()
-    if c.get("compile") and not naive:
-        model = torch.compile(model)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
-    if not naive:
+    if naive:
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
+    else:
+        if c.get("compile"):
+            model = torch.compile(model)
+        optimizer = instantiate(c.optimizer)(parameter_groups(model, float(c.optimizer.weight_decay)))
         accelerator = make_accelerator(c)
         model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    device = next(model.parameters()).device
     it = iter(loader)
     real = padded = 0
+    flops = 0.0
     start = None
     for step in range(steps + 1):  # the first step warms up (allocations, compilation) and is not timed
         if step == 1:
+            _sync(device)
             start = time.perf_counter()
             real = padded = 0
+            flops = 0.0
         batch = next(it)
         out = model(input_ids=batch["input_ids"], token_type_ids=batch["token_type_ids"],
                     attention_mask=batch["attention_mask"], start_positions=batch["start_positions"],
@@ -163,17 +241,20 @@ def _train_steps(c: DictConfig, enc, window, naive: bool) -> dict:
         (accelerator.backward(out.loss) if not naive else out.loss.backward())
         optimizer.step()
         optimizer.zero_grad()
-        real += int(batch["attention_mask"].sum())
+        lengths = batch["attention_mask"].sum(dim=1).cpu().numpy()
+        real += int(lengths.sum())
         padded += batch["input_ids"].numel()
+        flops += 3 * forward_flops(model if naive else accelerator.unwrap_model(model), lengths)
+    _sync(device)
     seconds = time.perf_counter() - start
     return {"steps": steps, "batch_size": batch_size, "seconds": seconds, "windows_per_s": steps * batch_size / seconds,
-            "tokens_per_s": real / seconds, "padded_tokens_per_s": padded / seconds}
+            "tokens_per_s": real / seconds, "padded_tokens_per_s": padded / seconds, "model_gflops_per_s": flops / seconds / 1e9}
 
 
 def train_bench(cfg: dict, naive: bool) -> dict:
     c, _, window, enc, _ = _setup(cfg, "seed", "train", int(cfg["bench"]["train_questions"]))
     if naive:
-        c = OmegaConf.merge(c, {"precision": {"mixed_precision": "no"}})
+        c = OmegaConf.merge(c, {"precision": {"mixed_precision": "no", "requested": "no"}})
     result = _train_steps(c, enc, window, naive)
     return {"bench": "train_naive" if naive else "train", "windows_preset": "seed",
             "precision": "no" if naive else c.precision.mixed_precision, "compile": bool(c.get("compile")) and not naive,
@@ -201,7 +282,7 @@ def bf16_agreement(cfg: dict) -> dict:
         subprocess.run([sys.executable, "-m", "extractive_qa.train", "model=tiny",
                         f"model.name_or_path={write_tiny_model_dir(tmp / 'model')}", f"data.dir={data_dir}", "tracking=none",
                         "epochs=4", "lr=1e-3", "batch_size=32", "predict_test=false", "feature_cache=false",
-                        f"paths.output_dir={tmp}", f"hydra.run.dir={tmp / 'run'}"],
+                        "precision=fp32", f"paths.output_dir={tmp}", f"hydra.run.dir={tmp / 'run'}"],
                        check=True, capture_output=True, text=True)
         c = OmegaConf.create(cfg)
         model = keep_head_fp32(AutoModelForQuestionAnswering.from_pretrained(tmp / "run" / "best_model").eval())
@@ -211,9 +292,9 @@ def bf16_agreement(cfg: dict) -> dict:
                               tokenizer, window)
         windows = eval_windows(enc, window)
         post = PostprocessSettings.from_cfg(c)
-        fp32 = predict(model, enc, windows, post, 64)
+        fp32 = predict(model, enc, windows, post, "auto")
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            bf16 = predict(model, enc, windows, post, 64)
+            bf16 = predict(model, enc, windows, post, "auto")
         same = sum(a.text == b.text for a, b in zip(fp32, bf16, strict=True)) / len(fp32)
         return {"bench": "bf16_agreement", "questions": len(fp32), "same_prediction": same,
                 "dev_em_fp32": score(fp32, enc)[0]["em"], "dev_em_bf16": score(bf16, enc)[0]["em"],
@@ -227,7 +308,7 @@ def _child(fn, args, queue) -> None:
         queue.put({"error": f"{type(err).__name__}: {err}"})
 
 
-def in_fresh_process(fn, *args) -> dict:
+def in_fresh_process(fn, *args):
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     proc = ctx.Process(target=_child, args=(fn, args, queue))
@@ -237,38 +318,64 @@ def in_fresh_process(fn, *args) -> dict:
     return result
 
 
-def _emit(result: dict) -> dict:
-    print(json.dumps(result, ensure_ascii=False), flush=True)
+def _emit(result):
+    for row in result if isinstance(result, list) else [result]:
+        print(json.dumps(row, ensure_ascii=False), flush=True)
     return result
+
+
+def hardware_line(cfg: DictConfig) -> dict:
+    """This machine and the precision chosen for it (recorded into ``cfg`` for every measurement)."""
+    import torch
+
+    from .engine.hardware import detect_hardware
+    from .engine.setup import resolve_run_precision
+
+    torch.set_num_threads(int(cfg.bench.threads) or torch.get_num_threads())
+    resolve_run_precision(cfg)
+    return {"bench": "hardware", **detect_hardware().to_dict(), "torch": torch.__version__,
+            "precision": cfg.precision.mixed_precision, "precision_reason": cfg.precision.reason}
+
+
+def summarize(cfg: DictConfig, out: dict) -> dict:
+    summary: dict = {"bench": "summary", "model": cfg.model.name_or_path, "init": cfg.model.init,
+                     "hardware": out["hardware"]["name"], "precision": cfg.precision.mixed_precision}
+    peaks = out.get("gemm", {})
+    if "naive" in out and "error" not in out["naive"]:
+        base = out["naive"]["questions_per_s"]
+        summary["eval_speedup_default_windows"] = out["default"].get("questions_per_s", 0) / base
+        summary["eval_speedup_seed_windows"] = out["seed"].get("questions_per_s", 0) / base
+        summary["oracle_em_default_windows"] = out["default"].get("oracle_em")
+    if "train_naive" in out and "error" not in out["train_naive"]:
+        summary["train_tokens_per_s_ratio"] = out["train"].get("tokens_per_s", 0) / out["train_naive"]["tokens_per_s"]
+    peak = _peak_for(peaks, cfg.precision.mixed_precision)
+    for key, name in (("default", "eval_mfu"), ("train", "train_mfu")):
+        if peak and key in out and "model_gflops_per_s" in out[key]:
+            summary[name] = out[key]["model_gflops_per_s"] / peak
+    if "bf16" in out:
+        summary["bf16_same_prediction"] = out["bf16"].get("same_prediction")
+    return summary
 
 
 @hydra.main(config_path=CONF_DIR, config_name="bench", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    plain = to_plain(cfg)
     parts = set(cfg.bench.parts)
-    out: dict[str, dict] = {}
+    out: dict = {"hardware": _emit(hardware_line(cfg))}
+    plain = to_plain(cfg)
+    out["gemm"] = _emit(in_fresh_process(gemm_peak, plain))
     if "eval" in parts:
         out["naive"] = _emit(in_fresh_process(eval_naive, plain))
         out["default"] = _emit(in_fresh_process(eval_ours, plain, "default"))
         out["seed"] = _emit(in_fresh_process(eval_ours, plain, "seed"))
+    if "budgets" in parts:
+        out["budgets"] = _emit(in_fresh_process(eval_ours, plain, "default", list(cfg.bench.eval_budgets)))
     if "train" in parts:
         out["train_naive"] = _emit(in_fresh_process(train_bench, plain, True))
         out["train"] = _emit(in_fresh_process(train_bench, plain, False))
     if "bf16" in parts:
         out["bf16"] = _emit(in_fresh_process(bf16_agreement, plain))
-    summary: dict = {"bench": "summary", "model": cfg.model.name_or_path, "init": cfg.model.init,
-                     "precision": cfg.precision.mixed_precision}
-    if "eval" in parts and "error" not in out["naive"]:
-        base = out["naive"]["questions_per_s"]
-        summary["eval_speedup_default_windows"] = out["default"].get("questions_per_s", 0) / base
-        summary["eval_speedup_seed_windows"] = out["seed"].get("questions_per_s", 0) / base
-        summary["oracle_em_default_windows"] = out["default"].get("oracle_em")
-    if "train" in parts and "error" not in out["train_naive"]:
-        summary["train_tokens_per_s_ratio"] = out["train"].get("tokens_per_s", 0) / out["train_naive"]["tokens_per_s"]
-    if "bf16" in parts:
-        summary["bf16_same_prediction"] = out["bf16"].get("same_prediction")
-    _emit(summary)
-    if any("error" in r for r in out.values()):
+    _emit(summarize(cfg, out))
+    if any("error" in r for r in out.values() if isinstance(r, dict)):
         sys.exit(1)
 
 

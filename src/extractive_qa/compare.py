@@ -42,16 +42,16 @@ def find_runs(client, experiment: str | None, sweep: str | None) -> tuple[str, s
     else:
         ids = [e.experiment_id for e in experiments]
         if sweep is None:
-            newest = client.search_runs(ids, filter_string="tags.`sweep.id` != ''", order_by=["attributes.start_time DESC"],
+            newest = client.search_runs(ids, filter_string="tags.`sweep.dir` != ''", order_by=["attributes.start_time DESC"],
                                         max_results=1)
             if not newest:
                 raise SystemExit("error: no sweep runs in the store; run one (python -m extractive_qa.train -m ...) "
                                  "or pass --experiment NAME")
-            sweep = newest[0].data.tags["sweep.id"]
+            sweep = newest[0].data.tags["sweep.dir"]
         sweep = str(Path(sweep).resolve())
-        name, flt = Path(sweep).name, f"tags.`sweep.id` = '{sweep}'"
+        name, flt = Path(sweep).name, f"tags.`sweep.dir` = '{sweep}'"
     runs = [r for r in client.search_runs(ids, filter_string=flt, order_by=["attributes.start_time ASC"], max_results=1000)
-            if REPORT_TAG not in r.data.tags]
+            if REPORT_TAG not in r.data.tags and "sweep.parent" not in r.data.tags]
     if not runs:
         raise SystemExit(f"error: no runs found for {name!r}")
     return runs[0].info.experiment_id, name, runs

@@ -28,7 +28,7 @@ def newest_run(output_dir: Path) -> Path:
 
 
 def predict_run(run_dir: Path, test_file: str | None = None, output: str | None = None,
-                eval_batch_size: int | None = None, precision: str | None = None,
+                eval_batch_tokens: int | str | None = None, precision: str | None = None,
                 strip_commas: bool | None = None) -> Path:
     from transformers import AutoModelForQuestionAnswering, AutoTokenizer
 
@@ -39,24 +39,27 @@ def predict_run(run_dir: Path, test_file: str | None = None, output: str | None 
     from .engine.evaluation import PostprocessSettings, predict
     from .engine.modeling import keep_head_fp32
 
+    model_dir = run_dir / "best_model"
+    if not (model_dir / "config.json").is_file() or not (run_dir / "config_resolved.yaml").is_file():
+        raise FileNotFoundError(f"{run_dir} holds no trained model (best_model/ and config_resolved.yaml): it was trained "
+                                "with save_model=false and predict_test=false, or stopped before its first evaluation. "
+                                "Fix: run_dir=<a run that kept its best_model/>")
     run_cfg = OmegaConf.load(run_dir / "config_resolved.yaml")
     examples = read_examples(test_file or run_cfg.data.test_file)
-    model_dir = run_dir / "best_model"
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = keep_head_fp32(AutoModelForQuestionAnswering.from_pretrained(model_dir))
-    accelerator = None
-    mixed = precision if precision is not None else run_cfg.precision.mixed_precision
-    if mixed not in ("no", "fp32"):
-        from .engine.setup import make_accelerator
+    from .engine.setup import make_accelerator
 
-        accelerator = make_accelerator(OmegaConf.create({"precision": {"mixed_precision": mixed}, "grad_accum_steps": 1}))
-        model = accelerator.prepare(model)
+    accelerator = make_accelerator(OmegaConf.create({"precision": {"mixed_precision": precision or "auto"}}))
+    model = accelerator.prepare(model)
     window = window_config(run_cfg.window)
     enc = encode_examples(examples.examples, tokenizer, window)
     windows = eval_windows(enc, window)
     preds = predict(model, enc, windows, PostprocessSettings.from_cfg(run_cfg),
-                    int(eval_batch_size or run_cfg.eval_batch_size), accelerator, "predict")
+                    eval_batch_tokens or run_cfg.get("eval_batch_tokens") or "auto", accelerator, "predict")
     out = Path(output) if output else run_dir / "submission.csv"
+    if out.is_dir():
+        out = out / "submission.csv"
     strip = run_cfg.csv_strip_commas if strip_commas is None else strip_commas
     return write_submission(out, examples.examples, preds, bool(strip))
 
@@ -68,9 +71,12 @@ def main(cfg: DictConfig) -> None:
 
     try:
         run_dir = Path(cfg.run_dir).resolve() if cfg.run_dir else newest_run(Path(cfg.paths.output_dir))
-        path = predict_run(run_dir, cfg.test_file, cfg.output, cfg.eval_batch_size, cfg.mixed_precision, cfg.csv_strip_commas)
+        path = predict_run(run_dir, cfg.test_file, cfg.output, cfg.eval_batch_tokens, cfg.mixed_precision, cfg.csv_strip_commas)
     except (FileNotFoundError, DataFormatError, SetupError) as err:
         print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    except PermissionError as err:
+        print(f"error: cannot write {err.filename}: {err.strerror}. Fix: output=/a/writable/path.csv", file=sys.stderr)
         sys.exit(2)
     print(path)
 

@@ -29,22 +29,21 @@ from tqdm.auto import tqdm
 
 from .core.analysis import data_report
 from .core.config import CONF_DIR, to_plain
-from .core.errors import SetupError, setup_message
+from .core.errors import SetupError, run_cli, setup_message
 from .core.features import encode_cached, window_config
 from .core.outputs import nbest_json, write_json, write_jsonl, write_submission
+from .core.runs import FAILED, FINISHED, KILLED, update_run_record
 from .core.windowing import eval_windows
-from .engine.batching import PadCollator, TrainWindowDataset
-from .engine.checkpointing import (
-    Interrupted,
-    StopRequest,
-    find_checkpoint,
-    load_trainer_state,
-    save_checkpoint,
-)
-from .engine.evaluation import MODEL_INPUTS, PostprocessSettings, predict, score
+from .engine.batching import TrainWindowDataset, train_loader
+from .engine.checkpointing import Interrupted, StopRequest, save_checkpoint
+from .engine.evaluation import MODEL_INPUTS, EvaluationStopped, PostprocessSettings, predict, score
 from .engine.modeling import keep_head_fp32, load_model
+from .engine.resume import AlreadyFinished, ResumeError, ResumePoint, find_resume_point, run_identity
 from .engine.setup import agree_on_run_dir, load_data_and_tokenizer, make_accelerator, parameter_groups
-from .tracking.trackers import start_tracking
+from .tracking.parents import end_parent_killed
+from .tracking.store import TrackingUnavailable
+from .tracking.sweep import record_job_outcome, sweep_of_job
+from .tracking.trackers import Tracker, start_tracking
 
 log = logging.getLogger(__name__)
 
@@ -57,10 +56,12 @@ class Progress:
     epoch: int = 0  # the epoch in progress
     batches_done: int = 0  # batches of that epoch already trained on
     best: dict = field(default_factory=lambda: {"em": -1.0})  # best dev metrics, with their step and epoch
+    wall_time_s: float = 0.0  # seconds trained before the last checkpoint, over every resumed part
 
     @classmethod
     def from_state(cls, state: dict) -> Progress:
-        return cls(step=state["step"], epoch=state["epoch"], batches_done=state["batches_done"], best=dict(state["best"]))
+        return cls(step=state["step"], epoch=state["epoch"], batches_done=state["batches_done"], best=dict(state["best"]),
+                   wall_time_s=float(state.get("wall_time_s", 0.0)))
 
 
 @dataclass
@@ -92,61 +93,128 @@ class TrainingRecipe:
         self.logging_steps, self.eval_steps = int(cfg.logging_steps), int(cfg.eval_steps or 0)
         self.checkpoint_steps = int(cfg.checkpoint_steps or 0)
         self.progress = Progress()
-        self._started = time.time()
+        self.sweep = sweep_of_job()  # the sweep this job belongs to (None for a single run)
+        self.hydra_dir: Path | None = None  # Hydra's own job dir when the job continues another run's dir
+        self.tracker: Tracker = Tracker()
+        self._started, self._wall_before = time.time(), 0.0
         self._exit = ExitStack()
 
     def __enter__(self) -> TrainingRecipe:
         return self
 
-    def __exit__(self, *exc) -> bool:
-        return self._exit.__exit__(*exc)
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if exc_type is not None and self.tracker.run_id is None and self.sweep is not None:
+            self._record_failed_start(exc_type, exc)
+        return self._exit.__exit__(exc_type, exc, tb)
+
+    def _record_failed_start(self, exc_type, exc) -> None:
+        """A sweep job that fails before its tracking started (missing data, a refused precision) still
+        gets its MLflow run, FAILED with the cause, so the sweep's parent shows every job."""
+        if issubclass(exc_type, (AlreadyFinished, ResumeError, TrackingUnavailable, KeyboardInterrupt)):
+            return
+        if not getattr(self, "is_main", True):
+            return
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self.tracker = self._exit.enter_context(start_tracking(self.cfg, self.run_dir, True, sweep=self.sweep))
+        except Exception as err:  # noqa: BLE001 - the job's own error is what gets reported
+            log.warning("could not record the failed job in MLflow: %s", err)
+
+    def continue_log_in(self, run_dir: Path) -> None:
+        """This job continues (or reports) ``run_dir``: its log goes on in that run's ``train.log``, and
+        Hydra's new job folder, which then holds nothing else, is removed when the job ends."""
+        job_dir = self.hydra_dir or self.run_dir
+        if not self.is_main or job_dir.resolve() == run_dir.resolve():
+            return
+        root = logging.getLogger()
+        for handler in [h for h in root.handlers if isinstance(h, logging.FileHandler)]:
+            if Path(handler.baseFilename).parent.resolve() == job_dir.resolve():
+                handler.close()
+                root.removeHandler(handler)
+                moved = logging.FileHandler(run_dir / Path(handler.baseFilename).name, mode="a", encoding="utf-8")
+                moved.setFormatter(handler.formatter)
+                moved.setLevel(handler.level)
+                root.addHandler(moved)
+                with open(moved.baseFilename, "a", encoding="utf-8") as log_file:
+                    log_file.write(Path(handler.baseFilename).read_text(encoding="utf-8", errors="replace"))
+        self._exit.callback(_remove_if_only_logs, job_dir)
 
     # ---------------------------------------------------------------- setup
     def setup(self) -> None:
-        """Build everything, in this order: seed -> Accelerator -> run dir and resume point -> data (fails
-        fast, before any model download) -> tracking -> loader, model, optimizer, schedule -> restore."""
+        """Build everything, in this order: signal handling -> seed -> Accelerator (precision from the
+        hardware) -> data and tokenizer (fail fast, every problem at once, before any model download) ->
+        the run to continue, if any -> tracking -> windows, loader, model, optimizer, schedule -> the
+        resumed state. A stop request during all this ends the run KILLED at the next boundary."""
         from accelerate.utils import set_seed
 
+        self._stop = self._exit.enter_context(StopRequest())
         set_seed(int(self.cfg.seed))
         self.accelerator = make_accelerator(self.cfg)
         self.is_main = self.accelerator.is_main_process
         self.run_dir = agree_on_run_dir(self.accelerator, self.run_dir)
-        checkpoint = self._setup_resume()
-        self._setup_data()
-        self.tracker = self._exit.enter_context(start_tracking(self.cfg, self.run_dir, self.splits, self.is_main))
-        self.tracker.log_dict(self.data_report, "data_report.json")
+        split_names = ("train", "dev", "test") if self.cfg.predict_test else ("train", "dev")
+        self.splits, self.tokenizer = load_data_and_tokenizer(self.cfg, split_names)
+        resume = self._setup_resume()
+        self.tracker = self._exit.enter_context(self._setup_tracking(resume))
+        self._stop.check("start-up")
+        self._setup_features()
         self.train_set, loader = self._setup_train_loader()
         model = self._setup_model()
         optimizer = instantiate(self.cfg.optimizer)(parameter_groups(model, float(self.cfg.optimizer.weight_decay)))
         scheduler = self._setup_scheduler(optimizer, len(loader))
         self.model, self.optimizer, self.loader, self.scheduler = self.accelerator.prepare(model, optimizer, loader, scheduler)
-        if checkpoint is not None:
-            self.accelerator.load_state(str(checkpoint))
-            self.progress = Progress.from_state(load_trainer_state(checkpoint))
+        if resume is not None:
+            self._restore(resume)
+        self.tracker.log_inputs(self.splits)
+        self.tracker.log_dict(self.data_report, "data_report.json")
+        self._stop.check("start-up")
         log.info("%d training windows, %d optimizer steps (%d per epoch), %d dev windows, %d process(es)",
                  len(self.train_set), self.total_steps, self.steps_per_epoch, len(self.dev_windows),
                  self.accelerator.num_processes)
 
-    def _setup_resume(self) -> Path | None:
-        """The checkpoint to resume from (then continue in its run dir and MLflow run), or a fresh run dir."""
+    def _setup_resume(self) -> ResumePoint | None:
+        """The run this job continues (its run dir, checkpoint and MLflow run), else a fresh run dir with
+        its ``config_resolved.yaml`` and ``run.json``. Raises :class:`AlreadyFinished` for a finished run."""
         cfg = self.cfg
-        checkpoint = find_checkpoint(cfg.get("resume"), Path(cfg.paths.output_dir), str(cfg.experiment_name))
-        if checkpoint is not None:
-            state = load_trainer_state(checkpoint)
-            self.run_dir = checkpoint.parent.parent
-            if state.get("mlflow_run_id") and "run_id" in cfg.tracking:
-                cfg.tracking.run_id = state["mlflow_run_id"]
-            log.info("resuming from %s (step %d)", checkpoint, state["step"])
+        digests = {s: self.splits[s].digest for s in ("train", "dev")}
+        self.identity = run_identity(cfg, digests, self.accelerator.num_processes, self.sweep)
+        point = find_resume_point(cfg.get("resume"), Path(cfg.paths.output_dir), self.identity, self.run_dir,
+                                  in_sweep=self.sweep is not None, allow_changes=bool(cfg.get("resume_allow_changes")))
+        if point is not None:
+            self.hydra_dir, self.run_dir = self.run_dir, point.run_dir
+            log.info("resuming %s from %s (step %d)", point.run_dir, point.checkpoint.name, point.state["step"])
+            self.continue_log_in(point.run_dir)
         elif self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             OmegaConf.save(OmegaConf.create(to_plain(cfg)), self.run_dir / "config_resolved.yaml")
-        return checkpoint
+            update_run_record(self.run_dir, identity=self.identity, experiment=str(cfg.experiment_name), status="RUNNING",
+                              sweep=self.sweep)
+        return point
 
-    def _setup_data(self) -> None:
-        """Splits, tokenizer, tokenized features (cached), dev windows and the dev data report."""
+    def _setup_tracking(self, resume: ResumePoint | None) -> Tracker:
+        run_id = resume.state.get("mlflow_run_id") if resume else None
+        tracker = start_tracking(self.cfg, self.run_dir, self.is_main, run_id, resumed=resume is not None, sweep=self.sweep)
+        if self.is_main and resume is None:
+            update_run_record(self.run_dir, mlflow_run_id=tracker.run_id)
+        return tracker
+
+    def _restore(self, resume: ResumePoint) -> None:
+        """Model, optimizer, schedule and RNG states from the checkpoint, then the progress; only now is
+        the run marked RUNNING again (a resume that fails before this leaves its status alone)."""
+        self.accelerator.load_state(str(resume.checkpoint))
+        self.progress = Progress.from_state(resume.state)
+        self._wall_before = self.progress.wall_time_s
+        self.tracker.reopen()
+        if resume.changes:
+            log.warning("continuing %s with a changed config (resume_allow_changes=true):\n  %s", resume.run_dir,
+                        "\n  ".join(resume.changes))
+            self.tracker.set_tags({f"resume.changed_at_step_{self.progress.step}": "; ".join(resume.changes)})
+            if self.is_main:
+                OmegaConf.save(OmegaConf.create(to_plain(self.cfg)), self.run_dir / "config_resolved.yaml")
+
+    def _setup_features(self) -> None:
+        """Tokenized features (cached), dev windows, post-processing settings and the dev data report."""
         cfg = self.cfg
-        split_names = ("train", "dev", "test") if cfg.predict_test else ("train", "dev")
-        self.splits, self.tokenizer = load_data_and_tokenizer(cfg, split_names)
         self.window = window_config(cfg.window)
         cache = Path(cfg.paths.cache_dir) if cfg.feature_cache else None
         self.encoded = {s: encode_cached(ex, self.tokenizer, self.window, cache) for s, ex in self.splits.items()}
@@ -157,12 +225,9 @@ class TrainingRecipe:
         self.data_report["train_repairs"] = dict(self.splits["train"].repairs)
 
     def _setup_train_loader(self) -> tuple[TrainWindowDataset, DataLoader]:
-        seed = int(self.cfg.seed)
-        train_set = TrainWindowDataset(self.encoded["train"], self.window, seed)
-        loader = DataLoader(train_set, batch_size=self.batch_size, shuffle=True, num_workers=int(self.cfg.num_workers),
-                            collate_fn=PadCollator(self.tokenizer.pad_token_id or 0),
-                            generator=torch.Generator().manual_seed(seed))
-        return train_set, loader
+        train_set = TrainWindowDataset(self.encoded["train"], self.window, int(self.cfg.seed))
+        return train_set, train_loader(train_set, self.batch_size, self.tokenizer.pad_token_id or 0,
+                                       group_by_length=bool(self.cfg.group_by_length), num_workers=int(self.cfg.num_workers))
 
     def _setup_model(self) -> torch.nn.Module:
         model = load_model(self.cfg.model)
@@ -181,8 +246,7 @@ class TrainingRecipe:
     # ---------------------------------------------------------------- the loop
     def train(self) -> None:
         """Epochs from where :attr:`progress` stands to the end (``max_steps`` may stop earlier).
-        SIGINT / SIGTERM stop at the next optimizer step, after a checkpoint."""
-        self._stop = self._exit.enter_context(StopRequest())
+        SIGINT / SIGTERM stop after the current optimizer step or evaluation batch, with a checkpoint."""
         self._log_window = LogWindow()
         self.model.train()
         for epoch in range(self.progress.epoch, self.epochs):
@@ -201,22 +265,26 @@ class TrainingRecipe:
             self._loss_step(batch)
             if not self.accelerator.sync_gradients:
                 continue
-            p.step += 1
+            p.step, p.epoch, p.batches_done = p.step + 1, epoch, batch_no
             epoch_fraction = epoch + batch_no / len(self.loader)
             self._maybe_log(epoch_fraction, bar)
             if self.eval_steps and p.step % self.eval_steps == 0:
                 self.evaluate(epoch_fraction)
             if self.checkpoint_steps and p.step % self.checkpoint_steps == 0 and p.step < self.total_steps:
-                self._save(epoch, batch_no)
+                self._save()
             if self._stop.agreed(self.accelerator):
-                raise Interrupted(self._save(epoch, batch_no), p.step)
+                raise Interrupted(self._save(), p.step)
             if p.step >= self.total_steps:
                 break
         # Every epoch ends with a dev evaluation (unless one just ran) and, when checkpointing, a checkpoint.
+        p.batches_done = len(self.loader)  # resuming from here re-runs only this evaluation
         if not self.eval_steps or p.step % self.eval_steps != 0:
             self.evaluate(epoch + 1.0)
+        p.epoch, p.batches_done = epoch + 1, 0
         if self.checkpoint_steps:
-            self._save(epoch + 1, 0)
+            self._save()
+        if self._stop.agreed(self.accelerator):
+            raise Interrupted(self._save(), p.step)
 
     def _loss_step(self, batch: dict) -> None:
         """Forward, backward and (when gradients are accumulated) one optimizer step; adds the batch's
@@ -248,18 +316,26 @@ class TrainingRecipe:
         bar.set_postfix(loss=f"{metrics['train/loss']:.3f}", acc=f"{metrics['train/acc']:.3f}")
         self._log_window = LogWindow()
 
-    def _save(self, epoch: int, batches_done: int) -> Path:
-        self.progress.epoch, self.progress.batches_done = epoch, batches_done
-        state = {**asdict(self.progress), "mlflow_run_id": getattr(self.tracker, "run_id", None),
-                 "experiment_name": str(self.cfg.experiment_name)}
+    def _save(self) -> Path:
+        """A checkpoint of where :attr:`progress` stands, with the run's identity and MLflow run."""
+        self.progress.wall_time_s = self._wall_time()
+        state = {**asdict(self.progress), "mlflow_run_id": self.tracker.run_id,
+                 "experiment_name": str(self.cfg.experiment_name), "identity": self.identity}
         return save_checkpoint(self.accelerator, self.run_dir, state, int(self.cfg.keep_checkpoints))
+
+    def _wall_time(self) -> float:
+        """Seconds this run has trained, over every resumed part."""
+        return self._wall_before + time.time() - self._started
 
     # ---------------------------------------------------------------- evaluation
     def evaluate(self, epoch_fraction: float) -> dict[str, float]:
         """Dev EM / F1 now; a new best keeps its predictions and the model (``best_model/``)."""
         p = self.progress
-        preds = predict(self.model, self.encoded["dev"], self.dev_windows, self.post, int(self.cfg.eval_batch_size),
-                        self.accelerator, "dev")
+        try:
+            preds = predict(self.model, self.encoded["dev"], self.dev_windows, self.post, self.cfg.eval_batch_tokens,
+                            self.accelerator, "dev", stop=self._stop)
+        except EvaluationStopped:
+            raise Interrupted(self._save(), p.step, "evaluation") from None
         metrics, rows = score(preds, self.encoded["dev"])
         self.tracker.log_metrics({f"dev/{k}": v for k, v in metrics.items()} | {"epoch": epoch_fraction}, p.step)
         log.info("step %d (epoch %.2f): dev EM %.4f F1 %.4f", p.step, epoch_fraction, metrics["em"], metrics["f1"])
@@ -289,9 +365,10 @@ class TrainingRecipe:
             summary["test_questions"] = self._predict_test()
         if not self.cfg.save_model and self.is_main and self.best_dir.exists():
             shutil.rmtree(self.best_dir)
-        summary["wall_time_s"] = time.time() - self._started
+        summary["wall_time_s"] = self._wall_time()
         if self.is_main:
             write_json(self.run_dir / "metrics.json", summary)
+            update_run_record(self.run_dir, best_dev_em=best["em"])
             self.tracker.log_metrics({"best/dev_em": best["em"], "best/dev_f1": best.get("f1", 0.0),
                                       "wall_time_s": summary["wall_time_s"]}, self.progress.step)
             self.tracker.log_run_files(self.run_dir)
@@ -306,20 +383,34 @@ class TrainingRecipe:
 
         best_model = keep_head_fp32(AutoModelForQuestionAnswering.from_pretrained(self.best_dir)).to(self.accelerator.device)
         enc = self.encoded["test"]
-        preds = predict(best_model, enc, eval_windows(enc, self.window), self.post, int(self.cfg.eval_batch_size),
-                        self.accelerator, "test")
+        try:
+            preds = predict(best_model, enc, eval_windows(enc, self.window), self.post, self.cfg.eval_batch_tokens,
+                            self.accelerator, "test", stop=self._stop)
+        except EvaluationStopped:
+            raise Interrupted(self._save(), self.progress.step, "test prediction") from None
         if self.is_main:
             write_submission(self.run_dir / "test_predictions.csv", enc.examples, preds, bool(self.cfg.csv_strip_commas))
             write_json(self.run_dir / "test_nbest.json", nbest_json(preds))
         return len(preds)
 
 
-def train(cfg: DictConfig, run_dir: Path) -> float:
-    """Set up, train, finish; the best dev EM."""
-    with TrainingRecipe(cfg, run_dir) as recipe:
-        recipe.setup()
+def train(cfg: DictConfig, job_dir: Path) -> tuple[float, Path]:
+    """Set up, train, finish: ``(best dev EM, run dir)``. A run that already finished is reported, not
+    retrained (its recorded best dev EM is returned, so sweep reports and Optuna still see it)."""
+    with TrainingRecipe(cfg, job_dir) as recipe:
+        try:
+            recipe.setup()
+        except AlreadyFinished as done:
+            print(f"already finished: {done.run_dir} (best dev EM {done.record.get('best_dev_em')})", flush=True)
+            recipe.continue_log_in(done.run_dir)
+            return float(done.record.get("best_dev_em") or 0.0), done.run_dir
         recipe.train()
-        return recipe.finish()
+        return recipe.finish(), recipe.run_dir
+
+
+def _remove_if_only_logs(job_dir: Path) -> None:
+    if job_dir.is_dir() and {p.name for p in job_dir.iterdir()} <= {".hydra", "train.log"}:
+        shutil.rmtree(job_dir, ignore_errors=True)
 
 
 def run_dir_of_job() -> Path:
@@ -328,22 +419,39 @@ def run_dir_of_job() -> Path:
     return Path(HydraConfig.get().runtime.output_dir)
 
 
+def _error_text(err: BaseException) -> str:
+    msg = str(err)
+    return msg if msg.startswith("error: ") else setup_message([err]) if isinstance(err, SetupError) else f"error: {msg}"
+
+
 @hydra.main(config_path=CONF_DIR, config_name="train", version_base="1.3")
-def main(cfg: DictConfig) -> float:
+def main(cfg: DictConfig) -> float | None:
+    """Exit codes of a single run: 2 setup error, 3 non-finite loss, 130 interrupted. Inside a sweep a
+    failed job is logged to its own train.log, recorded FAILED and returns ``None`` (Optuna marks the
+    trial failed), and the sweep goes on; the sweep's summary and exit code tell (see tracking/sweep.py)."""
+    sweep, job_dir = sweep_of_job(), run_dir_of_job()
     try:
-        return train(cfg, run_dir_of_job())
-    except SetupError as err:
-        msg = str(err)
-        print(msg if msg.startswith("error: ") else setup_message([err]), file=sys.stderr)
-        sys.exit(2)
-    except FloatingPointError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(3)
+        best, run_dir = train(cfg, job_dir)
+        record_job_outcome(sweep, FINISHED, run_dir, best_dev_em=best)
+        return best
     except Interrupted as stopped:
-        print(f"stopped: {stopped}. The MLflow run is marked KILLED. Resume with the same command plus "
-              f"resume={stopped.checkpoint.parent.parent}", file=sys.stderr)
+        where = f"resume={stopped.checkpoint.parent.parent}" if stopped.checkpoint else "nothing to resume: run it again"
+        print(f"stopped: {stopped}. The MLflow run is marked KILLED. Resume with the same command plus {where}",
+              file=sys.stderr)
+        record_job_outcome(sweep, KILLED, job_dir, error=str(stopped))
+        end_parent_killed(sweep)
         sys.exit(130)
+    except (SetupError, FloatingPointError, Exception) as err:  # noqa: BLE001 - reported, then per run mode
+        text = _error_text(err)
+        if sweep is None and isinstance(err, (SetupError, FloatingPointError)):
+            print(text, file=sys.stderr)
+            sys.exit(2 if isinstance(err, SetupError) else 3)
+        if sweep is None:
+            raise
+        log.error("job %s failed: %s", sweep["job"], text, exc_info=not isinstance(err, (SetupError, FloatingPointError)))
+        record_job_outcome(sweep, FAILED, job_dir, error=text)
+        return None
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -8,9 +8,12 @@ Nothing depends on the working directory.
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
+
+from .errors import OutputDirError
 
 
 def project_root() -> Path:
@@ -39,6 +42,20 @@ def model_tag(name_or_path: str, init: str = "pretrained") -> str:
     return f"{tag}-random" if init == "random" else tag
 
 
+def writable_dir(path: str) -> str:
+    """``path``, after checking that runs can be written there: Hydra creates the run dir before any
+    project code runs, and a failure there would otherwise be a raw traceback."""
+    target = Path(path).expanduser()
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+        probe = tempfile.NamedTemporaryFile(dir=target, prefix=".write-check-")  # noqa: SIM115 - closed just below
+        probe.close()
+    except OSError as err:
+        raise OutputDirError(f"cannot create run folders under {target} ({err.strerror or err}). "
+                         "Fix: paths.output_dir=/a/writable/dir (or EXTRACTIVE_QA_OUTPUTS), or hydra.run.dir=...") from None
+    return path
+
+
 def register_resolvers() -> None:
     if not OmegaConf.has_resolver("model_tag"):
         OmegaConf.register_new_resolver("model_tag", model_tag)
@@ -46,6 +63,8 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("project_root", lambda: str(project_root()))
     if not OmegaConf.has_resolver("abspath"):
         OmegaConf.register_new_resolver("abspath", _resolve_path)
+    if not OmegaConf.has_resolver("writable_dir"):
+        OmegaConf.register_new_resolver("writable_dir", writable_dir)
 
 
 register_resolvers()

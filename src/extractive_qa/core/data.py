@@ -16,6 +16,7 @@ raises :class:`DataFormatError` naming the file, the record and the fix.
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import logging
@@ -49,6 +50,7 @@ class RepairKind:
     EMPTY_QUESTION = "empty_question"  # kept; the model sees only the context
     EMPTY_CONTEXT = "empty_context"  # kept; its prediction is the empty string
     NO_TRAINING_LABEL = "no_training_label"  # questions with references but none located
+    UNANSWERABLE = "unanswerable"  # SQuAD v2 is_impossible: refused, or dropped with data.unanswerable=drop
 
 
 @dataclass
@@ -203,7 +205,7 @@ def _read_hw7(raw: dict, path: Path, repairs: Counter) -> list[Example]:
     return examples
 
 
-def _read_squad(raw: dict, path: Path, repairs: Counter) -> list[Example]:
+def _read_squad(raw: dict, path: Path, repairs: Counter, unanswerable: str) -> list[Example]:
     if not isinstance(raw["data"], list):
         raise DataFormatError(path, None, "'data' must be a list of articles", "rewrite the file in the SQuAD format")
     examples = []
@@ -219,6 +221,15 @@ def _read_squad(raw: dict, path: Path, repairs: Counter) -> list[Example]:
                 _require(qa, ("id", "question"), path, rid, "each question needs 'id' and 'question'")
                 if not isinstance(qa["question"], str):
                     raise DataFormatError(path, rid, "question is not a string", "make the question a string")
+                if qa.get("is_impossible") is True:
+                    repairs[RepairKind.UNANSWERABLE] += 1
+                    if unanswerable != "drop":
+                        raise DataFormatError(
+                            path, rid, "a SQuAD v2 unanswerable question (is_impossible: true); this project answers "
+                            "every question with a span of its context, so it can neither train nor score these",
+                            "set data.unanswerable=drop to leave them out (they are counted in the data report), or "
+                            "remove them from the file")
+                    continue
                 example = Example(id=str(qa["id"]), question=qa["question"], context=para["context"], context_key=pid)
                 _check_text(example, repairs)
                 answers = qa.get("answers") or []
@@ -243,29 +254,61 @@ def file_digest(path: str | Path) -> str:
     return h.hexdigest()[:16]
 
 
-def read_examples(path: str | Path, require_questions: bool = True) -> ExampleSet:
-    """Read an hw7 or SQuAD-format file (detected from its top-level keys) into an :class:`ExampleSet`."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such data file")
+_COMPRESSED = {b"PK\x03\x04": "a zip archive", b"BZh": "bzip2-compressed", b"\xfd7zXZ\x00": "xz-compressed",
+               b"\x28\xb5\x2f\xfd": "zstd-compressed"}
+
+
+def _reject_constant(name: str):
+    raise ValueError(name)
+
+
+def _load_json(path: Path) -> Any:
+    """Parse a data file: UTF-8 (a BOM is fine), gzip read transparently; NaN / Infinity literals,
+    other compressions and other encodings are errors that say what to do."""
+    data = path.read_bytes()
+    if data[:2] == b"\x1f\x8b":
+        data = gzip.decompress(data)
+    for magic, kind in _COMPRESSED.items():
+        if data.startswith(magic):
+            raise DataFormatError(path, None, f"the file is {kind}, not JSON", "unpack it and point the config at the JSON file")
     try:
-        raw: Any = json.loads(path.read_text(encoding="utf-8-sig"))
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise DataFormatError(path, None, f"not UTF-8 text ({err.reason} at byte {err.start})", "save the file as UTF-8") from err
+    try:
+        return json.loads(text, parse_constant=_reject_constant)
     except json.JSONDecodeError as err:
         raise DataFormatError(path, None, f"invalid JSON at line {err.lineno}, column {err.colno}: {err.msg}",
                               "repair the JSON (e.g. `python -m json.tool FILE` shows where)") from err
-    except UnicodeDecodeError as err:
-        raise DataFormatError(path, None, f"not UTF-8 text ({err.reason} at byte {err.start})", "save the file as UTF-8") from err
+    except ValueError as err:  # NaN, Infinity or -Infinity: not JSON, and a nan id or offset would slip through
+        line = next((i + 1 for i, row in enumerate(text.splitlines()) if str(err) in row), "?")
+        raise DataFormatError(path, None, f"the non-standard JSON literal {err} (first on line {line})",
+                              "write null or a number there; JSON has no NaN or Infinity") from err
+
+
+def read_examples(path: str | Path, require_questions: bool = True, unanswerable: str = "error") -> ExampleSet:
+    """Read an hw7 or SQuAD-format file (detected from its top-level keys) into an :class:`ExampleSet`.
+
+    SQuAD v2 unanswerable questions (``is_impossible``) are counted; ``unanswerable="error"`` refuses
+    the file (this project answers every question with a span), ``"drop"`` leaves them out.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such data file")
+    raw: Any = _load_json(path)
     repairs: Counter = Counter()
     if isinstance(raw, dict) and "questions" in raw and "paragraphs" in raw:
         fmt, examples = "hw7", _read_hw7(raw, path, repairs)
     elif isinstance(raw, dict) and "data" in raw:
-        fmt, examples = "squad", _read_squad(raw, path, repairs)
+        fmt, examples = "squad", _read_squad(raw, path, repairs, unanswerable)
     else:
         shape = sorted(raw)[:5] if isinstance(raw, dict) else type(raw).__name__
         raise DataFormatError(path, None, f"unknown top-level shape {shape}",
                               "use the hw7 format {questions, paragraphs} or the SQuAD format {data: [...]}")
     if require_questions and not examples:
-        raise DataFormatError(path, None, "the file holds no questions", "point the data config at a file with questions")
+        dropped = f" ({repairs[RepairKind.UNANSWERABLE]} unanswerable ones were dropped)" if repairs[RepairKind.UNANSWERABLE] else ""
+        raise DataFormatError(path, None, f"the file holds no questions{dropped}",
+                              "point the data config at a file with (answerable) questions")
     seen: dict[str, int] = {}
     for i, e in enumerate(examples):
         if e.id in seen:

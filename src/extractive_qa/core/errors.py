@@ -15,5 +15,38 @@ OFFLINE_HINT = (
 
 
 def setup_message(errors: list[SetupError]) -> str:
-    """One message for everything that could not be fetched, with the offline way out once."""
-    return "\n".join(f"error: {e}" for e in errors) + f"\n{OFFLINE_HINT}"
+    """One message for every problem; the offline way out once, when something could not be fetched."""
+    hint = f"\n{OFFLINE_HINT}" if any("Could not fetch" in str(e) for e in errors) else ""
+    return "\n".join(f"error: {e}" for e in errors) + hint
+
+
+class OutputDirError(ValueError):
+    """Run folders cannot be created where the config says."""
+
+
+def run_cli(main) -> None:
+    """Run a Hydra ``main`` so that a run folder that cannot be created -- which Hydra meets before any
+    project code runs -- ends in one line naming the folder and the fix (exit 2), not a traceback.
+
+    Hydra's own error report is bypassed (its formatter fails on errors raised while it resolves the
+    run dir): config mistakes still print Hydra's one-line message (exit 1), anything else its full
+    traceback."""
+    import os
+    import sys
+
+    from hydra.errors import CompactHydraException
+
+    os.environ.setdefault("HYDRA_FULL_ERROR", "1")
+    try:
+        main()
+    except Exception as err:  # noqa: BLE001 - translated below, or re-raised as it is
+        cause: BaseException | None = err
+        while cause is not None and not isinstance(cause, OutputDirError):
+            cause = cause.__cause__ or cause.__context__
+        if cause is not None:
+            print(f"error: {cause}", file=sys.stderr)
+            sys.exit(2)
+        if isinstance(err, CompactHydraException):
+            print(err, *([err.__cause__] if err.__cause__ else []), sep="\n", file=sys.stderr)
+            sys.exit(1)
+        raise

@@ -14,14 +14,30 @@ from .data import Example
 from .postprocess import Prediction
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _umask()  # read once: os.umask can only be read by setting it
+
+
 def write_atomic(path: str | Path, text: str) -> None:
-    """Write through a temporary file and a rename, so readers never see half a file."""
+    """Write through a temporary file and a rename, so readers never see half a file. The file gets the
+    permissions any new file gets here (0644 under the usual umask), not mkstemp's private 0600, so a
+    teammate or a tracking server can read it; the temporary file never outlives a failure."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+        os.chmod(tmp, 0o666 & ~_UMASK)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def write_json(path: str | Path, obj) -> None:

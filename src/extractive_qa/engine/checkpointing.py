@@ -1,14 +1,16 @@
-"""Resumable checkpoints and clean interrupts.
+"""Resumable checkpoints, verified before use, and clean interrupts.
 
 A checkpoint is ``<run_dir>/checkpoints/step_<N>/``: Accelerate's ``save_state`` (model, optimizer,
-scheduler, RNG states of every process) plus ``trainer_state.json`` (step, epoch, batches done in the
-epoch, best dev metrics, MLflow run id). It is written into a temporary folder and renamed into place,
-so a kill at any moment leaves either the old set or the new one, never half a checkpoint; only the
-newest ``keep`` are kept.
+scheduler, RNG states of every process), ``trainer_state.json`` (where training stands, the MLflow
+run id, the run's identity) and, written last, ``manifest.json`` (every file's size and SHA-256). It
+is written into a temporary folder and renamed into place, so a kill at any moment leaves either the
+old set or the new one; only the newest ``keep`` are kept. :func:`verify_checkpoint` checks a
+checkpoint against its manifest, so a truncated or emptied file is found before it is loaded.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -19,6 +21,7 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 STATE_FILE = "trainer_state.json"
+MANIFEST = "manifest.json"
 
 
 def _step_of(path: Path) -> int:
@@ -26,35 +29,57 @@ def _step_of(path: Path) -> int:
 
 
 def checkpoints_of(run_dir: Path) -> list[Path]:
-    """Complete checkpoints of a run, oldest first."""
+    """Checkpoint folders of a run (whether or not they verify), oldest first."""
     folder = run_dir / "checkpoints"
     if not folder.is_dir():
         return []
-    found = [p for p in folder.glob("step_*") if (p / STATE_FILE).is_file()]
-    return sorted(found, key=_step_of)
+    return sorted((p for p in folder.glob("step_*") if p.is_dir() and p.name[5:].isdigit()), key=_step_of)
 
 
-def find_checkpoint(resume: str | None, output_dir: Path, experiment_name: str) -> Path | None:
-    """The checkpoint ``resume`` names: ``null`` none; ``auto`` the newest checkpoint of any run of this
-    experiment under ``output_dir``; a checkpoint folder; or a run dir (its newest checkpoint)."""
-    if not resume:
-        return None
-    if str(resume) == "auto":
-        candidates = []
-        for state in output_dir.glob(f"**/checkpoints/step_*/{STATE_FILE}"):
-            if json.loads(state.read_text()).get("experiment_name") == experiment_name:
-                candidates.append(state.parent)
-        if not candidates:
-            log.info("resume=auto: no checkpoint of experiment %r under %s; starting fresh", experiment_name, output_dir)
-            return None
-        return max(candidates, key=lambda p: (p / STATE_FILE).stat().st_mtime)
-    path = Path(str(resume)).expanduser().resolve()
-    if (path / STATE_FILE).is_file():
-        return path
-    found = checkpoints_of(path)
-    if not found:
-        raise FileNotFoundError(f"resume={resume}: neither a checkpoint nor a run dir with checkpoints/")
-    return found[-1]
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def write_manifest(folder: Path) -> None:
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST)
+    manifest = {str(p.relative_to(folder)): {"size": p.stat().st_size, "sha256": _sha256(p)} for p in files}
+    (folder / MANIFEST).write_text(json.dumps({"files": manifest}, indent=1))
+
+
+def verify_checkpoint(folder: Path) -> str | None:
+    """``None`` if every file the manifest lists is there with its size and checksum, else what is wrong."""
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text())["files"]
+    except FileNotFoundError:
+        return f"no {MANIFEST} (the checkpoint was never finished)"
+    except (ValueError, KeyError, TypeError) as err:
+        return f"unreadable {MANIFEST} ({err})"
+    for name, expected in manifest.items():
+        path = folder / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if path.stat().st_size != expected["size"]:
+            return f"{name} has {path.stat().st_size} bytes, the manifest says {expected['size']}"
+        if _sha256(path) != expected["sha256"]:
+            return f"{name} does not match its checksum"
+    return None
+
+
+def newest_good_checkpoint(run_dir: Path, at_most_step: int | None = None) -> Path | None:
+    """The newest checkpoint of ``run_dir`` (up to ``at_most_step``) that verifies; each damaged one on the
+    way is named in a warning."""
+    for checkpoint in reversed(checkpoints_of(run_dir)):
+        if at_most_step is not None and _step_of(checkpoint) > at_most_step:
+            continue
+        problem = verify_checkpoint(checkpoint)
+        if problem is None:
+            return checkpoint
+        log.warning("skipping damaged checkpoint %s: %s; trying the previous one", checkpoint, problem)
+    return None
 
 
 def save_checkpoint(accelerator, run_dir: Path, state: dict, keep: int) -> Path:
@@ -69,6 +94,7 @@ def save_checkpoint(accelerator, run_dir: Path, state: dict, keep: int) -> Path:
     accelerator.save_state(str(tmp), safe_serialization=True)
     if accelerator.is_main_process:
         (tmp / STATE_FILE).write_text(json.dumps(state, indent=2))
+        write_manifest(tmp)  # last: a checkpoint without a manifest is unfinished
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
@@ -95,8 +121,8 @@ class StopRequest:
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True
-        log.warning("%s received: saving a checkpoint after this step (again to stop at once)",
-                    signal.Signals(signum).name)
+        log.warning("%s received: stopping at the next safe point, with a checkpoint once training has begun "
+                    "(send it again to stop at once)", signal.Signals(signum).name)
 
     def __enter__(self) -> StopRequest:
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -110,6 +136,11 @@ class StopRequest:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
 
+    def check(self, where: str, step: int = 0) -> None:
+        """Raise :class:`Interrupted` if a stop was asked for (one process: no collective call)."""
+        if self.requested:
+            raise Interrupted(None, step, where)
+
     def agreed(self, accelerator) -> bool:
         """Whether any process was asked to stop (all processes must stop at the same step)."""
         if accelerator.num_processes == 1:
@@ -121,8 +152,10 @@ class StopRequest:
 
 
 class Interrupted(KeyboardInterrupt):
-    """Training stopped on a signal after saving ``checkpoint``."""
+    """Training stopped on a signal after saving ``checkpoint`` (``None``: stopped during start-up,
+    before there was anything to save)."""
 
-    def __init__(self, checkpoint: Path, step: int):
-        super().__init__(f"interrupted at step {step}; checkpoint {checkpoint}")
-        self.checkpoint, self.step = checkpoint, step
+    def __init__(self, checkpoint: Path | None, step: int, where: str = "training"):
+        what = f"checkpoint {checkpoint}" if checkpoint else "nothing to resume"
+        super().__init__(f"interrupted during {where} at step {step}; {what}")
+        self.checkpoint, self.step, self.where = checkpoint, step, where

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -13,9 +14,14 @@ from tqdm.auto import tqdm
 from ..core.metrics import aggregate, score_prediction
 from ..core.postprocess import Prediction, postprocess_predictions
 from ..core.windowing import EncodedExamples, Windows
-from .batching import PadCollator, WindowDataset, window_lengths
+from .batching import PadCollator, WindowDataset, token_budget_batches, window_lengths
+from .hardware import eval_batch_tokens
 
 MODEL_INPUTS = ("input_ids", "token_type_ids", "attention_mask")
+
+
+class EvaluationStopped(Exception):
+    """A stop was requested (SIGINT / SIGTERM) between two evaluation batches."""
 
 
 @dataclass
@@ -31,53 +37,55 @@ class PostprocessSettings:
                    span_score=str(cfg.span_score))
 
 
-def window_logits(model, enc: EncodedExamples, windows: Windows, batch_size: int, accelerator=None,
-                  desc: str = "eval") -> tuple[list[np.ndarray], list[np.ndarray]]:
+def window_logits(model, enc: EncodedExamples, windows: Windows, batch_tokens: int | str, accelerator=None,
+                  desc: str = "eval", stop=None) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Start and end logits of every window (each cut to its own length), in window order.
 
-    Windows are sorted by length so each batch pads little; with several processes each rank runs a
-    shard and ``gather_for_metrics`` drops the duplicates that an uneven last batch adds.
+    Batches hold up to ``batch_tokens`` padded tokens (``"auto"``: the device's default, see
+    :func:`~extractive_qa.engine.hardware.eval_batch_tokens`) of windows sorted by length
+    (:func:`~extractive_qa.engine.batching.token_budget_batches`). With several processes each rank
+    runs every N-th batch and the ranks exchange their logits, so every window is computed once and
+    every rank gets them all (no padded duplicates to drop). ``stop`` (a
+    :class:`~extractive_qa.engine.checkpointing.StopRequest`) ends a single-process evaluation between
+    batches with :class:`EvaluationStopped`; several processes finish it (they must agree on when to stop).
     """
     lengths = window_lengths(enc, windows)
-    order = np.argsort(-lengths, kind="stable")
-    dataset = torch.utils.data.Subset(WindowDataset(enc, windows, with_labels=False), order.tolist())
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=PadCollator(enc.pad_id))
-    main = True
-    if accelerator is not None:
-        loader = accelerator.prepare(loader)
-        main = accelerator.is_local_main_process
+    batches = token_budget_batches(lengths, eval_batch_tokens(batch_tokens))
+    rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator is not None else (0, 1)
+    loader = DataLoader(WindowDataset(enc, windows, with_labels=False), batch_sampler=batches[rank::world],
+                        collate_fn=PadCollator(enc.pad_id))
     device = next(model.parameters()).device
-    starts: list[np.ndarray | None] = [None] * len(windows)
-    ends: list[np.ndarray | None] = [None] * len(windows)
+    autocast = accelerator.autocast if accelerator is not None else contextlib.nullcontext
+    mine: list[tuple[int, np.ndarray, np.ndarray]] = []
     was_training = model.training
     model.eval()
     with torch.inference_mode():
-        for batch in tqdm(loader, desc=desc, disable=not main, leave=False, mininterval=2):
-            inputs = {k: batch[k].to(device) for k in MODEL_INPUTS}
-            if accelerator is not None:
-                with accelerator.autocast():
-                    out = model(**inputs)
-            else:
-                out = model(**inputs)
-            s, e, idx = out.start_logits.float(), out.end_logits.float(), batch["index"].to(device)
-            if accelerator is not None and accelerator.num_processes > 1:
-                s = accelerator.pad_across_processes(s, dim=1, pad_index=-1e4)
-                e = accelerator.pad_across_processes(e, dim=1, pad_index=-1e4)
-                idx, s, e = accelerator.gather_for_metrics((idx, s, e))
-            s, e, idx = s.cpu().numpy(), e.cpu().numpy(), idx.cpu().numpy()
-            for r, w in enumerate(idx):
-                starts[w] = s[r, : lengths[w]]
-                ends[w] = e[r, : lengths[w]]
+        show = accelerator is None or accelerator.is_local_main_process
+        for batch in tqdm(loader, desc=desc, disable=not show, leave=False, mininterval=2):
+            if stop is not None and world == 1 and stop.requested:
+                raise EvaluationStopped
+            with autocast():
+                out = model(**{k: batch[k].to(device) for k in MODEL_INPUTS})
+            s, e = out.start_logits.float().cpu().numpy(), out.end_logits.float().cpu().numpy()
+            mine.extend((int(w), s[r, : lengths[w]], e[r, : lengths[w]]) for r, w in enumerate(batch["index"].tolist()))
     model.train(was_training)
+    if world > 1:
+        from accelerate.utils import gather_object
+
+        mine = gather_object(mine)
+    starts: list[np.ndarray | None] = [None] * len(windows)
+    ends: list[np.ndarray | None] = [None] * len(windows)
+    for w, s, e in mine:
+        starts[w], ends[w] = s, e
     missing = [w for w, v in enumerate(starts) if v is None]
     if missing:
         raise RuntimeError(f"no logits came back for {len(missing)} windows (first: {missing[:5]})")
     return starts, ends  # type: ignore[return-value]
 
 
-def predict(model, enc: EncodedExamples, windows: Windows, settings: PostprocessSettings, batch_size: int,
-            accelerator=None, desc: str = "eval") -> list[Prediction]:
-    starts, ends = window_logits(model, enc, windows, batch_size, accelerator, desc)
+def predict(model, enc: EncodedExamples, windows: Windows, settings: PostprocessSettings, batch_tokens: int | str,
+            accelerator=None, desc: str = "eval", stop=None) -> list[Prediction]:
+    starts, ends = window_logits(model, enc, windows, batch_tokens, accelerator, desc, stop)
     return postprocess_predictions(enc, windows, starts, ends, max_answer_len=settings.max_answer_len,
                                    top_k=settings.top_k, n_best=settings.n_best, span_score=settings.span_score)
 

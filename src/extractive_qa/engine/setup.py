@@ -12,28 +12,45 @@ import shutil
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, open_dict
 
-from ..core.data import ExampleSet
+from ..core.data import DataFormatError, ExampleSet
 from ..core.datafiles import load_split
 from ..core.errors import SetupError, setup_message
+from .hardware import resolve_precision
 from .modeling import load_tokenizer
 
 log = logging.getLogger(__name__)
 
 
+def resolve_run_precision(cfg: DictConfig) -> str:
+    """Turn ``precision.mixed_precision`` (``auto`` or explicit) into this machine's choice, in place, and
+    record what was asked for and why (``precision.requested``, ``precision.reason``): the run's
+    ``config_resolved.yaml`` and MLflow params then say which precision it really ran in."""
+    requested = str(cfg.precision.get("requested") or cfg.precision.mixed_precision)
+    try:
+        choice = resolve_precision(requested)
+    except ValueError as err:
+        raise SetupError(str(err)) from err
+    with open_dict(cfg):
+        cfg.precision.mixed_precision = choice.mixed_precision
+        cfg.precision.requested = choice.requested
+        cfg.precision.reason = choice.reason
+    return choice.mixed_precision
+
+
 def make_accelerator(cfg: DictConfig):
-    """A fresh Accelerator per job: Hydra runs ``-m`` jobs in one process, and Accelerate keeps one
-    global state per process (a second job with another mixed_precision would raise)."""
+    """A fresh Accelerator per job, in the precision this hardware should use (:func:`resolve_run_precision`).
+
+    Fresh because Hydra runs ``-m`` jobs in one process and Accelerate keeps one global state per
+    process (a second job with another mixed_precision would raise)."""
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState, GradientState
     from accelerate.utils import DataLoaderConfiguration
 
     AcceleratorState._reset_state(reset_partial_state=True)
     GradientState._reset_state()
-    mixed = str(cfg.precision.mixed_precision)
-    if mixed == "fp16" and not torch.cuda.is_available():
-        raise SetupError("precision=fp16 needs a CUDA GPU (none found); on a CPU use precision=bf16 or precision=fp32")
+    mixed = resolve_run_precision(cfg)
     # Several processes and no GPU (torchrun, or `accelerate launch --multi_gpu` on a CPU machine):
     # Accelerate only forms a gloo process group over CPUs when told to use the CPU.
     multi_cpu = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
@@ -52,6 +69,8 @@ def load_data_and_tokenizer(cfg: DictConfig, split_names: tuple[str, ...]) -> tu
             splits[name] = load_split(cfg.data, name)
         except SetupError as err:
             errors.append(err)
+        except DataFormatError as err:  # names the file, the record and the fix already
+            errors.append(SetupError(str(err)))
     try:
         tokenizer = load_tokenizer(cfg.model)
     except SetupError as err:

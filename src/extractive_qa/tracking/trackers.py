@@ -1,18 +1,21 @@
-"""Where a run's metrics go: always ``metrics.jsonl`` in the run dir, plus MLflow when configured.
+"""Where a run's results go: always ``metrics.jsonl`` in the run dir, plus MLflow when configured.
 
 MLflow is driven through ``MlflowClient`` with an explicit run id rather than through Accelerate's
 tracker or mlflow's fluent API: Accelerate's tracker sets no tracking URI, does not flatten the config
 and drops non-numeric values, and the fluent API keeps a process-global "active run" that leaks from
-one Hydra ``-m`` job into the next (all jobs share one process). Every store call retries on sqlite's
-"database is locked", and the experiment is created under a file lock, so parallel jobs can share one
-``mlflow.db``.
+one Hydra ``-m`` job into the next (all jobs share one process).
+
+Tracking never kills training. When the store stops answering mid-run, the tracker warns once, keeps
+every call in a queue (the metrics are in ``metrics.jsonl`` anyway), tries again every
+``RETRY_AFTER_S`` seconds and sends the queue, in order, when the store is back -- at the latest when
+the run ends. What still cannot be sent then is named, with the command that sends it later
+(``python -m extractive_qa.sync RUN_DIR``).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import shlex
 import subprocess
@@ -21,38 +24,57 @@ import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
 
 from omegaconf import DictConfig
 
 from ..core.config import flatten, to_plain
 from ..core.outputs import write_json
+from ..core.runs import RUNNING, update_run_record
+from .store import connect, tracking_uri, with_retry
 
 log = logging.getLogger(__name__)
-
-T = TypeVar("T")
 
 # Values of keys that look like secrets never reach params or tags.
 SECRET_KEY = re.compile(r"pass(word)?|secret|token|api[_-]?key|credential", re.IGNORECASE)
 RUN_FILES = ("config_resolved.yaml", ".hydra/overrides.yaml", ".hydra/config.yaml", "dev_predictions.jsonl",
              "dev_nbest.json", "test_predictions.csv", "test_nbest.json", "metrics.json", "metrics.jsonl",
-             "data_report.json", "submission.csv")
+             "data_report.json", "submission.csv", "run.json")
+RETRY_AFTER_S = 30.0
+# MLflow error codes that resending cannot fix: the call is dropped with a warning, never queued.
+_CLIENT_ERRORS = ("INVALID_PARAMETER_VALUE", "RESOURCE_ALREADY_EXISTS", "RESOURCE_DOES_NOT_EXIST", "BAD_REQUEST",
+                  "INVALID_STATE")
 
 
 class Tracker:
-    """Interface of a run tracker; the base class tracks nothing. Only the main process tracks."""
+    """Interface of a run tracker; the base class tracks nothing. Only the main process tracks.
+
+    Leaving it as a context manager ends the run with a true status: FINISHED, FAILED after an
+    exception (its cause recorded), KILLED after an interrupt.
+    """
+
+    run_id: str | None = None
 
     def __enter__(self) -> Tracker:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None and not issubclass(exc_type, KeyboardInterrupt):
+            self.set_tags({"error": f"{exc_type.__name__}: {exc}"[:5000]})
         self.finish(_status_of(exc_type))
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None: ...
 
     def log_dict(self, obj: dict, name: str) -> None: ...
 
+    def log_inputs(self, splits: dict) -> None: ...
+
+    def set_tags(self, tags: dict[str, str]) -> None: ...
+
     def log_run_files(self, run_dir: Path) -> None: ...
+
+    def reopen(self) -> None:
+        """A resumed run's state is restored: mark it RUNNING again (never before: a resume that fails
+        leaves the run's status as it was)."""
 
     def finish(self, status: str) -> None: ...
 
@@ -65,42 +87,34 @@ def _status_of(exc_type) -> str:
     return "FAILED"
 
 
-class JsonlTracker(Tracker):
-    """Appends ``{"step": s, name: value, ...}`` lines to ``metrics.jsonl``; writes dicts as JSON files."""
+class RunDirTracker(Tracker):
+    """The run dir's own record: ``{"step": s, name: value, ...}`` lines in ``metrics.jsonl``, dicts as
+    JSON files, the status and error in ``run.json``. A resumed run's record keeps its status until
+    :meth:`reopen`."""
 
-    def __init__(self, run_dir: Path):
-        self.run_dir = run_dir
-        self.path = run_dir / "metrics.jsonl"
+    def __init__(self, run_dir: Path, resumed: bool = False):
+        self.run_dir, self.path = run_dir, run_dir / "metrics.jsonl"
+        self._resumed, self._reopened = resumed, False
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps({"step": step, **{k: float(v) for k, v in metrics.items()}}) + "\n")
+            f.write(json.dumps({"step": step, "time_ms": int(time.time() * 1000),
+                                **{k: float(v) for k, v in metrics.items()}}) + "\n")
 
     def log_dict(self, obj: dict, name: str) -> None:
         write_json(self.run_dir / name, obj)
 
+    def set_tags(self, tags: dict[str, str]) -> None:
+        if "error" in tags and (self._reopened or not self._resumed):
+            update_run_record(self.run_dir, error=tags["error"])
 
-def with_retry(fn: Callable[[], T], what: str, attempts: int = 8) -> T:
-    """Call ``fn``, retrying with backoff while a sqlite store is locked or busy."""
-    for attempt in range(attempts):
-        try:
-            return fn()
-        except Exception as err:  # noqa: BLE001 - only lock errors are retried, others re-raised
-            text = str(err).lower()
-            if attempt == attempts - 1 or not any(s in text for s in ("database is locked", "busy", "unique constraint")):
-                raise
-            delay = 0.2 * 2**attempt
-            log.warning("mlflow %s: %s; retrying in %.1fs", what, err.__class__.__name__, delay)
-            time.sleep(delay)
-    raise AssertionError("unreachable")
+    def reopen(self) -> None:
+        self._reopened = True
+        update_run_record(self.run_dir, status=RUNNING, error=None)
 
-
-def tracking_uri(cfg: DictConfig) -> str:
-    """``tracking.uri``, else ``$MLFLOW_TRACKING_URI``, else ``sqlite:///<project root>/mlflow.db`` (absolute)."""
-    uri = cfg.tracking.get("uri") or os.environ.get("MLFLOW_TRACKING_URI")
-    if uri:
-        return str(uri)
-    return f"sqlite:///{Path(cfg.paths.root).resolve() / 'mlflow.db'}"
+    def finish(self, status: str) -> None:
+        if self._reopened or not self._resumed:
+            update_run_record(self.run_dir, status=status)
 
 
 def _git_state(root: Path) -> dict[str, str]:
@@ -113,33 +127,32 @@ def _git_state(root: Path) -> dict[str, str]:
         return {"git.commit": "unknown", "git.dirty": "unknown"}
 
 
-def _hydra_job() -> dict:
-    """Overrides, job number and sweep dir of the running Hydra job (empty outside Hydra)."""
+def _hydra_overrides() -> list[str]:
+    """The running Hydra job's overrides (empty outside Hydra)."""
     try:
         from hydra.core.hydra_config import HydraConfig
-        from hydra.types import RunMode
 
-        hc = HydraConfig.get()
+        return list(HydraConfig.get().overrides.task)
     except (ImportError, ValueError):
-        return {"overrides": [], "num": 0, "sweep_dir": None}
-    multirun = hc.mode == RunMode.MULTIRUN
-    return {"overrides": list(hc.overrides.task), "num": int(hc.job.get("num", 0) or 0),
-            "sweep_dir": str(Path(hc.sweep.dir).resolve()) if multirun else None}
+        return []
 
 
-_SWEEP_SYNTAX = ("range(", "choice(", "interval(", "glob(")
+def run_name_from_overrides(overrides: list[str], sweep: dict | None = None, limit: int = 200) -> str:
+    """A readable run name: in a sweep its short id and the swept values (``a1b2c3 warmup_ratio=0.1``),
+    else every override a person chose; never paths (long, and the same across a sweep) or Hydra's keys."""
+    keep = [o for o in overrides if not o.startswith(("hydra.", "paths.", "+hydra"))]
+    if sweep:
+        swept = set(sweep.get("swept_keys") or [])
+        chosen = [_short(o) for o in keep if o.split("=", 1)[0].lstrip("+~") in swept] or \
+            [o for o in keep if "/" not in o.split("=", 1)[-1]]
+        return f"{sweep['id']} {','.join(chosen) or 'defaults'}"[:limit]
+    return (",".join(o for o in keep if "/" not in o.split("=", 1)[-1]) or "defaults")[:limit]
 
 
-def run_name_from_overrides(overrides: list[str], argv: list[str] | None = None, limit: int = 200) -> str:
-    """A readable run name from the job's overrides: in a sweep only the swept ones
-    (``-m warmup_ratio=0.1,0.2 lr=1e-3`` -> ``warmup_ratio=0.1``), else every override a person chose;
-    never paths (long, and the same across a sweep) or Hydra's own keys."""
-    argv = sys.argv[1:] if argv is None else argv
-    swept = {a.split("=", 1)[0].lstrip("+~") for a in argv if "=" in a
-             and ("," in a.split("=", 1)[1] or a.split("=", 1)[1].startswith(_SWEEP_SYNTAX))}
-    keep = [o for o in overrides if not o.startswith(("hydra.", "paths.", "+hydra")) and "/" not in o.split("=", 1)[-1]]
-    chosen = [o for o in keep if o.split("=", 1)[0].lstrip("+~") in swept] or keep
-    return (",".join(chosen) or "defaults")[:limit]
+def _short(override: str) -> str:
+    """``data.dev_file=/a/b/dev.json`` -> ``data.dev_file=dev.json``: a swept path, named by its file."""
+    key, _, value = override.partition("=")
+    return f"{key}={Path(value).name}" if "/" in value else override
 
 
 def _command_line() -> str:
@@ -155,67 +168,86 @@ def safe_params(cfg: DictConfig) -> dict[str, str]:
 
 
 class MlflowTracker(Tracker):
-    """One MLflow run per Hydra job (see the module docstring)."""
+    """One MLflow run per Hydra job (see the module docstring). ``run_id`` continues an existing run
+    (resume), which stays as it was until :meth:`reopen`."""
 
-    def __init__(self, cfg: DictConfig, run_dir: Path, splits: dict):
+    def __init__(self, cfg: DictConfig, run_dir: Path, run_id: str | None = None, resumed: bool = False,
+                 sweep: dict | None = None):
         self.uri = tracking_uri(cfg)
+        self.run_dir = run_dir
         self.log_model = bool(cfg.tracking.get("log_model", False))
-        job = _hydra_job()
         name = str(cfg.tracking.get("experiment_name") or cfg.experiment_name)
-        self.experiment_id = self._experiment(name, cfg)
-        tags = {
-            "sweep.id": job["sweep_dir"] or "", "job.num": str(job["num"]), "run_dir": str(run_dir),
-            "command": _command_line(),
-            "mlflow.source.name": "extractive_qa.train",
-            **_git_state(Path(cfg.paths.root)),
-        }
-        run_name = cfg.tracking.get("run_name") or run_name_from_overrides(job["overrides"])
-        resume_id = cfg.tracking.get("run_id")
-        if resume_id:
-            self.run_id = str(resume_id)
-            with_retry(lambda: self.client.update_run(self.run_id, status="RUNNING"), "resume run")
+        self.client, self.experiment_id = connect(self.uri, name, cfg.tracking.get("artifact_root"))
+        self._queue: list[tuple[str, Callable[[], object]]] = []
+        self._down_since: float | None = None
+        self._next_try = 0.0
+        self._resumed = resumed and run_id is not None  # a run that had no MLflow run gets a new one
+        self._reopened = False
+        if self._resumed:
+            self.run_id = str(run_id)
+            run_name = with_retry(lambda: self.client.get_run(self.run_id), "get run").info.run_name
         else:
+            overrides = _hydra_overrides()
+            tags = {"run_dir": str(run_dir), "command": _command_line(), "mlflow.source.name": "extractive_qa.train",
+                    **_git_state(Path(cfg.paths.root))}
+            if sweep:
+                tags.update({"sweep.id": sweep["id"], "sweep.dir": sweep["dir"], "job.num": str(sweep["job"])})
+                if sweep.get("parent_run_id"):
+                    tags["mlflow.parentRunId"] = sweep["parent_run_id"]
+            run_name = cfg.tracking.get("run_name") or run_name_from_overrides(overrides, sweep)
             run = with_retry(lambda: self.client.create_run(self.experiment_id, run_name=run_name, tags=tags), "create run")
             self.run_id = run.info.run_id
             self._log_params(safe_params(cfg))
-            self._log_inputs(splits)
         log.info("MLflow run %s (%s) in experiment %r at %s", self.run_id, run_name, name, self.uri)
 
-    def _experiment(self, name: str, cfg: DictConfig) -> str:
-        """Connect, then get or create the experiment. For a sqlite store both run under a file lock:
-        connecting migrates the schema, and parallel jobs on a fresh db would otherwise race on that
-        ("duplicate column name") and on creating the experiment."""
-        from mlflow.tracking import MlflowClient
+    # -- sending, with a queue while the store is down
+    def _send(self, what: str, call: Callable[[], object]) -> None:
+        self._queue.append((what, call))
+        if self._down_since is None or time.monotonic() >= self._next_try:
+            self._drain()
 
-        artifact_location = None
+    def _drain(self) -> bool:
+        """Send the queue in order; ``False`` (and queue kept) while the store is unreachable."""
+        while self._queue:
+            what, call = self._queue[0]
+            try:
+                with_retry(call, what)
+            except Exception as err:  # noqa: BLE001 - tracking must never stop training
+                if getattr(err, "error_code", None) not in _CLIENT_ERRORS:
+                    self._went_down(err)
+                    return False
+                log.warning("mlflow: %s was refused and is skipped (%s)", what, str(err)[:300])
+            self._queue.pop(0)
+        if self._down_since is not None:
+            log.warning("MLflow at %s answers again after %.0fs: sent everything queued meanwhile", self.uri,
+                        time.monotonic() - self._down_since)
+            self._down_since = None
+        return True
 
-        def get_or_create() -> str:
-            found = self.client.get_experiment_by_name(name)
-            return found.experiment_id if found else self.client.create_experiment(name, artifact_location=artifact_location)
+    def _went_down(self, err: Exception) -> None:
+        if self._down_since is None:
+            self._down_since = time.monotonic()
+            log.warning("MLflow at %s does not answer (%s: %s). Training goes on; metrics stay in %s and are sent "
+                        "when it is back (retrying every %.0fs, and at the end).", self.uri, type(err).__name__,
+                        str(err)[:200], self.run_dir / "metrics.jsonl", RETRY_AFTER_S)
+        self._next_try = time.monotonic() + RETRY_AFTER_S
 
-        if not self.uri.startswith("sqlite:///"):
-            self.client = MlflowClient(self.uri)
-            return with_retry(get_or_create, "create experiment")
-        from filelock import FileLock
+    @property
+    def unsent(self) -> int:
+        return len(self._queue)
 
-        db = Path(self.uri[len("sqlite:///"):])
-        db.parent.mkdir(parents=True, exist_ok=True)
-        # Without an explicit location, a sqlite store puts artifacts in ./mlruns of the cwd.
-        root = Path(str(cfg.tracking.get("artifact_root") or db.parent / "mlartifacts"))
-        artifact_location = (root / name).resolve().as_uri()
-        with FileLock(f"{db}.lock", timeout=300):
-            self.client = MlflowClient(self.uri)
-            return with_retry(get_or_create, "create experiment")
-
+    # -- what a run logs
     def _log_params(self, params: dict[str, str]) -> None:
         from mlflow.entities import Param
 
         items = [Param(k, v) for k, v in params.items()]
         for i in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
             chunk = items[i : i + 100]
-            with_retry(lambda c=chunk: self.client.log_batch(self.run_id, params=c), "log params")
+            self._send("log params", lambda c=chunk: self.client.log_batch(self.run_id, params=c))
 
-    def _log_inputs(self, splits: dict) -> None:
+    def log_inputs(self, splits: dict) -> None:
+        if self._resumed:
+            return  # logged when the run started
         from mlflow.data.dataset_source_registry import resolve_dataset_source
         from mlflow.data.meta_dataset import MetaDataset
         from mlflow.entities import DatasetInput, InputTag
@@ -227,32 +259,50 @@ class MlflowTracker(Tracker):
                 source = resolve_dataset_source(examples.path)
             dataset = MetaDataset(source=source, name=f"{Path(examples.path).name}", digest=examples.digest)
             inputs.append(DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", split)]))
-        with_retry(lambda: self.client.log_inputs(self.run_id, datasets=inputs), "log inputs")
+        self._send("log inputs", lambda: self.client.log_inputs(self.run_id, datasets=inputs))
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
         batch = [Metric(k, float(v), now, int(step)) for k, v in metrics.items()]
-        with_retry(lambda: self.client.log_batch(self.run_id, metrics=batch), "log metrics")
+        self._send("log metrics", lambda: self.client.log_batch(self.run_id, metrics=batch))
 
     def log_dict(self, obj: dict, name: str) -> None:
-        with_retry(lambda: self.client.log_dict(self.run_id, obj, name), "log dict")
+        self._send(f"log {name}", lambda: self.client.log_dict(self.run_id, obj, name))
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        from mlflow.entities import RunTag
+
+        items = [RunTag(k, str(v)[:5000]) for k, v in tags.items()]
+        self._send("set tags", lambda: self.client.log_batch(self.run_id, tags=items))
 
     def log_run_files(self, run_dir: Path) -> None:
         for name in RUN_FILES:
             path = run_dir / name
             if path.is_file():
                 folder = str(Path(name).parent) if Path(name).parent != Path(".") else None
-                with_retry(lambda p=path, f=folder: self.client.log_artifact(self.run_id, str(p), f), f"log {name}")
+                self._send(f"log {name}", lambda p=path, f=folder: self.client.log_artifact(self.run_id, str(p), f))
         if self.log_model and (run_dir / "best_model").is_dir():
-            with_retry(lambda: self.client.log_artifacts(self.run_id, str(run_dir / "best_model"), "model"), "log model")
+            self._send("log model", lambda: self.client.log_artifacts(self.run_id, str(run_dir / "best_model"), "model"))
+
+    def reopen(self) -> None:
+        self._reopened = True
+        self._send("reopen run", lambda: self.client.update_run(self.run_id, status="RUNNING"))
 
     def finish(self, status: str) -> None:
-        with_retry(lambda: self.client.set_terminated(self.run_id, status), "end run")
+        if self._resumed and not self._reopened:
+            return  # the resume failed before training resumed: the run keeps the status it had
+        self._send("end run", lambda: self.client.set_terminated(self.run_id, status))
+        if not self._drain():
+            log.error("MLflow at %s is still unreachable: %d tracking calls were not sent (the run's metrics are in %s). "
+                      "Send them when it is back: python -m extractive_qa.sync %s", self.uri, len(self._queue),
+                      self.run_dir / "metrics.jsonl", self.run_dir)
 
 
 class MultiTracker(Tracker):
+    """Every call goes to each tracker in turn (``metrics.jsonl`` first, so it never misses a metric)."""
+
     def __init__(self, trackers: list[Tracker]):
         self.trackers = trackers
 
@@ -268,23 +318,37 @@ class MultiTracker(Tracker):
         for t in self.trackers:
             t.log_dict(obj, name)
 
+    def log_inputs(self, splits: dict) -> None:
+        for t in self.trackers:
+            t.log_inputs(splits)
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        for t in self.trackers:
+            t.set_tags(tags)
+
     def log_run_files(self, run_dir: Path) -> None:
         for t in self.trackers:
             t.log_run_files(run_dir)
+
+    def reopen(self) -> None:
+        for t in self.trackers:
+            t.reopen()
 
     def finish(self, status: str) -> None:
         for t in self.trackers:
             t.finish(status)
 
 
-def start_tracking(cfg: DictConfig, run_dir: Path, splits: dict, is_main: bool) -> Tracker:
-    """The trackers this job's config asks for (none on non-main processes)."""
+def start_tracking(cfg: DictConfig, run_dir: Path, is_main: bool, run_id: str | None = None,
+                   resumed: bool = False, sweep: dict | None = None) -> Tracker:
+    """The trackers this job's config asks for (none on non-main processes); ``resumed`` continues a run
+    (its MLflow run ``run_id``, when it has one)."""
     if not is_main:
         return Tracker()
-    trackers: list[Tracker] = [JsonlTracker(run_dir)]
+    trackers: list[Tracker] = [RunDirTracker(run_dir, resumed=run_id is not None or resumed)]
     backend = cfg.tracking.get("backend", "none")
     if backend == "mlflow":
-        trackers.append(MlflowTracker(cfg, run_dir, splits))
+        trackers.append(MlflowTracker(cfg, run_dir, run_id, resumed, sweep))
     elif backend != "none":
         raise ValueError(f"tracking.backend must be 'mlflow' or 'none', got {backend!r}")
     return MultiTracker(trackers)

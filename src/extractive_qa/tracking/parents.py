@@ -1,0 +1,79 @@
+"""The MLflow parent run of a sweep: opened (or found again) at the start, closed with the jobs' counts.
+
+Children point at it with MLflow's ``mlflow.parentRunId`` tag, so the UI nests them under it. A sweep
+is found again by its digest (``sweep.digest`` tag): re-running the same command continues the same
+parent instead of adding another.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from omegaconf import DictConfig
+
+from .store import connect, tracking_uri, with_retry
+
+log = logging.getLogger(__name__)
+
+PARENT_TAG = "sweep.parent"
+
+
+def find_parent_run(client, experiment_id: str, digest: str):
+    runs = with_retry(lambda: client.search_runs(
+        [experiment_id], filter_string=f"tags.`sweep.digest` = '{digest}' and tags.`{PARENT_TAG}` = 'true'",
+        order_by=["attributes.start_time DESC"], max_results=1), "find parent run")
+    return runs[0] if runs else None
+
+
+def open_parent_run(config: DictConfig, info: dict) -> tuple[str, str]:
+    """``(tracking uri, parent run id)`` for the sweep ``info`` describes (see :mod:`.sweep`)."""
+    uri = tracking_uri(config)
+    client, experiment_id = connect(uri, info["experiment"], config.tracking.get("artifact_root"))
+    tags = {"sweep.id": info["id"], "sweep.digest": info["digest"], "sweep.keys": ", ".join(info["swept_keys"]),
+            "sweep.command": info["command"][:5000], "sweep.overrides": " ".join(info["overrides"])[:5000],
+            "sweep.dir": info["dir"], PARENT_TAG: "true", "mlflow.note.content": _note(info)}
+    found = find_parent_run(client, experiment_id, info["digest"])
+    if found is not None:
+        run_id = found.info.run_id
+        dirs = [d for d in found.data.tags.get("sweep.dirs", found.data.tags.get("sweep.dir", "")).split("\n") if d]
+        tags["sweep.dirs"] = "\n".join(dict.fromkeys([*dirs, info["dir"]]))[-5000:]
+        with_retry(lambda: client.update_run(run_id, status="RUNNING"), "reopen parent run")
+        log.info("continuing sweep %s: parent run %s", info["id"], run_id)
+    else:
+        name = f"sweep {info['id']}: {', '.join(info['swept_keys']) or 'one job'}"
+        run_id = with_retry(lambda: client.create_run(experiment_id, run_name=name, tags=tags), "create parent run").info.run_id
+        tags["sweep.dirs"] = info["dir"]
+    for key, value in tags.items():
+        with_retry(lambda k=key, v=value: client.set_tag(run_id, k, v), "tag parent run")
+    return uri, run_id
+
+
+def _note(info: dict) -> str:
+    keys = ", ".join(info["swept_keys"]) or "nothing"
+    return (f"Sweep `{info['id']}` over {keys}.\n\n`{info['command']}`\n\nIts jobs are the runs nested under this one; "
+            "`make report` writes the comparison into this run's artifacts (report/).")
+
+
+def close_parent_run(info: dict, counts: dict[str, int]) -> None:
+    """End the parent: FINISHED only when every job finished; the counts become tags."""
+    from .store import client_for
+
+    client = client_for(info["tracking_uri"])
+    run_id = info["parent_run_id"]
+    for status, n in counts.items():
+        with_retry(lambda s=status, v=n: client.set_tag(run_id, f"jobs.{s.lower()}", str(v)), "tag parent run")
+    status = "FINISHED" if not counts.get("FAILED") and not counts.get("KILLED") else (
+        "FAILED" if counts.get("FAILED") else "KILLED")
+    with_retry(lambda: client.set_terminated(run_id, status), "end parent run")
+
+
+def end_parent_killed(sweep: dict | None) -> None:
+    """A job was interrupted: the sweep stops here, so its parent ends KILLED now."""
+    if not sweep or not sweep.get("parent_run_id"):
+        return
+    try:
+        from .store import client_for
+
+        client_for(sweep["tracking_uri"]).set_terminated(sweep["parent_run_id"], "KILLED")
+    except Exception as err:  # noqa: BLE001 - the job is stopping anyway
+        log.warning("could not mark the sweep's parent run KILLED: %s", err)

@@ -1,0 +1,112 @@
+"""Connecting to an MLflow store: the default URI, bounded retries, the experiment, its artifact root.
+
+A sqlite store is created and migrated under a file lock (parallel jobs on a fresh db would race on
+the schema migration, "duplicate column name", and on creating the experiment), and every call
+retries while sqlite says "database is locked". A tracking server gets bounded HTTP retries: MLflow's
+defaults (5 retries, backoff factor 2, a 120 s timeout per request) block a metric call for minutes
+when the server disappears.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+from ..core.errors import SetupError
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# Applied unless the user set them: a dead server costs a call about a second, not minutes.
+BOUNDED_HTTP = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+
+
+class TrackingUnavailable(SetupError):
+    """The tracking store cannot be reached at start; the message says how to go on without it."""
+
+
+def default_uri(project_root: str | Path) -> str:
+    return f"sqlite:///{Path(project_root).resolve() / 'mlflow.db'}"
+
+
+def tracking_uri(cfg) -> str:
+    """``tracking.uri``, else ``$MLFLOW_TRACKING_URI``, else ``sqlite:///<project root>/mlflow.db`` (absolute)."""
+    uri = cfg.tracking.get("uri") or os.environ.get("MLFLOW_TRACKING_URI")
+    return str(uri) if uri else default_uri(cfg.paths.root)
+
+
+def with_retry(fn: Callable[[], T], what: str, attempts: int = 8) -> T:
+    """Call ``fn``, retrying with backoff while a sqlite store is locked or busy."""
+    for attempt in range(attempts):
+        try:
+            return fn()
+        except Exception as err:  # noqa: BLE001 - only lock errors are retried, others re-raised
+            text = str(err).lower()
+            if attempt == attempts - 1 or not any(s in text for s in ("database is locked", "busy", "unique constraint")):
+                raise
+            delay = 0.2 * 2**attempt
+            log.warning("mlflow %s: %s; retrying in %.1fs", what, err.__class__.__name__, delay)
+            time.sleep(delay)
+    raise AssertionError("unreachable")
+
+
+def client_for(uri: str):
+    """An ``MlflowClient`` for ``uri``: bounded HTTP retries; a sqlite db created under a file lock."""
+    from mlflow.tracking import MlflowClient
+
+    if uri.startswith(("http://", "https://")):
+        for key, value in BOUNDED_HTTP.items():
+            os.environ.setdefault(key, value)
+    if not uri.startswith("sqlite:///"):
+        return MlflowClient(uri)
+    from filelock import FileLock
+
+    db = Path(uri[len("sqlite:///"):])
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(f"{db}.lock", timeout=300):
+        return MlflowClient(uri)
+
+
+def get_or_create_experiment(client, uri: str, name: str, artifact_root: str | None = None,
+                             tags: dict[str, str] | None = None) -> str:
+    """The experiment's id, created if missing. A sqlite store gets an explicit, absolute artifact
+    location (otherwise artifacts land in ./mlruns of whatever the working directory is)."""
+    artifact_location = None
+    lock = None
+    if uri.startswith("sqlite:///"):
+        from filelock import FileLock
+
+        db = Path(uri[len("sqlite:///"):])
+        root = Path(artifact_root or db.parent / "mlartifacts")
+        artifact_location = (root / name).resolve().as_uri()
+        lock = FileLock(f"{db}.lock", timeout=300)
+
+    def get_or_create() -> str:
+        found = client.get_experiment_by_name(name)
+        if found:
+            return found.experiment_id
+        return client.create_experiment(name, artifact_location=artifact_location, tags=tags)
+
+    if lock is None:
+        return with_retry(get_or_create, "create experiment")
+    with lock:
+        return with_retry(get_or_create, "create experiment")
+
+
+def connect(uri: str, experiment: str, artifact_root: str | None = None) -> tuple[object, str]:
+    """``(client, experiment_id)``, or :class:`TrackingUnavailable` within seconds when the store is down."""
+    try:
+        client = client_for(uri)
+        return client, get_or_create_experiment(client, uri, experiment, artifact_root)
+    except Exception as err:  # noqa: BLE001 - any failure to reach the store gets the same way out
+        raise TrackingUnavailable(
+            f"cannot reach the MLflow tracking store at {uri} ({type(err).__name__}: {str(err)[:300]}). "
+            "Fix: start it (e.g. `mlflow server --backend-store-uri sqlite:///mlflow.db`), point tracking.uri=... or "
+            "MLFLOW_TRACKING_URI at a reachable store, or train without it: tracking=none (metrics stay in the run "
+            "dir's metrics.jsonl; `python -m extractive_qa.sync RUN_DIR` sends them later)") from err

@@ -1,0 +1,133 @@
+"""A Hydra multirun as one sweep: its identity, an MLflow parent run, each job's outcome, a summary.
+
+:class:`SweepCallback` (configured under ``hydra.callbacks`` in ``conf/train.yaml``) runs in the
+process that launches the jobs, whatever the launcher (in-process, joblib, submitit):
+
+* at the start it names the sweep -- a short id from a digest of its overrides as typed, the keys it
+  sweeps, the command -- writes that to ``<sweep dir>/sweep.json`` (jobs read it from there) and, with
+  MLflow, opens the sweep's **parent run**; re-running the same command finds the same parent again;
+* each job records its outcome in ``<sweep dir>/.jobs/<num>.json`` (:func:`record_job_outcome`);
+* at the end it counts the outcomes, ends the parent FINISHED only when every job finished (FAILED or
+  KILLED otherwise, with the counts as tags), prints one summary line per failed job and exits with
+  status 1 when any job failed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shlex
+import sys
+from pathlib import Path
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+from ..core.outputs import write_json
+
+log = logging.getLogger(__name__)
+
+SWEEP_FILE = "sweep.json"
+JOBS_DIR = ".jobs"
+SWEEP_SYNTAX = ("range(", "choice(", "interval(", "glob(", "tag(")
+# Overrides that do not change what a sweep trains: re-running with another of these is the same sweep.
+NOT_PART_OF_THE_SWEEP = ("resume", "resume_allow_changes", "hydra.", "+hydra.", "paths.", "tracking.", "launcher")
+
+
+def swept_key(override: str) -> str | None:
+    """``lr=1e-3,5e-3`` -> ``lr``; ``seed=range(3)`` -> ``seed``; ``lr=1e-3`` -> None."""
+    if "=" not in override:
+        return None
+    key, value = override.split("=", 1)
+    return key.lstrip("+~") if ("," in value or value.startswith(SWEEP_SYNTAX)) else None
+
+
+def describe_sweep(overrides: list[str], search_space: dict | None = None) -> dict:
+    """Digest, short id and swept keys of a sweep from its overrides as typed (and an Optuna search space)."""
+    relevant = sorted(o for o in overrides if not o.lstrip("+~").startswith(NOT_PART_OF_THE_SWEEP))
+    if search_space:
+        relevant += sorted(f"{k}={v}" for k, v in search_space.items())
+    digest = hashlib.sha256(json.dumps(relevant).encode()).hexdigest()[:16]
+    keys = [k for k in (swept_key(o) for o in overrides) if k] + sorted(search_space or {})
+    return {"digest": digest, "id": digest[:6], "swept_keys": list(dict.fromkeys(keys)), "overrides": relevant}
+
+
+def sweep_of_job() -> dict | None:
+    """The running Hydra job's sweep (``sweep.json`` plus its job number), ``None`` outside a multirun."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        hc = HydraConfig.get()
+    except (ImportError, ValueError):
+        return None
+    if hc.mode != RunMode.MULTIRUN:
+        return None
+    sweep_dir = Path(hc.sweep.dir).resolve()
+    try:
+        info = json.loads((sweep_dir / SWEEP_FILE).read_text())
+    except (OSError, ValueError):  # launched without the callback: a sweep without a name
+        info = {"dir": str(sweep_dir), "digest": None, "id": sweep_dir.name, "swept_keys": []}
+    return {**info, "job": int(hc.job.num)}
+
+
+def record_job_outcome(sweep: dict | None, status: str, run_dir: Path | None, error: str | None = None,
+                       best_dev_em: float | None = None, note: str | None = None) -> None:
+    if sweep is None:
+        return
+    write_json(Path(sweep["dir"]) / JOBS_DIR / f"{sweep['job']}.json",
+               {"job": sweep["job"], "status": status, "run_dir": str(run_dir) if run_dir else None, "error": error,
+                "best_dev_em": best_dev_em, "note": note})
+
+
+def job_outcomes(sweep_dir: Path) -> list[dict]:
+    outcomes = []
+    for path in sorted((sweep_dir / JOBS_DIR).glob("*.json"), key=lambda p: int(p.stem) if p.stem.isdigit() else -1):
+        try:
+            outcomes.append(json.loads(path.read_text()))
+        except (OSError, ValueError) as err:
+            log.warning("unreadable job outcome %s (%s)", path, err)
+    return outcomes
+
+
+def _experiment_name(config: DictConfig) -> str:
+    return str(OmegaConf.select(config, "tracking.experiment_name") or config.experiment_name)
+
+
+class SweepCallback(Callback):
+    """See the module docstring."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        sweep_dir = Path(str(config.hydra.sweep.dir)).resolve()
+        space = OmegaConf.select(config, "hydra.sweeper.params")
+        info = describe_sweep(list(config.hydra.overrides.task), OmegaConf.to_container(space) if space else None)
+        info.update(dir=str(sweep_dir), command=shlex.join(["python", "-m", "extractive_qa.train", *sys.argv[1:]]),
+                    experiment=_experiment_name(config), parent_run_id=None, tracking_uri=None)
+        if OmegaConf.select(config, "tracking.backend") == "mlflow":
+            from .parents import open_parent_run
+
+            info["tracking_uri"], info["parent_run_id"] = open_parent_run(config, info)
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        write_json(sweep_dir / SWEEP_FILE, info)
+        log.info("sweep %s (%s) in %s", info["id"], ", ".join(info["swept_keys"]) or "no swept keys", sweep_dir)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        sweep_dir = Path(str(config.hydra.sweep.dir)).resolve()
+        try:
+            info = json.loads((sweep_dir / SWEEP_FILE).read_text())
+        except (OSError, ValueError):
+            return
+        outcomes = job_outcomes(sweep_dir)
+        counts = {s: sum(o["status"] == s for o in outcomes) for s in ("FINISHED", "FAILED", "KILLED")}
+        if info.get("parent_run_id"):
+            from .parents import close_parent_run
+
+            close_parent_run(info, counts)
+        failed = [o for o in outcomes if o["status"] != "FINISHED"]
+        lines = [f"sweep {info['id']}: {len(outcomes)} jobs: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n)]
+        lines += [f"  job {o['job']} {o['status']}: {(o.get('error') or '').splitlines()[0] if o.get('error') else ''}"
+                  + (f" (log: {o['run_dir']}/train.log)" if o.get("run_dir") else "") for o in failed]
+        print("\n".join(lines), file=sys.stderr if failed else sys.stdout, flush=True)
+        if failed:
+            sys.exit(1)

@@ -1,0 +1,88 @@
+"""Run the training CLI with faults injected at exact points of the recipe: no clock, no race.
+
+    python tests/fault_runner.py --fault after:_save:30=SIGKILL -- experiment=... hydra.run.dir=...
+
+A fault is ``WHEN:METHOD[:STEP][#N]=ACTION``: ``before`` or ``after`` a call of ``TrainingRecipe.METHOD``
+(or of ``module.function`` when METHOD holds a dot), the N-th time (default: the first) it runs while
+the recipe's optimizer step equals STEP (any step when left out); in a sweep, the N-th call may fall
+in a later job. ACTION is a signal name sent to this process
+(``SIGINT``, ``SIGTERM``, ``SIGKILL``: exactly what a user's Ctrl-C, a scheduler or the OOM killer
+does), ``raise`` (a RuntimeError from inside the recipe), or ``call:module:function`` (a test's
+helper, e.g. stopping a tracking server). Several ``--fault`` options may be given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import importlib
+import os
+import signal
+import sys
+
+_recipe = {"step": lambda: None}
+
+
+def _act(action: str) -> None:
+    if action.startswith("SIG"):
+        os.kill(os.getpid(), getattr(signal, action))
+        return
+    if action == "raise":
+        raise RuntimeError("fault injected by tests/fault_runner.py")
+    if action.startswith("call:"):
+        module, function = action[len("call:"):].rsplit(":", 1)
+        getattr(importlib.import_module(module), function)()
+        return
+    raise SystemExit(f"fault_runner: unknown action {action!r}")
+
+
+def _inject(spec: str) -> None:
+    where, action = spec.split("=", 1)
+    where, _, nth = where.partition("#")
+    when, target, *step = where.split(":")
+    step_at, nth = (int(step[0]) if step else None), int(nth or 1)
+    if "." in target:
+        module_name, name = target.rsplit(".", 1)
+        owner = importlib.import_module(module_name)
+    else:
+        from extractive_qa.train import TrainingRecipe
+
+        owner, name = TrainingRecipe, target
+    original = getattr(owner, name)
+    seen = []
+
+    def due() -> bool:
+        if len(seen) >= nth or (step_at is not None and _recipe["step"]() != step_at):
+            return False
+        seen.append(True)
+        return len(seen) == nth
+
+    @functools.wraps(original)
+    def wrapper(*args, **kwargs):
+        if args and hasattr(args[0], "progress"):
+            recipe = args[0]
+            _recipe["step"] = lambda: recipe.progress.step
+        if when == "before" and due():
+            _act(action)
+        result = original(*args, **kwargs)
+        if when == "after" and due():
+            _act(action)
+        return result
+
+    setattr(owner, name, wrapper)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--fault", action="append", default=[])
+    parser.add_argument("--module", default="extractive_qa.train")
+    parser.add_argument("overrides", nargs="*")
+    args = parser.parse_args()
+    for spec in args.fault:
+        _inject(spec)
+    sys.argv = [args.module.replace(".", "/") + ".py", *args.overrides]
+    importlib.import_module(args.module).main()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,97 @@
+"""A real ``mlflow server`` on 127.0.0.1 for tests, which a fault can kill and start again mid-run.
+
+The test starts it with :func:`start`; the server's settings travel to the training process in
+``$TEST_MLFLOW_SERVER`` so that ``tests/fault_runner.py --fault after:...=call:mlflow_server:kill``
+(or ``:restart``) acts on it at an exact step. Waiting is on conditions (the pid gone, /health
+answering), never on a clock: the deadline only turns a hang into a failure.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+ENV = "TEST_MLFLOW_SERVER"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _mlflow() -> str:
+    return str(Path(sys.executable).parent / "mlflow")
+
+
+def start(tmp: Path, port: int | None = None) -> dict:
+    """Start a server over ``tmp/server.db``; its settings (also for :func:`env`)."""
+    settings = {"port": port or free_port(), "db": str(tmp / "server.db"), "artifacts": str(tmp / "server-artifacts"),
+                "pidfile": str(tmp / "server.pid"), "log": str(tmp / "server.log")}
+    _launch(settings)
+    return settings
+
+
+def _launch(settings: dict) -> None:
+    with open(settings["log"], "a") as log:
+        proc = subprocess.Popen([_mlflow(), "server", "--host", "127.0.0.1", "--port", str(settings["port"]),
+                                 "--backend-store-uri", f"sqlite:///{settings['db']}",
+                                 "--artifacts-destination", settings["artifacts"], "--workers", "1"],
+                                stdout=log, stderr=log, cwd=Path(settings["db"]).parent, start_new_session=True)
+    Path(settings["pidfile"]).write_text(str(proc.pid))
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{settings['port']}/health", timeout=2)
+            return
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"mlflow server did not start; see {settings['log']}") from None
+            time.sleep(0.2)
+
+
+def uri(settings: dict) -> str:
+    return f"http://127.0.0.1:{settings['port']}"
+
+
+def env(settings: dict) -> dict:
+    return {ENV: json.dumps(settings)}
+
+
+def stop(settings: dict) -> None:
+    """Kill the server (its whole process group: gunicorn/uvicorn workers too) and wait until it is gone."""
+    pid = int(Path(settings["pidfile"]).read_text())
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + 60
+    while True:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", settings["port"])) != 0:
+                return
+        if time.monotonic() > deadline:
+            raise RuntimeError("mlflow server did not stop")
+        time.sleep(0.1)
+
+
+def kill() -> None:
+    """Fault action: the tracking server dies."""
+    stop(json.loads(os.environ[ENV]))
+
+
+def relaunch(settings: dict) -> None:
+    """Start a stopped server again: same port, same store."""
+    _launch(settings)
+
+
+def restart() -> None:
+    """Fault action: the tracking server comes back (same port, same store)."""
+    relaunch(json.loads(os.environ[ENV]))
