@@ -104,3 +104,43 @@ def test_empty_test_file_is_an_error(tmp_path):
     path = hw7_file(tmp_path / "empty.json", [], [])
     with pytest.raises(DataFormatError, match="holds no questions"):
         read_examples(path)
+
+
+def test_nan_infinity_and_compressed_files(tmp_path):
+    import gzip
+    import json
+    import zipfile
+
+    good = {"questions": [hw7_question(1, 0, "哪？", "台北", 0)], "paragraphs": ["台北"]}
+    text = json.dumps(good, ensure_ascii=False)
+    (tmp_path / "nan.json").write_text(text.replace('"answer_start": 0', '"answer_start": NaN'), encoding="utf-8")
+    with pytest.raises(DataFormatError, match=r"nan.json: the non-standard JSON literal NaN \(first on line 1\)"):
+        read_examples(tmp_path / "nan.json")
+    (tmp_path / "inf.json").write_text(text.replace('"id": 1', '"id": -Infinity'), encoding="utf-8")
+    with pytest.raises(DataFormatError, match="-Infinity.*JSON has no NaN or Infinity"):
+        read_examples(tmp_path / "inf.json")
+    (tmp_path / "data.json").write_bytes(gzip.compress(text.encode()))  # gzip, whatever the name: read as is
+    assert [e.answer_text for e in read_examples(tmp_path / "data.json")] == ["台北"]
+    with zipfile.ZipFile(tmp_path / "z.json", "w") as zf:
+        zf.writestr("hw7.json", text)
+    with pytest.raises(DataFormatError, match="z.json: the file is a zip archive, not JSON. Fix: unpack it"):
+        read_examples(tmp_path / "z.json")
+    (tmp_path / "latin.json").write_bytes(text.replace("台北", "caf\u00e9").encode("latin-1", "replace"))
+    with pytest.raises(DataFormatError, match="not UTF-8"):
+        read_examples(tmp_path / "latin.json")
+
+
+def test_squad_v2_unanswerable_questions_are_refused_or_dropped_and_counted(tmp_path):
+    from conftest import write_json
+
+    qas = [{"id": "a", "question": "哪？", "answers": [{"text": "台北", "answer_start": 0}]},
+           {"id": "b", "question": "誰？", "answers": [], "is_impossible": True,
+            "plausible_answers": [{"text": "台北", "answer_start": 0}]}]
+    path = write_json(tmp_path / "v2.json", {"version": "v2.0", "data": [{"paragraphs": [{"context": "台北", "qas": qas}]}]})
+    with pytest.raises(DataFormatError, match=r"id='b'.*unanswerable.*data.unanswerable=drop"):
+        read_examples(path)
+    kept = read_examples(path, unanswerable="drop")
+    assert [e.id for e in kept] == ["a"] and kept.repairs[RepairKind.UNANSWERABLE] == 1
+    only = write_json(tmp_path / "only.json", {"data": [{"paragraphs": [{"context": "台北", "qas": qas[1:]}]}]})
+    with pytest.raises(DataFormatError, match=r"holds no questions \(1 unanswerable ones were dropped\)"):
+        read_examples(only, unanswerable="drop")

@@ -204,6 +204,8 @@ def test_sigterm_during_start_up_and_during_the_last_evaluation(synthetic, tmp_p
     run_module("extractive_qa.train", *args, "resume=auto", f"hydra.run.dir={tmp_path}/c")
     assert MlflowClient(uri).get_run(run.info.run_id).info.status == "FINISHED"
     assert (final / "test_predictions.csv").is_file() and not (tmp_path / "c").exists()
-    assert json.loads((final / "metrics.json").read_text())["steps"] == 20
+    metrics = json.loads((final / "metrics.json").read_text())
+    stopped = json.loads((checkpoints_of(final)[-1] / "trainer_state.json").read_text())
+    assert metrics["steps"] == 20 and metrics["wall_time_s"] > stopped["wall_time_s"] > 0  # both parts counted
     log = (final / "train.log").read_text()
     assert "resuming" in log and "done in" in log  # the resumed part's log went on in the run's own train.log

@@ -33,6 +33,12 @@ def test_tiny_model_learns_synthetic_chinese_qa(synthetic, tmp_path):
     assert metrics["best_dev_em"] >= 0.9, metrics
     losses = [m["train/loss"] for m in read_metrics(run_dir) if "train/loss" in m]
     assert losses[-1] < losses[0] / 4
+    # `evaluate` on the run's dev predictions reproduces the dev scores the run logged (one scoring code).
+    from extractive_qa.evaluate import evaluate
+
+    report = evaluate(str(run_dir / "dev_predictions.jsonl"), str(synthetic["data"] / "hw7_dev.json"))
+    for key in ("em", "f1", "em_cmrc2018", "f1_cmrc2018"):
+        assert report[key] == metrics[f"best_dev_{key}"], key
 
 
 @pytest.fixture(scope="module")
@@ -137,3 +143,22 @@ def test_predictor_precision_override(shared_run, tmp_path):
     if not torch.cuda.is_available():
         res = run_module("extractive_qa.predict", f"run_dir={shared_run}", "mixed_precision=fp16", check=False)
         assert res.returncode == 2 and "fp16 needs a CUDA GPU" in res.stderr and "Traceback" not in res.stderr
+
+
+@needs_shared
+def test_predictor_output_may_be_a_folder_and_a_run_without_a_model_is_named(shared_run, tmp_path):
+    res = run_module("extractive_qa.predict", f"run_dir={shared_run}", f"output={tmp_path}")
+    assert Path(res.stdout.strip().splitlines()[-1]) == tmp_path / "submission.csv"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["submission.csv"]  # no temporary file left behind
+    empty = tmp_path / "no_model"
+    empty.mkdir()
+    res = run_module("extractive_qa.predict", f"run_dir={empty}", check=False)
+    assert res.returncode == 2 and "holds no trained model" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_an_output_dir_that_cannot_be_created_is_one_clear_error(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    res = run_module("extractive_qa.train", f"paths.output_dir={blocker}/outputs", "tracking=none", check=False)
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert f"cannot create run folders under {blocker}/outputs" in res.stderr and "paths.output_dir=" in res.stderr

@@ -358,8 +358,8 @@ class TrainingRecipe:
     def finish(self) -> float:
         """Test predictions from the best model, ``metrics.json``, the run's files to the tracker."""
         best = self.progress.best
-        summary = {"best_dev_em": best["em"], "best_dev_f1": best.get("f1"), "best_dev_em_cmrc": best.get("em_cmrc"),
-                   "best_dev_f1_cmrc": best.get("f1_cmrc"), "best_step": best.get("step"), "best_epoch": best.get("epoch"),
+        summary = {"best_dev_em": best["em"], "best_dev_f1": best.get("f1"), "best_dev_em_cmrc2018": best.get("em_cmrc2018"),
+                   "best_dev_f1_cmrc2018": best.get("f1_cmrc2018"), "best_step": best.get("step"), "best_epoch": best.get("epoch"),
                    "steps": self.progress.step, "train_windows": len(self.train_set), "wall_time_s": None}
         if self.cfg.predict_test:
             summary["test_questions"] = self._predict_test()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from .data import ExampleSet
-from .metrics import aggregate, score_prediction
+from .metrics import score_answers
 from .postprocess import oracle_logits, postprocess_predictions
 from .windowing import EncodedExamples, WindowConfig, Windows, context_offset_in_sequence
 
@@ -51,8 +51,7 @@ def data_report(
     ctx_unks = sum(sum(t == unk_id for t in c) for c in enc.context_ids)
     starts, ends = oracle_logits(enc, windows)
     preds = postprocess_predictions(enc, windows, starts, ends, max_answer_len=max_answer_len, span_score=span_score)
-    scored = [score_prediction(p.text, ex.answers) for p, ex in zip(preds, enc.examples, strict=True) if ex.answers]
-    oracle = aggregate(scored)
+    oracle, _ = score_answers({p.id: p.text for p in preds}, enc.examples)
     return {
         "file": examples.path,
         "format": examples.format,
@@ -76,7 +75,7 @@ def data_report(
         "answers_with_unk": answers_with_unk / len(labelled) if labelled else 0.0,
         "oracle_em": oracle["em"],
         "oracle_f1": oracle["f1"],
-        "oracle_em_cmrc": oracle["em_cmrc"],
+        "oracle_em_cmrc2018": oracle["em_cmrc2018"],
         "window": window.to_dict(),
         "max_answer_len": max_answer_len,
     }

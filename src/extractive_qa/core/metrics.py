@@ -1,12 +1,36 @@
 """Exact match and F1 for Chinese extractive QA, max over reference answers.
 
-* ``em`` -- the course's rule: the prediction string equals a reference string.
-* ``f1`` -- character-level F1 (DRCD / CMRC2018 style): the bag of characters of prediction and
-  reference, whitespace ignored. (HF's ``squad`` metric splits on whitespace, so on Chinese its F1 is
-  nearly EM.)
-* ``em_cmrc`` / ``f1_cmrc`` -- the CMRC2018 official script's definitions: lower-cased, punctuation
-  (its list) removed -- and, for EM, whitespace too -- and F1 from the longest common substring of
-  the "mixed segmentation" (CJK characters one by one, runs of ASCII letters/digits as words).
+Two families, both reported everywhere (training logs, ``make predict`` on a dev file, ``python -m
+extractive_qa.evaluate``):
+
+* the course's metrics -- ``em``: the prediction string equals a reference string (the Kaggle
+  leaderboard of hw7); ``f1``: the bag of characters of prediction and reference, whitespace
+  ignored (DRCD-style character F1);
+* ``em_cmrc2018`` / ``f1_cmrc2018`` -- computed by the rules of the official CMRC2018 evaluation
+  script (ymcui/cmrc2018, ``squad-style-data/cmrc2018_evaluate.py`` v5), which papers and
+  leaderboards also use for DRCD. This is the project's own implementation of those rules:
+
+  - EM: lower-case, strip whitespace at the **ends only**, delete the script's punctuation marks,
+    then compare strings -- so ``歐　洲`` is not ``歐洲`` (inner whitespace counts) and ``宽扎 ，``
+    is not ``宽扎`` (the space before the comma survives the strip).
+  - F1: the same lower-case and end-strip, then "mixed segmentation": each CJK character
+    (U+4E00-U+9FA5) is a token, each run of other characters goes through ``nltk.word_tokenize``
+    (which keeps ``4.9``, ``1,985``, ``A.``, ``……`` and ``【x】`` whole, and splits ``don't`` into
+    ``do`` + ``n't``); punctuation marks are dropped *without* ending the run. F1 comes from the
+    longest common contiguous run of tokens (not a bag): precision = run / prediction tokens,
+    recall = run / reference tokens.
+  - The script's mark ``……`` is two characters, so it never matches one character: a lone ``…``
+    is kept, as the script keeps it.
+
+Where this can differ from the script (documented, not hidden): the script calls
+``nltk.word_tokenize(run)``, which first splits ``run`` into sentences with nltk's downloadable
+punkt model; that data cannot be fetched here, so runs are tokenized as one line
+(``preserve_line=True``). The two agree unless a single non-CJK run holds a sentence break that
+punkt would cut -- a ``.``/``?``/``!`` followed by a space and more text, e.g. ``"end. Next"``:
+there the script splits off that inner ``.`` as its own token (``end`` ``.`` ``Next``) while this
+keeps ``end.`` together. Answers are short spans, so such runs are rare; where one occurs, only
+that pair's F1 can differ. The script was written for Python 2; this follows Python 3 string rules
+(``str.lower`` maps ``İ`` to two characters where Python 2 gave one).
 """
 
 from __future__ import annotations
@@ -15,14 +39,14 @@ import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
 
-# The CMRC2018 official evaluation script's punctuation list.
-CMRC_PUNCTUATION = frozenset([
+# The official script's punctuation marks, in its order. "……" (two characters) can never equal one
+# character, so a lone "…" survives -- exactly as in the script.
+CMRC2018_PUNCTUATION = frozenset([
     "-", ":", "_", "*", "^", "/", "\\", "~", "`", "+", "=", "，", "。", "：", "？", "！", "“", "”", "；",
     "’", "《", "》", "……", "·", "、", "「", "」", "（", "）", "－", "～", "『", "』",
 ])
 _CJK = re.compile(r"[\u4e00-\u9fa5]")
-# Stands in for nltk.word_tokenize on the script's non-CJK runs: words and single punctuation marks.
-_WORDS = re.compile(r"\w+|[^\w\s]")
+METRICS = ("em", "f1", "em_cmrc2018", "f1_cmrc2018")
 
 
 def exact_match(prediction: str, references: Iterable[str]) -> float:
@@ -49,26 +73,38 @@ def char_f1(prediction: str, references: Iterable[str]) -> float:
     return best
 
 
-def cmrc_segments(text: str) -> list[str]:
-    """CMRC2018 mixed segmentation with punctuation removed."""
+def _word_tokenize(run: str) -> list[str]:
+    from nltk.tokenize import word_tokenize
+
+    return word_tokenize(run, preserve_line=True)
+
+
+def cmrc2018_segments(text: str) -> list[str]:
+    """Mixed segmentation with punctuation removed (the official script's F1 tokens)."""
     segments: list[str] = []
     run = ""
     for ch in text.lower().strip():
-        if ch in CMRC_PUNCTUATION:
-            continue
+        if ch in CMRC2018_PUNCTUATION:
+            continue  # dropped, and the run of non-CJK characters goes on across it
         if _CJK.match(ch):
             if run:
-                segments.extend(_WORDS.findall(run))
+                segments.extend(_word_tokenize(run))
                 run = ""
             segments.append(ch)
         else:
             run += ch
     if run:
-        segments.extend(_WORDS.findall(run))
+        segments.extend(_word_tokenize(run))
     return segments
 
 
-def _longest_common_substring(a: Sequence[str], b: Sequence[str]) -> int:
+def cmrc2018_normalize(text: str) -> str:
+    """The official script's EM normalisation: lower case, ends stripped, punctuation marks removed."""
+    return "".join(ch for ch in text.lower().strip() if ch not in CMRC2018_PUNCTUATION)
+
+
+def _longest_common_run(a: Sequence[str], b: Sequence[str]) -> int:
+    """Length of the longest contiguous run of tokens that ``a`` and ``b`` share."""
     best = 0
     prev = [0] * (len(b) + 1)
     for x in a:
@@ -81,36 +117,52 @@ def _longest_common_substring(a: Sequence[str], b: Sequence[str]) -> int:
     return best
 
 
-def cmrc_normalize(text: str) -> str:
-    """CMRC2018's EM normalisation (lower case, its punctuation removed) plus whitespace removal."""
-    return "".join(ch for ch in text.lower() if ch not in CMRC_PUNCTUATION and not ch.isspace())
+def cmrc2018_em(prediction: str, references: Iterable[str]) -> float:
+    p = cmrc2018_normalize(prediction)
+    return float(any(p == cmrc2018_normalize(r) for r in references))
 
 
-def cmrc_em(prediction: str, references: Iterable[str]) -> float:
-    p = cmrc_normalize(prediction)
-    return float(any(p == cmrc_normalize(r) for r in references))
-
-
-def cmrc_f1(prediction: str, references: Iterable[str]) -> float:
-    p = cmrc_segments(prediction)
-    return max((_f1_from_overlap(_longest_common_substring(cmrc_segments(r), p), len(p), len(cmrc_segments(r)))
-                for r in references), default=0.0)
+def cmrc2018_f1(prediction: str, references: Iterable[str]) -> float:
+    p = cmrc2018_segments(prediction)
+    best = 0.0
+    for ref in references:
+        r = cmrc2018_segments(ref)
+        best = max(best, _f1_from_overlap(_longest_common_run(r, p), len(p), len(r)))
+    return best
 
 
 def score_prediction(prediction: str, references: Sequence[str]) -> dict[str, float]:
     """All four scores of one prediction; empty ``references`` (an unlabelled question) scores 0."""
     if not references:
-        return {"em": 0.0, "f1": 0.0, "em_cmrc": 0.0, "f1_cmrc": 0.0}
+        return dict.fromkeys(METRICS, 0.0)
     return {
         "em": exact_match(prediction, references),
         "f1": char_f1(prediction, references),
-        "em_cmrc": cmrc_em(prediction, references),
-        "f1_cmrc": cmrc_f1(prediction, references),
+        "em_cmrc2018": cmrc2018_em(prediction, references),
+        "f1_cmrc2018": cmrc2018_f1(prediction, references),
     }
 
 
 def aggregate(per_question: Sequence[dict[str, float]]) -> dict[str, float]:
     """Mean of each score over questions (0 for none)."""
     if not per_question:
-        return {"em": 0.0, "f1": 0.0, "em_cmrc": 0.0, "f1_cmrc": 0.0}
+        return dict.fromkeys(METRICS, 0.0)
     return {k: sum(s[k] for s in per_question) / len(per_question) for k in per_question[0]}
+
+
+def score_answers(answers: dict[str, str], questions: Sequence) -> tuple[dict[str, float], list[dict]]:
+    """Scores of predicted ``answers`` (by question id) against ``questions`` (Examples with references).
+
+    The one scoring path: training-time dev evaluation, ``make predict`` on a dev file and ``python -m
+    extractive_qa.evaluate`` all call it. Aggregates are means over the questions that have references;
+    a question without a predicted answer scores 0 (as in the official script). Returns the aggregate
+    and one row per question (id, question, prediction, references and its scores).
+    """
+    rows, scored = [], []
+    for ex in questions:
+        prediction = answers.get(ex.id, "")
+        s = score_prediction(prediction, ex.answers)
+        if ex.answers:
+            scored.append(s)
+        rows.append({"id": ex.id, "question": ex.question, "prediction": prediction, "references": ex.answers, **s})
+    return aggregate(scored), rows

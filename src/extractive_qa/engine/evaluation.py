@@ -11,7 +11,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from ..core.metrics import aggregate, score_prediction
+from ..core.metrics import score_answers
 from ..core.postprocess import Prediction, postprocess_predictions
 from ..core.windowing import EncodedExamples, Windows
 from .batching import PadCollator, WindowDataset, token_budget_batches, window_lengths
@@ -91,12 +91,9 @@ def predict(model, enc: EncodedExamples, windows: Windows, settings: Postprocess
 
 
 def score(predictions: Sequence[Prediction], enc: EncodedExamples) -> tuple[dict[str, float], list[dict]]:
-    """Aggregate scores over questions with references, and one row per question."""
-    rows, scored = [], []
-    for p, ex in zip(predictions, enc.examples, strict=True):
-        s = score_prediction(p.text, ex.answers)
-        if ex.answers:
-            scored.append(s)
-        rows.append({"id": ex.id, "question": ex.question, "prediction": p.text, "references": ex.answers,
-                     "em": s["em"], "f1": s["f1"], "score": p.score})
-    return aggregate(scored), rows
+    """Aggregate scores over questions with references, and one row per question (with the span's score);
+    :func:`~extractive_qa.core.metrics.score_answers` does the scoring, for ``evaluate`` too."""
+    aggregate, rows = score_answers({p.id: p.text for p in predictions}, enc.examples)
+    for row, p in zip(rows, predictions, strict=True):
+        row["score"] = p.score
+    return aggregate, rows

@@ -1,0 +1,65 @@
+"""``python -m extractive_qa.evaluate PREDICTIONS REFERENCES``: score any predictions file.
+
+PREDICTIONS: a Kaggle-style ``ID,Answer`` CSV (``test_predictions.csv``, ``submission.csv``), a run's
+``dev_predictions.jsonl``, or a SQuAD-style ``{id: answer}`` JSON (see :mod:`extractive_qa.core.answers`).
+REFERENCES: an hw7 or SQuAD-format file with answers. Prints one JSON object: the course's metrics
+(``em``, ``f1``), the official CMRC2018/DRCD ones (``em_cmrc2018``, ``f1_cmrc2018``, and ``official``
+as the script prints them: percentages and their average), the counts, and the ids missing from or
+extra in the predictions. Missing or extra ids exit with status 1 after the report (a missing answer
+scores 0, as in the official script); nothing is dropped silently. The scores are computed by
+:func:`~extractive_qa.core.metrics.score_answers`, the same code that scores dev during training.
+
+    python -m extractive_qa.evaluate outputs/runs/.../dev_predictions.jsonl ../shared/data/hw7-drcd/hw7_dev.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from .core.answers import read_answers
+from .core.data import DataFormatError, read_examples
+from .core.metrics import score_answers
+
+
+def evaluate(predictions: str, references: str, unanswerable: str = "error") -> dict:
+    answers = read_answers(predictions)
+    examples = read_examples(references, unanswerable=unanswerable)
+    with_refs = [ex for ex in examples if ex.answers]
+    if not with_refs:
+        raise DataFormatError(references, None, "no question has a reference answer (a test file?)",
+                              "score against a file with answers (dev)")
+    scores, _ = score_answers(answers, with_refs)
+    ids = {ex.id for ex in with_refs}
+    missing = [ex.id for ex in with_refs if ex.id not in answers]
+    extra = sorted(set(answers) - {ex.id for ex in examples})
+    unscored = [ex.id for ex in examples if not ex.answers and ex.id in answers]
+    return {**scores, "official": {"EM": round(100 * scores["em_cmrc2018"], 3), "F1": round(100 * scores["f1_cmrc2018"], 3),
+                                   "AVERAGE": round(50 * (scores["em_cmrc2018"] + scores["f1_cmrc2018"]), 3)},
+            "questions": len(ids), "predictions": len(answers), "missing": len(missing), "extra": len(extra),
+            "missing_ids": missing, "extra_ids": extra, "without_references": len(unscored),
+            "predictions_file": str(predictions), "references_file": str(references)}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m extractive_qa.evaluate", description=__doc__.split("\n\n")[0])
+    parser.add_argument("predictions")
+    parser.add_argument("references")
+    parser.add_argument("--unanswerable", choices=("error", "drop"), default="error",
+                        help="SQuAD v2 unanswerable questions in REFERENCES: refuse the file, or leave them out")
+    args = parser.parse_args(argv)
+    try:
+        report = evaluate(args.predictions, args.references, args.unanswerable)
+    except (FileNotFoundError, DataFormatError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    print(json.dumps(report, ensure_ascii=False, indent=2))
+    if report["missing"] or report["extra"]:
+        print(f"error: {report['missing']} questions have no prediction and {report['extra']} predictions match no "
+              f"question (ids listed in missing_ids / extra_ids); missing ones scored 0", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
