@@ -82,3 +82,19 @@ def synthetic(tmp_path_factory) -> dict[str, Path]:
     tmp = tmp_path_factory.mktemp("synthetic")
     return {"data": write_synthetic_hw7(tmp / "data", n_train=1000), "model": write_tiny_model_dir(tmp / "model"),
             "tmp": tmp}
+
+
+@pytest.fixture(scope="session")
+def seed_sweep(synthetic, tmp_path_factory) -> dict:
+    """A real 3-seed sweep of the tiny model on the synthetic set, tracked in a fresh sqlite store: the
+    runs the sweep, report and ensemble tests look at."""
+    tmp = tmp_path_factory.mktemp("seed_sweep")
+    uri = f"sqlite:///{tmp}/mlflow.db"
+    sweep_dir = tmp / "outputs" / "sweeps" / "seeds"
+    args = ["-m", "seed=1,2,3", f"paths.output_dir={tmp}/outputs", f"paths.cache_dir={tmp}/cache", f"tracking.uri={uri}",
+            "experiment_name=seeds", "model=tiny", f"model.name_or_path={synthetic['model']}", f"data.dir={synthetic['data']}",
+            "data.limit_train=600", "data.limit_test=40", "epochs=3", "batch_size=32", "lr=1e-3", "warmup_ratio=0.1",
+            "logging_steps=5", f"hydra.sweep.dir={sweep_dir}"]
+    result = run_module("extractive_qa.train", *args)
+    return {"tmp": tmp, "uri": uri, "sweep_dir": sweep_dir, "runs": [sweep_dir / str(j) for j in range(3)], "args": args,
+            "result": result}

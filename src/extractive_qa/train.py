@@ -31,7 +31,8 @@ from .core.analysis import data_report
 from .core.config import CONF_DIR, to_plain
 from .core.errors import SetupError, run_cli, setup_message
 from .core.features import encode_cached, window_config
-from .core.outputs import nbest_json, write_json, write_jsonl, write_submission
+from .core.metrics import METRICS
+from .core.outputs import nbest_json, share_files, write_json, write_jsonl, write_submission
 from .core.runs import FAILED, FINISHED, KILLED, update_run_record
 from .core.windowing import eval_windows
 from .engine.batching import TrainWindowDataset, train_loader
@@ -66,20 +67,23 @@ class Progress:
 
 @dataclass
 class LogWindow:
-    """Running sums between two ``train/*`` log points."""
+    """Running sums between two ``train/*`` log points, weighted by windows (a small last batch of an
+    epoch counts for what it holds, not as much as a full one)."""
 
+    first_step: int = 0  # the optimizer step this window starts after
     loss: float = 0.0
     acc: float = 0.0
-    batches: int = 0
+    windows: int = 0
     tokens: int = 0
     started: float = field(default_factory=time.time)
 
-    def add(self, loss: float, acc: float, tokens: int) -> None:
-        self.loss, self.acc, self.batches, self.tokens = self.loss + loss, self.acc + acc, self.batches + 1, self.tokens + tokens
+    def add(self, loss: float, acc: float, windows: int, tokens: int) -> None:
+        self.loss, self.acc = self.loss + loss * windows, self.acc + acc * windows
+        self.windows, self.tokens = self.windows + windows, self.tokens + tokens
 
     def metrics(self) -> dict[str, float]:
         elapsed = max(time.time() - self.started, 1e-9)
-        return {"train/loss": self.loss / self.batches, "train/acc": self.acc / self.batches,
+        return {"train/loss": self.loss / self.windows, "train/acc": self.acc / self.windows,
                 "train/tokens_per_s": self.tokens / elapsed}
 
 
@@ -247,7 +251,7 @@ class TrainingRecipe:
     def train(self) -> None:
         """Epochs from where :attr:`progress` stands to the end (``max_steps`` may stop earlier).
         SIGINT / SIGTERM stop after the current optimizer step or evaluation batch, with a checkpoint."""
-        self._log_window = LogWindow()
+        self._log_window = LogWindow(first_step=self.progress.step)
         self.model.train()
         for epoch in range(self.progress.epoch, self.epochs):
             self._train_epoch(epoch)
@@ -305,16 +309,21 @@ class TrainingRecipe:
             self.scheduler.step()
             self.optimizer.zero_grad()
         right = (out.start_logits.argmax(-1) == batch["start_positions"]) & (out.end_logits.argmax(-1) == batch["end_positions"])
-        self._log_window.add(loss.item(), right.float().mean().item(), int(batch["attention_mask"].sum()))
+        self._log_window.add(loss.item(), right.float().mean().item(), len(right), int(batch["attention_mask"].sum()))
 
     def _maybe_log(self, epoch_fraction: float, bar) -> None:
-        step = self.progress.step
+        """``train/*`` every ``logging_steps`` steps: means over the windows of those steps. The last, partial
+        window is logged at the final step when it spans at least half of ``logging_steps``; a shorter
+        tail is not a point of its own (a mean over a step or two is noise that reads like divergence)."""
+        step, window = self.progress.step, self._log_window
         if step % self.logging_steps != 0 and step != self.total_steps:
             return
-        metrics = self._log_window.metrics()
+        if step % self.logging_steps != 0 and 2 * (step - window.first_step) < self.logging_steps:
+            return
+        metrics = window.metrics()
         self.tracker.log_metrics({**metrics, "train/lr": self.scheduler.get_last_lr()[0], "epoch": epoch_fraction}, step)
         bar.set_postfix(loss=f"{metrics['train/loss']:.3f}", acc=f"{metrics['train/acc']:.3f}")
-        self._log_window = LogWindow()
+        self._log_window = LogWindow(first_step=step)
 
     def _save(self) -> Path:
         """A checkpoint of where :attr:`progress` stands, with the run's identity and MLflow run."""
@@ -347,6 +356,7 @@ class TrainingRecipe:
                 if self.cfg.save_model or self.cfg.predict_test:
                     self.accelerator.unwrap_model(self.model).save_pretrained(self.best_dir, safe_serialization=True)
                     self.tokenizer.save_pretrained(self.best_dir)
+                    share_files(self.best_dir)
             self.accelerator.wait_for_everyone()
         return metrics
 
@@ -369,7 +379,7 @@ class TrainingRecipe:
         if self.is_main:
             write_json(self.run_dir / "metrics.json", summary)
             update_run_record(self.run_dir, best_dev_em=best["em"])
-            self.tracker.log_metrics({"best/dev_em": best["em"], "best/dev_f1": best.get("f1", 0.0),
+            self.tracker.log_metrics({**{f"best/dev_{k}": best.get(k, 0.0) for k in METRICS},
                                       "wall_time_s": summary["wall_time_s"]}, self.progress.step)
             self.tracker.log_run_files(self.run_dir)
         log.info("done in %.0fs: best dev EM %.4f (step %s); outputs in %s", summary["wall_time_s"], best["em"],

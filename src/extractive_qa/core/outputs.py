@@ -40,6 +40,15 @@ def write_atomic(path: str | Path, text: str) -> None:
         raise
 
 
+def share_files(folder: str | Path) -> None:
+    """Give every file under ``folder`` the permissions a new file gets here (0644 under the usual umask):
+    some writers (safetensors) create files private (0600), which a teammate or a tracking server that
+    serves the artifacts could not read."""
+    for path in Path(folder).rglob("*"):
+        if path.is_file():
+            os.chmod(path, 0o666 & ~_UMASK)
+
+
 def write_json(path: str | Path, obj) -> None:
     write_atomic(path, json.dumps(obj, ensure_ascii=False, indent=2, default=float) + "\n")
 

@@ -18,6 +18,8 @@ import shutil
 import signal
 from pathlib import Path
 
+from ..core.outputs import share_files
+
 log = logging.getLogger(__name__)
 
 STATE_FILE = "trainer_state.json"
@@ -94,6 +96,7 @@ def save_checkpoint(accelerator, run_dir: Path, state: dict, keep: int) -> Path:
     accelerator.save_state(str(tmp), safe_serialization=True)
     if accelerator.is_main_process:
         (tmp / STATE_FILE).write_text(json.dumps(state, indent=2))
+        share_files(tmp)
         write_manifest(tmp)  # last: a checkpoint without a manifest is unfinished
         if final.exists():
             shutil.rmtree(final)

@@ -8,6 +8,7 @@ parent instead of adding another.
 from __future__ import annotations
 
 import logging
+import time
 
 from omegaconf import DictConfig
 
@@ -54,14 +55,30 @@ def _note(info: dict) -> str:
             "`make report` writes the comparison into this run's artifacts (report/).")
 
 
+def children_of(client, parent) -> list:
+    return with_retry(lambda: client.search_runs(
+        [parent.info.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'",
+        max_results=5000), "find child runs")
+
+
 def close_parent_run(info: dict, counts: dict[str, int]) -> None:
-    """End the parent: FINISHED only when every job finished; the counts become tags."""
+    """End the parent: FINISHED only when every job finished; the counts become tags, and the best dev
+    scores (mean / std / n over seeds when seeds are swept) its metrics."""
+    from mlflow.entities import Metric
+
     from .store import client_for
+    from .summary import parent_metrics, row_of
 
     client = client_for(info["tracking_uri"])
     run_id = info["parent_run_id"]
+    parent = with_retry(lambda: client.get_run(run_id), "get parent run")
     for status, n in counts.items():
         with_retry(lambda s=status, v=n: client.set_tag(run_id, f"jobs.{s.lower()}", str(v)), "tag parent run")
+    metrics = parent_metrics([row_of(r) for r in children_of(client, parent)])
+    if metrics:
+        stamp = int(time.time() * 1000)
+        batch = [Metric(k, float(v), stamp, 0) for k, v in metrics.items()]
+        with_retry(lambda: client.log_batch(run_id, metrics=batch), "log parent metrics")
     status = "FINISHED" if not counts.get("FAILED") and not counts.get("KILLED") else (
         "FAILED" if counts.get("FAILED") else "KILLED")
     with_retry(lambda: client.set_terminated(run_id, status), "end parent run")

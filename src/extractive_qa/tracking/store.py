@@ -27,6 +27,11 @@ BOUNDED_HTTP = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BAC
                 "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
 
 
+# MLflow 3's UI opens an experiment on its GenAI overview (traces) unless the experiment says it is about
+# training models; with this tag it opens on the runs table ("Model training").
+EXPERIMENT_KIND, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
+
+
 class TrackingUnavailable(SetupError):
     """The tracking store cannot be reached at start; the message says how to go on without it."""
 
@@ -76,7 +81,8 @@ def client_for(uri: str):
 def get_or_create_experiment(client, uri: str, name: str, artifact_root: str | None = None,
                              tags: dict[str, str] | None = None) -> str:
     """The experiment's id, created if missing. A sqlite store gets an explicit, absolute artifact
-    location (otherwise artifacts land in ./mlruns of whatever the working directory is)."""
+    location (otherwise artifacts land in ./mlruns of whatever the working directory is); every
+    experiment is marked as model training, so the UI opens it on its runs."""
     artifact_location = None
     lock = None
     if uri.startswith("sqlite:///"):
@@ -87,11 +93,15 @@ def get_or_create_experiment(client, uri: str, name: str, artifact_root: str | N
         artifact_location = (root / name).resolve().as_uri()
         lock = FileLock(f"{db}.lock", timeout=300)
 
+    tags = {EXPERIMENT_KIND: MODEL_TRAINING, **(tags or {})}
+
     def get_or_create() -> str:
         found = client.get_experiment_by_name(name)
-        if found:
-            return found.experiment_id
-        return client.create_experiment(name, artifact_location=artifact_location, tags=tags)
+        if not found:
+            return client.create_experiment(name, artifact_location=artifact_location, tags=tags)
+        if EXPERIMENT_KIND not in found.tags:  # an experiment from before: open it on its runs too
+            client.set_experiment_tag(found.experiment_id, EXPERIMENT_KIND, MODEL_TRAINING)
+        return found.experiment_id
 
     if lock is None:
         return with_retry(get_or_create, "create experiment")

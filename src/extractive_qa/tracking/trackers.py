@@ -25,7 +25,7 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from ..core.config import flatten, to_plain
 from ..core.outputs import write_json
@@ -149,6 +149,13 @@ def run_name_from_overrides(overrides: list[str], sweep: dict | None = None, lim
     return (",".join(o for o in keep if "/" not in o.split("=", 1)[-1]) or "defaults")[:limit]
 
 
+def swept_values(overrides: list[str], sweep: dict) -> dict[str, str]:
+    """``{key: value}`` of the job's overrides for the keys its sweep varies."""
+    swept = set(sweep.get("swept_keys") or [])
+    pairs = (o.split("=", 1) for o in overrides if "=" in o)
+    return {k.lstrip("+~"): v for k, v in pairs if k.lstrip("+~") in swept}
+
+
 def _short(override: str) -> str:
     """``data.dev_file=/a/b/dev.json`` -> ``data.dev_file=dev.json``: a swept path, named by its file."""
     key, _, value = override.partition("=")
@@ -161,10 +168,33 @@ def _command_line() -> str:
     return shlex.join([*head, *sys.argv[1:]])[:5000]
 
 
+# Config keys that say how and where a run is tracked or stored, not what it trains.
+NOT_PARAMS = ("paths.", "tracking.", "hydra.", "resume", "data.urls.", "data.archive_url", "data.cache_dir",
+              "precision.reason")
+_REFERENCE = re.compile(r"^\$\{[\w.]+\}$")  # a plain ${other.key}: the other key is the param
+
+
 def safe_params(cfg: DictConfig) -> dict[str, str]:
-    """The resolved config flattened to dotted keys, secrets dropped, values cut to MLflow's 6000 chars."""
-    flat = flatten(to_plain(cfg))
-    return {k: str(v)[:6000] for k, v in flat.items() if not SECRET_KEY.search(k)}
+    """The params a user sets, once each, without machine-local paths or secrets.
+
+    From the resolved config: keys that merely repeat another key (``optimizer.lr: ${lr}``,
+    ``max_answer_len: ${data.max_answer_len}``) are left out in favour of the key they repeat, paths
+    become their last component (``data.dir=hw7-drcd``), tracking/storage settings and secret-looking
+    keys are dropped, values are cut to MLflow's 6000 characters. The full resolved config stays an
+    artifact (``config_resolved.yaml``).
+    """
+    raw = flatten(OmegaConf.to_container(cfg, resolve=False))
+    kept = {k: v for k, v in flatten(to_plain(cfg)).items()
+            if not k.startswith(NOT_PARAMS) and not k.endswith("._partial_") and not SECRET_KEY.search(k)}
+    params = {}
+    for key, value in kept.items():
+        reference = raw.get(key)
+        if isinstance(reference, str) and _REFERENCE.match(reference) and reference[2:-1] in kept:
+            continue
+        if isinstance(value, str) and (value.startswith(("/", "file://", "~")) or re.match(r"^[A-Za-z]:\\", value)):
+            value = Path(value.removeprefix("file://")).name
+        params[key] = str(value)[:6000]
+    return params
 
 
 class MlflowTracker(Tracker):
@@ -191,14 +221,33 @@ class MlflowTracker(Tracker):
             tags = {"run_dir": str(run_dir), "command": _command_line(), "mlflow.source.name": "extractive_qa.train",
                     **_git_state(Path(cfg.paths.root))}
             if sweep:
-                tags.update({"sweep.id": sweep["id"], "sweep.dir": sweep["dir"], "job.num": str(sweep["job"])})
+                tags.update({"sweep.id": sweep["id"], "sweep.dir": sweep["dir"], "job.num": str(sweep["job"]),
+                             "sweep.values": json.dumps(swept_values(overrides, sweep), ensure_ascii=False)})
                 if sweep.get("parent_run_id"):
                     tags["mlflow.parentRunId"] = sweep["parent_run_id"]
             run_name = cfg.tracking.get("run_name") or run_name_from_overrides(overrides, sweep)
             run = with_retry(lambda: self.client.create_run(self.experiment_id, run_name=run_name, tags=tags), "create run")
             self.run_id = run.info.run_id
             self._log_params(safe_params(cfg))
+        self._monitor = None
+        self._system_metrics = bool(cfg.tracking.get("system_metrics", False))
+        if not self._resumed:
+            self._start_system_metrics()
         log.info("MLflow run %s (%s) in experiment %r at %s", self.run_id, run_name, name, self.uri)
+
+    def _start_system_metrics(self) -> None:
+        """MLflow's own CPU / memory (/ GPU, with its optional dependency) sampling, in a thread; it stops
+        by itself if the store goes away, so it never holds training up."""
+        if not self._system_metrics:
+            return
+        try:
+            from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+            self._monitor = SystemMetricsMonitor(self.run_id, tracking_uri=self.uri, resume_logging=self._resumed)
+            self._monitor.start()
+        except Exception as err:  # noqa: BLE001 - optional: psutil missing, an old mlflow
+            log.warning("system metrics are off: %s", err)
+            self._monitor = None
 
     # -- sending, with a queue while the store is down
     def _send(self, what: str, call: Callable[[], object]) -> None:
@@ -289,10 +338,13 @@ class MlflowTracker(Tracker):
     def reopen(self) -> None:
         self._reopened = True
         self._send("reopen run", lambda: self.client.update_run(self.run_id, status="RUNNING"))
+        self._start_system_metrics()
 
     def finish(self, status: str) -> None:
         if self._resumed and not self._reopened:
             return  # the resume failed before training resumed: the run keeps the status it had
+        if self._monitor is not None:
+            self._monitor.finish()
         self._send("end run", lambda: self.client.set_terminated(self.run_id, status))
         if not self._drain():
             log.error("MLflow at %s is still unreachable: %d tracking calls were not sent (the run's metrics are in %s). "

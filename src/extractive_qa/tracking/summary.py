@@ -1,0 +1,101 @@
+"""Runs of a sweep grouped by configuration, with seeds aggregated: the numbers a report and a sweep's
+parent run show. Pure functions over plain rows, so the sweep callback and ``make report`` agree."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass, field
+
+SEED_KEYS = ("seed",)
+
+
+@dataclass
+class RunRow:
+    """One finished (or failed) job: its swept values and its best dev scores."""
+
+    name: str
+    values: dict[str, str]
+    status: str
+    metrics: dict[str, float] = field(default_factory=dict)
+    run_id: str = ""
+
+
+@dataclass
+class Group:
+    """Runs whose swept values differ only in the seed."""
+
+    values: dict[str, str]  # swept values without the seed
+    runs: list[RunRow]
+
+    @property
+    def label(self) -> str:
+        return ", ".join(f"{k}={v}" for k, v in self.values.items()) or "all runs"
+
+    def stats(self, metric: str) -> tuple[float, float, int]:
+        """``(mean, std, n)`` over the group's runs that have ``metric``; std is the sample std (0 for n=1)."""
+        xs = [r.metrics[metric] for r in self.runs if metric in r.metrics and not math.isnan(r.metrics[metric])]
+        if not xs:
+            return math.nan, math.nan, 0
+        mean = sum(xs) / len(xs)
+        std = math.sqrt(sum((x - mean) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else 0.0
+        return mean, std, len(xs)
+
+
+def row_of(run) -> RunRow:
+    """A :class:`RunRow` from an MLflow run (its ``sweep.values`` tag holds the swept values)."""
+    try:
+        values = json.loads(run.data.tags.get("sweep.values") or "{}")
+    except ValueError:
+        values = {}
+    return RunRow(name=run.info.run_name, values=values, status=run.info.status, metrics=dict(run.data.metrics),
+                  run_id=run.info.run_id)
+
+
+def _sort_key(value: str):
+    try:
+        return (0, float(value), "")
+    except ValueError:
+        return (1, 0.0, value)
+
+
+def group_by_config(rows: list[RunRow]) -> list[Group]:
+    """Groups of runs that differ only in the seed, in the order of their swept values."""
+    groups: dict[tuple, Group] = {}
+    for row in rows:
+        values = {k: v for k, v in row.values.items() if k not in SEED_KEYS}
+        key = tuple(sorted(values.items()))
+        groups.setdefault(key, Group(values=dict(sorted(values.items())), runs=[])).runs.append(row)
+    return sorted(groups.values(), key=lambda g: [_sort_key(v) for v in g.values.values()])
+
+
+def seeds_swept(rows: list[RunRow]) -> bool:
+    return any(len({r.values.get(k) for r in rows}) > 1 for k in SEED_KEYS)
+
+
+def metric_key(label: str) -> str:
+    """A group label as part of an MLflow metric name (letters, digits, _ - . / and spaces only)."""
+    return re.sub(r"[^\w\-./ ]", "_", label)
+
+
+def parent_metrics(rows: list[RunRow]) -> dict[str, float]:
+    """What a sweep's parent run records: the best dev EM/F1 of any job and, when seeds are swept,
+    mean / std / n of each configuration's best dev EM and F1."""
+    finished = [r for r in rows if r.status == "FINISHED"]
+    out: dict[str, float] = {}
+    for metric in ("best/dev_em", "best/dev_f1"):
+        values = [r.metrics[metric] for r in finished if metric in r.metrics]
+        if values:
+            out[metric] = max(values)
+    if not seeds_swept(finished):
+        return out
+    groups = group_by_config(finished)
+    for group in groups:
+        prefix = "seeds" if len(groups) == 1 else f"seeds/{metric_key(group.label)}"
+        for metric, name in (("best/dev_em", "dev_em"), ("best/dev_f1", "dev_f1")):
+            mean, std, n = group.stats(metric)
+            if n:
+                out.update({f"{prefix}/{name}_mean": mean, f"{prefix}/{name}_std": std})
+        out[f"{prefix}/n"] = float(group.stats("best/dev_em")[2])
+    return out

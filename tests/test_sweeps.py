@@ -1,0 +1,140 @@
+"""Sweeps you can compare: a parent run per sweep with its jobs nested, seeds aggregated, reports that
+replace themselves inside the parent, sweeps that resume, honest curves, a real submitit launch."""
+
+from __future__ import annotations
+
+import json
+import math
+import stat
+from pathlib import Path
+
+import pytest
+from conftest import run_module, run_with_faults
+from mlflow.tracking import MlflowClient
+from omegaconf import OmegaConf
+
+from extractive_qa.compare import REPORTS_EXPERIMENT
+from extractive_qa.compare import main as report_main
+
+
+def experiment_runs(uri: str, name: str) -> list:
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(name)
+    return client.search_runs([exp.experiment_id], max_results=1000) if exp else []
+
+
+def split(runs: list) -> tuple[object, list]:
+    parents = [r for r in runs if r.data.tags.get("sweep.parent") == "true"]
+    assert len(parents) == 1, [r.info.run_name for r in runs]
+    return parents[0], [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
+
+
+def test_a_seed_sweep_is_one_parent_with_its_jobs_nested_and_seed_statistics(seed_sweep):
+    uri = seed_sweep["uri"]
+    parent, children = split(experiment_runs(uri, "seeds"))
+    sweep_id = parent.data.tags["sweep.id"]
+    assert len(sweep_id) == 6 and parent.info.run_name == f"sweep {sweep_id}: seed"
+    assert parent.info.status == "FINISHED" and parent.data.tags["jobs.finished"] == "3"
+    assert parent.data.tags["sweep.command"].startswith("python -m extractive_qa.train -m seed=1,2,3")
+    assert sorted(r.info.run_name for r in children) == [f"{sweep_id} seed={s}" for s in (1, 2, 3)]
+    ems = [r.data.metrics["best/dev_em"] for r in children]
+    mean = sum(ems) / 3
+    std = math.sqrt(sum((x - mean) ** 2 for x in ems) / 2)
+    m = parent.data.metrics
+    assert m["seeds/n"] == 3 and m["seeds/dev_em_mean"] == pytest.approx(mean) and m["seeds/dev_em_std"] == pytest.approx(std)
+    assert m["best/dev_em"] == max(ems)
+    # Params: what a user sets, once, no machine-local paths.
+    params = children[0].data.params
+    assert "lr" in params and "optimizer.lr" not in params and "max_answer_len" not in params
+    assert "data.max_answer_len" in params and not any(k.startswith(("paths.", "tracking.")) for k in params)
+    assert not any(v.startswith("/") for v in params.values()) and params["data.dir"] == "data"
+    assert params["precision.requested"] == "auto" and params["precision.mixed_precision"] in ("bf16", "no")
+    exp = MlflowClient(uri).get_experiment_by_name("seeds")
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"  # the UI opens on the runs table
+
+
+def test_every_file_a_run_writes_is_readable_by_others(seed_sweep):
+    files = [p for p in seed_sweep["runs"][0].rglob("*") if p.is_file()]
+    assert len(files) > 10
+    unreadable = [str(p) for p in files if not p.stat().st_mode & stat.S_IROTH]
+    assert not unreadable
+
+
+def test_report_goes_into_the_parent_and_replaces_itself(seed_sweep, tmp_path):
+    uri = seed_sweep["uri"]
+    before = len(experiment_runs(uri, "seeds"))
+    for _ in range(2):
+        report_main(["--uri", uri, "--out", str(tmp_path / "report")])
+    assert len(experiment_runs(uri, "seeds")) == before  # no comparison run among the training runs
+    parent, _ = split(experiment_runs(uri, "seeds"))
+    client = MlflowClient(uri)
+    assert {a.path for a in client.list_artifacts(parent.info.run_id, "report")} == {
+        "report/report.html", "report/report.md", "report/dev_em.png", "report/dev_em_steps.png", "report/train_loss.png"}
+    page = (tmp_path / "report" / "report.html").read_text()
+    assert page.count('src="data:image/png;base64,') == 3  # images travel inside the page: they show in the UI
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert "## Over seeds" in md and "| all runs | 3 |" in md and " ± " in md
+    # A report over the whole experiment lives in its own experiment, one run per reported experiment.
+    for _ in range(2):
+        report_main(["--uri", uri, "--experiment", "seeds", "--out", str(tmp_path / "exp")])
+    reports = experiment_runs(uri, REPORTS_EXPERIMENT)
+    assert [r.info.run_name for r in reports] == ["seeds"] and len(experiment_runs(uri, "seeds")) == before
+
+
+def test_train_loss_is_a_mean_over_full_windows_and_a_short_tail_is_not_a_point():
+    from extractive_qa.train import LogWindow, TrainingRecipe
+
+    window = LogWindow()
+    window.add(4.0, 0.0, windows=32, tokens=100)
+    window.add(8.0, 1.0, windows=2, tokens=5)  # a small last batch counts for its two windows
+    assert window.metrics()["train/loss"] == pytest.approx((4 * 32 + 8 * 2) / 34)
+    cfg = OmegaConf.create({"epochs": 1, "batch_size": 8, "grad_accum_steps": 1, "logging_steps": 4, "eval_steps": None,
+                            "checkpoint_steps": None})
+    logged = []
+
+    class Recorder:
+        def log_metrics(self, metrics, step):
+            logged.append(step)
+
+    class Schedule:
+        def get_last_lr(self):
+            return [1e-3]
+
+    class Bar:
+        def set_postfix(self, **kwargs):
+            pass
+
+    for total, expected in ((9, [4, 8]), (10, [4, 8, 10])):  # a tail of 1 step is dropped, of 2 steps (>= 4/2) kept
+        logged.clear()
+        recipe = TrainingRecipe(cfg, Path("."))
+        recipe.tracker, recipe.scheduler, recipe.total_steps = Recorder(), Schedule(), total
+        recipe._log_window = LogWindow()
+        for step in range(1, total + 1):
+            recipe.progress.step = step
+            recipe._log_window.add(1.0, 0.5, 8, 80)
+            recipe._maybe_log(0.0, Bar())
+        assert logged == expected
+
+
+def test_an_interrupted_sweep_resumes_with_the_same_command(synthetic, tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    args = ["-m", "lr=1e-3,2e-3,3e-3", f"paths.output_dir={tmp_path}/outputs", f"paths.cache_dir={tmp_path}/cache",
+            f"tracking.uri={uri}", "experiment_name=resume-sweep", "model=tiny", f"model.name_or_path={synthetic['model']}",
+            f"data.dir={synthetic['data']}", "data.limit_train=80", "data.limit_dev=12", "predict_test=false", "epochs=2",
+            "batch_size=8", "logging_steps=5"]
+    # Ctrl-C during job 1 (its 12th step): the sweep stops there; job 2 never starts.
+    first = run_with_faults(["after:_maybe_log:12#2=SIGINT"], *args, f"hydra.sweep.dir={tmp_path}/outputs/s1")
+    assert first.returncode == 130
+    parent, children = split(experiment_runs(uri, "resume-sweep"))
+    assert parent.info.status == "KILLED" and sorted(r.info.status for r in children) == ["FINISHED", "KILLED"]
+    again = run_module("extractive_qa.train", *args, f"hydra.sweep.dir={tmp_path}/outputs/s2")
+    log = again.stdout + again.stderr
+    assert log.count("already finished") == 1 and log.count("resuming") >= 1
+    parent, children = split(experiment_runs(uri, "resume-sweep"))
+    assert parent.info.status == "FINISHED" and len(children) == 3 and {r.info.status for r in children} == {"FINISHED"}
+    job1 = next(r for r in children if r.data.tags["job.num"] == "1")
+    run_dir = Path(job1.data.tags["run_dir"])
+    assert json.loads((run_dir / "metrics.json").read_text())["steps"] == 20  # continued, not restarted
+    steps = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert steps.count(5) == 1 and steps.count(15) == 1  # logged before the kill, then after the resume, once each
+    assert not (tmp_path / "outputs" / "s2" / "0").exists()  # the finished job trained nothing
