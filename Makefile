@@ -11,7 +11,7 @@ EXTRAS ?= dev,optuna,joblib,submitit
 ARGS ?=
 STAMP := $(VENV)/.installed
 
-.PHONY: install train predict report ui bench test lint clean
+.PHONY: install train predict report evaluate ui bench test lint clean
 
 install: $(STAMP)
 
@@ -30,14 +30,21 @@ predict: install
 report: install
 	$(PY) -m extractive_qa.compare $(ARGS)
 
+evaluate: install
+	$(PY) -m extractive_qa.evaluate $(ARGS)
+
+# MLflow 3's UI opens experiments on a GenAI view: this URL (or a click on "Model training", which the
+# browser remembers) shows the runs table.
 ui: install
+	@echo "MLflow UI: http://127.0.0.1:$${PORT:-5000}/#/experiments?workflowType=machine_learning  (runs: click 'Model training' once)"
 	$(VENV)/bin/mlflow ui --host 127.0.0.1 --port $${PORT:-5000} --backend-store-uri "sqlite:///$(CURDIR)/mlflow.db"
 
 bench: install
 	$(PY) -m extractive_qa.bench $(ARGS)
 
+# Tests run on every core (pytest-xdist; a test file stays on one worker; shared fixtures are built once).
 test: install
-	$(PY) -m pytest -q $(ARGS)
+	$(PY) -m pytest -q -n auto --dist loadfile $(ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check src tests

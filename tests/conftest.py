@@ -74,27 +74,60 @@ def run_with_faults(faults: list[str], *overrides: str, env: dict | None = None,
     return out
 
 
+def shared_once(tmp_path_factory, name: str, build) -> dict:
+    """``build(folder)`` once per test session, even when pytest-xdist runs several workers: the first
+    worker builds it under a file lock, the others read what it recorded (JSON)."""
+    from filelock import FileLock
+
+    root = tmp_path_factory.getbasetemp()
+    root = root.parent if os.environ.get("PYTEST_XDIST_WORKER") else root
+    record = root / f"{name}.json"
+    with FileLock(str(root / f"{name}.lock")):
+        if not record.is_file():
+            folder = root / name
+            folder.mkdir(parents=True, exist_ok=True)
+            record.write_text(json.dumps(build(folder), default=str))
+    return json.loads(record.read_text())
+
+
 @pytest.fixture(scope="session")
 def synthetic(tmp_path_factory) -> dict[str, Path]:
     """A synthetic hw7-format data dir and an offline tiny-model dir (see synthetic.py)."""
     from extractive_qa.core.synthetic import write_synthetic_hw7, write_tiny_model_dir
 
-    tmp = tmp_path_factory.mktemp("synthetic")
-    return {"data": write_synthetic_hw7(tmp / "data", n_train=1000), "model": write_tiny_model_dir(tmp / "model"),
-            "tmp": tmp}
+    def build(tmp: Path) -> dict:
+        return {"data": write_synthetic_hw7(tmp / "data", n_train=1000), "model": write_tiny_model_dir(tmp / "model"),
+                "tmp": tmp}
+
+    return {k: Path(v) for k, v in shared_once(tmp_path_factory, "synthetic", build).items()}
 
 
 @pytest.fixture(scope="session")
 def seed_sweep(synthetic, tmp_path_factory) -> dict:
-    """A real 3-seed sweep of the tiny model on the synthetic set, tracked in a fresh sqlite store: the
-    runs the sweep, report and ensemble tests look at."""
-    tmp = tmp_path_factory.mktemp("seed_sweep")
-    uri = f"sqlite:///{tmp}/mlflow.db"
-    sweep_dir = tmp / "outputs" / "sweeps" / "seeds"
-    args = ["-m", "seed=1,2,3", f"paths.output_dir={tmp}/outputs", f"paths.cache_dir={tmp}/cache", f"tracking.uri={uri}",
-            "experiment_name=seeds", "model=tiny", f"model.name_or_path={synthetic['model']}", f"data.dir={synthetic['data']}",
-            "data.limit_train=600", "data.limit_test=40", "epochs=3", "batch_size=32", "lr=1e-3", "warmup_ratio=0.1",
-            "logging_steps=5", f"hydra.sweep.dir={sweep_dir}"]
-    result = run_module("extractive_qa.train", *args)
-    return {"tmp": tmp, "uri": uri, "sweep_dir": sweep_dir, "runs": [sweep_dir / str(j) for j in range(3)], "args": args,
-            "result": result}
+    """A real 3-seed sweep of the tiny model on the synthetic set, tracked in a fresh sqlite store, each
+    job's model logged and registered (versions 1-3 of ``seeds-qa``): the runs the sweep, report,
+    ensemble and registry tests look at."""
+
+    def build(tmp: Path) -> dict:
+        uri = f"sqlite:///{tmp}/mlflow.db"
+        sweep_dir = tmp / "outputs" / "sweeps" / "seeds"
+        args = ["-m", "seed=1,2,3", f"paths.output_dir={tmp}/outputs", f"paths.cache_dir={tmp}/cache",
+                f"tracking.uri={uri}", "experiment_name=seeds", "model=tiny", f"model.name_or_path={synthetic['model']}",
+                f"data.dir={synthetic['data']}", "data.limit_train=1500", "data.limit_test=40", "epochs=4",
+                "batch_size=32", "lr=1e-3", "warmup_ratio=0.1", "logging_steps=5", "tracking.log_model=true",
+                "tracking.register_model=seeds-qa", f"hydra.sweep.dir={sweep_dir}"]
+        run_module("extractive_qa.train", *args)
+        return {"tmp": tmp, "uri": uri, "sweep_dir": sweep_dir, "runs": [sweep_dir / str(j) for j in range(3)], "args": args}
+
+    info = shared_once(tmp_path_factory, "seed_sweep", build)
+    return {**info, "tmp": Path(info["tmp"]), "sweep_dir": Path(info["sweep_dir"]), "runs": [Path(r) for r in info["runs"]]}
+
+
+@pytest.fixture(scope="session")
+def tracking_server(tmp_path_factory) -> dict:
+    """One real `mlflow server` on 127.0.0.1 for the session (tests that stop it start it again)."""
+    import mlflow_server
+
+    settings = mlflow_server.start(tmp_path_factory.mktemp("tracking_server"))
+    yield settings
+    mlflow_server.stop(settings)

@@ -87,6 +87,21 @@ def kill() -> None:
     stop(json.loads(os.environ[ENV]))
 
 
+def is_up(settings: dict) -> bool:
+    try:
+        urllib.request.urlopen(f"http://127.0.0.1:{settings['port']}/health", timeout=2)
+        return True
+    except OSError:
+        return False
+
+
+def ensure_running(settings: dict) -> dict:
+    """The shared server, started again if a test before left it stopped."""
+    if not is_up(settings):
+        _launch(settings)
+    return settings
+
+
 def relaunch(settings: dict) -> None:
     """Start a stopped server again: same port, same store."""
     _launch(settings)

@@ -13,7 +13,8 @@ from extractive_qa.core.windowing import WindowConfig
 @needs_shared
 def test_bench_prints_json_lines_with_ratios(tmp_path):
     res = run_module("extractive_qa.bench", "model=tiny", "bench.eval_questions=8", "bench.naive_questions=2",
-                     "bench.train_steps=1", "bench.train_questions=40", "bench.parts=[eval,budgets,train]", "bench.budget_questions=4", "bench.eval_budgets=[512,4096]")
+                     "bench.train_steps=1", "bench.train_questions=40", "bench.parts=[eval,budgets,train]", "bench.budget_questions=4", "bench.eval_budgets=[512,4096]",
+                     "bench.isolate=false")
     lines = [json.loads(line) for line in res.stdout.splitlines() if line.startswith("{")]
     kinds = [line["bench"] for line in lines]
     assert kinds == ["hardware", "gemm_peak", "eval_naive", "eval", "eval", "eval_budget", "eval_budget", "train_naive",

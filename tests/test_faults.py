@@ -89,49 +89,43 @@ def test_resume_with_another_trajectory_is_refused_listing_the_keys(lr_sweep, sy
 
 
 # ---------------------------------------------------------------- tracking outage
-def test_tracking_server_dying_mid_run_never_stops_training(synthetic, tmp_path):
-    server = mlflow_server.start(tmp_path)
-    try:
-        uri = mlflow_server.uri(server)
-        res = run_with_faults(["after:_maybe_log:4=call:mlflow_server:kill", "after:_maybe_log:12=call:mlflow_server:restart"],
-                              *tiny(synthetic, tmp_path, uri, "outage"), f"hydra.run.dir={tmp_path}/run",
-                              env={**mlflow_server.env(server), "MLFLOW_TRACKING_URI": uri})
-        assert res.returncode == 0, res.stderr[-3000:]
-        log = res.stdout + res.stderr
-        assert log.count("does not answer") == 1 and "answers again" in log and "Traceback" not in log
-        (run,) = runs_of(uri, "outage")
-        assert run.info.status == "FINISHED"
-        client = MlflowClient(uri)
-        assert [m.step for m in sorted(client.get_metric_history(run.info.run_id, "train/loss"), key=lambda m: m.step)] == \
-            metric_steps(tmp_path / "run", "train/loss")  # nothing logged during the outage was lost
-    finally:
-        mlflow_server.stop(server)
-
-
-def test_server_gone_for_good_then_sync_and_server_down_at_start(synthetic, tmp_path):
-    server = mlflow_server.start(tmp_path)
+def test_tracking_server_dying_mid_run_never_stops_training(synthetic, tmp_path, tracking_server):
+    server = mlflow_server.ensure_running(tracking_server)
     uri = mlflow_server.uri(server)
-    try:
-        res = run_with_faults(["after:_maybe_log:2=call:mlflow_server:kill"], *tiny(synthetic, tmp_path, uri, "gone"),
-                              f"hydra.run.dir={tmp_path}/run", env=mlflow_server.env(server))
-        assert res.returncode == 0 and "python -m extractive_qa.sync" in res.stdout + res.stderr
-        assert json.loads((tmp_path / "run" / "run.json").read_text())["status"] == "FINISHED"
-        # Down at start: one clear message, the ways out named.
-        down = run_module("extractive_qa.train", *tiny(synthetic, tmp_path, uri, "gone"), f"hydra.run.dir={tmp_path}/x",
-                          check=False)
-        assert down.returncode == 2 and "tracking=none" in down.stderr and "MLFLOW_TRACKING_URI" in down.stderr
-        assert "Traceback" not in down.stderr
-        mlflow_server.relaunch(server)
-        synced = run_module("extractive_qa.sync", str(tmp_path / "run"), "--uri", uri)
-        assert json.loads(synced.stdout.splitlines()[-1])["status"] == "FINISHED"
-        (run,) = runs_of(uri, "gone")
-        assert run.info.status == "FINISHED"
-        steps = sorted(m.step for m in MlflowClient(uri).get_metric_history(run.info.run_id, "train/loss"))
-        assert steps == metric_steps(tmp_path / "run", "train/loss")
-        again = run_module("extractive_qa.sync", str(tmp_path / "run"), "--uri", uri).stdout.splitlines()[-1]
-        assert json.loads(again)["metrics_sent"] == 0
-    finally:
-        mlflow_server.stop(server)
+    res = run_with_faults(["after:_maybe_log:4=call:mlflow_server:kill", "after:_maybe_log:12=call:mlflow_server:restart"],
+                          *tiny(synthetic, tmp_path, uri, "outage"), f"hydra.run.dir={tmp_path}/run",
+                          env={**mlflow_server.env(server), "MLFLOW_TRACKING_URI": uri})
+    assert res.returncode == 0, res.stderr[-3000:]
+    log = res.stdout + res.stderr
+    assert log.count("does not answer") == 1 and "answers again" in log and "Traceback" not in log
+    (run,) = runs_of(uri, "outage")
+    assert run.info.status == "FINISHED"
+    client = MlflowClient(uri)
+    assert [m.step for m in sorted(client.get_metric_history(run.info.run_id, "train/loss"), key=lambda m: m.step)] == \
+        metric_steps(tmp_path / "run", "train/loss")  # nothing logged during the outage was lost
+
+
+def test_server_gone_for_good_then_sync_and_server_down_at_start(synthetic, tmp_path, tracking_server):
+    server = mlflow_server.ensure_running(tracking_server)
+    uri = mlflow_server.uri(server)
+    res = run_with_faults(["after:_maybe_log:2=call:mlflow_server:kill"], *tiny(synthetic, tmp_path, uri, "gone"),
+                          f"hydra.run.dir={tmp_path}/run", env=mlflow_server.env(server))
+    assert res.returncode == 0 and "python -m extractive_qa.sync" in res.stdout + res.stderr
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["status"] == "FINISHED"
+    # Down at start: one clear message, the ways out named.
+    down = run_module("extractive_qa.train", *tiny(synthetic, tmp_path, uri, "gone"), f"hydra.run.dir={tmp_path}/x",
+                      check=False)
+    assert down.returncode == 2 and "tracking=none" in down.stderr and "MLFLOW_TRACKING_URI" in down.stderr
+    assert "Traceback" not in down.stderr
+    mlflow_server.relaunch(server)
+    synced = run_module("extractive_qa.sync", str(tmp_path / "run"), "--uri", uri)
+    assert json.loads(synced.stdout.splitlines()[-1])["status"] == "FINISHED"
+    (run,) = runs_of(uri, "gone")
+    assert run.info.status == "FINISHED"
+    steps = sorted(m.step for m in MlflowClient(uri).get_metric_history(run.info.run_id, "train/loss"))
+    assert steps == metric_steps(tmp_path / "run", "train/loss")
+    again = run_module("extractive_qa.sync", str(tmp_path / "run"), "--uri", uri).stdout.splitlines()[-1]
+    assert json.loads(again)["metrics_sent"] == 0
 
 
 # ---------------------------------------------------------------- damaged checkpoints

@@ -69,7 +69,7 @@ def test_two_processes_match_one(synthetic, tmp_path):
 
 
 def _resume_args(synthetic, tmp: Path) -> list[str]:
-    return [*tiny(synthetic, tmp), "data.limit_train=600", "epochs=2", "checkpoint_steps=10", "keep_checkpoints=2",
+    return [*tiny(synthetic, tmp), "data.limit_train=320", "epochs=2", "checkpoint_steps=10", "keep_checkpoints=2",
             "predict_test=false", "logging_steps=5"]
 
 
@@ -93,7 +93,7 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(synthetic, tmp_path):
     run_module("extractive_qa.train", *args, "experiment_name=straight", f"hydra.run.dir={tmp_path}/straight")
 
     killed = tmp_path / "killed"
-    # SIGKILL right after the step-30 checkpoint is written (mid-epoch: 75 steps per epoch).
+    # SIGKILL right after the step-30 checkpoint is written (mid-epoch: 40 steps per epoch).
     res = run_with_faults(["after:_save:30=SIGKILL"], *args, "experiment_name=killed", f"hydra.run.dir={killed}")
     assert res.returncode == -signal.SIGKILL
     run_module("extractive_qa.train", *args, "experiment_name=killed", f"resume={killed}",
@@ -101,34 +101,11 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(synthetic, tmp_path):
 
     name_a, a = _final_weights(tmp_path / "straight")
     name_b, b = _final_weights(killed)
-    assert name_a == name_b == "step_150"
+    assert name_a == name_b == "step_80"
     assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
     ma, mb = (json.loads((d / "metrics.json").read_text()) for d in (tmp_path / "straight", killed))
-    assert ma["best_dev_em"] == mb["best_dev_em"] and ma["best_dev_f1"] == mb["best_dev_f1"] and mb["steps"] == 150
+    assert ma["best_dev_em"] == mb["best_dev_em"] and ma["best_dev_f1"] == mb["best_dev_f1"] and mb["steps"] == 80
     client = MlflowClient(uri)
     runs = client.search_runs([client.get_experiment_by_name("killed").experiment_id])
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"  # the same MLflow run, continued
     assert len(list((killed / "checkpoints").glob("step_*"))) == 2  # keep_checkpoints
-
-
-@pytest.mark.slow
-def test_sigint_saves_a_checkpoint_marks_killed_and_says_how_to_resume(synthetic, tmp_path):
-
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    run_dir = tmp_path / "outputs" / "runs" / "first"  # resume=auto looks under paths.output_dir
-    args = [*_resume_args(synthetic, tmp_path), "checkpoint_steps=20", "tracking=mlflow", f"tracking.uri={uri}",
-            "experiment_name=sigint"]
-    # Ctrl-C arrives during step 25's logging; the loop stops after that step, with a checkpoint.
-    res = run_with_faults(["after:_maybe_log:25=SIGINT"], *args, f"hydra.run.dir={run_dir}")
-    err = res.stderr
-    assert res.returncode == 130 and f"resume={run_dir}" in err and "Traceback" not in err
-    client = MlflowClient(uri)
-    (run,) = client.search_runs([client.get_experiment_by_name("sigint").experiment_id])
-    assert run.info.status == "KILLED"
-    stopped_at = max(int(p.name.split("_")[1]) for p in (run_dir / "checkpoints").glob("step_*"))
-    assert stopped_at == 25
-    run_module("extractive_qa.train", *args, "resume=auto", f"hydra.run.dir={tmp_path}/second")
-    run = client.get_run(run.info.run_id)
-    assert run.info.status == "FINISHED" and "best/dev_em" in run.data.metrics
-    assert len(client.search_runs([run.info.experiment_id])) == 1
-    assert json.loads((run_dir / "metrics.json").read_text())["steps"] == 150

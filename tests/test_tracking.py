@@ -53,7 +53,7 @@ def test_every_job_is_a_complete_run(seed_sweep):
         artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
         assert {"config_resolved.yaml", "dev_predictions.jsonl", "test_predictions.csv", "test_nbest.json", "run.json",
                 "dev_nbest.json", "data_report.json", "metrics.json", ".hydra"} <= artifacts
-        assert "model" not in artifacts  # tracking.log_model=false
+        assert "model/MLmodel" in {a.path for a in client.list_artifacts(run.info.run_id, "model")}  # tracking.log_model
 
 
 def test_a_run_that_raises_ends_failed_with_its_cause(synthetic, tmp_path):

@@ -309,6 +309,11 @@ def _child(fn, args, queue) -> None:
 
 
 def in_fresh_process(fn, *args):
+    if not args[0]["bench"].get("isolate", True):  # one process for all (tests): faster, peak RSS shared
+        try:
+            return fn(*args)
+        except Exception as err:  # noqa: BLE001 - reported as a JSON line, as from a child
+            return {"error": f"{type(err).__name__}: {err}"}
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     proc = ctx.Process(target=_child, args=(fn, args, queue))

@@ -1,20 +1,30 @@
-"""``python -m extractive_qa.predict`` (``make predict``): predict a test file with a trained run.
+"""``python -m extractive_qa.predict`` (``make predict``): a submission CSV from one trained model or an
+ensemble of several.
 
-Uses the run's own window and post-processing settings (from its ``config_resolved.yaml``) and the
-same :func:`~extractive_qa.engine.evaluation.predict` code as training, writes ``ID,Answer`` with every test
-id exactly once, and prints the CSV's path.
+Which models: ``run_dir=`` (one run), ``run_dirs=[a,b,c]``, ``top_k=3 sweep=<id>`` or ``top_k=3
+experiment=<name>`` (the k finished runs with the best dev EM in MLflow), ``model_uri=models:/<name>/<version>``
+or ``runs:/<run id>/model`` (a logged or registered model), or -- with none of these -- the newest run
+that kept its ``best_model/``. Each model predicts with its run's own window and post-processing
+settings; several are combined by averaging logits when their windows line up, else by an n-best
+vote (:mod:`extractive_qa.engine.ensemble`). With several models (or ``dev_file=``), every member and
+the ensemble are also scored on the dev file, so the gain is measured, not assumed. The CSV has every
+test id exactly once, in file order; its path is the last line printed.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import sys
+import time
 from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from .core.config import CONF_DIR
+from .core.config import CONF_DIR, project_root
+from .core.errors import run_cli
 
 log = logging.getLogger(__name__)
 
@@ -27,41 +37,121 @@ def newest_run(output_dir: Path) -> Path:
     return max(runs, key=lambda p: p.stat().st_mtime).parent
 
 
-def predict_run(run_dir: Path, test_file: str | None = None, output: str | None = None,
-                eval_batch_tokens: int | str | None = None, precision: str | None = None,
-                strip_commas: bool | None = None) -> Path:
-    from transformers import AutoModelForQuestionAnswering, AutoTokenizer
-
-    from .core.data import read_examples
-    from .core.features import window_config
-    from .core.outputs import write_submission
-    from .core.windowing import encode_examples, eval_windows
-    from .engine.evaluation import PostprocessSettings, predict
-    from .engine.modeling import keep_head_fp32
-
-    model_dir = run_dir / "best_model"
-    if not (model_dir / "config.json").is_file() or not (run_dir / "config_resolved.yaml").is_file():
+def check_run_dir(run_dir: Path) -> Path:
+    run_dir = Path(run_dir).expanduser().resolve()
+    if not (run_dir / "best_model" / "config.json").is_file() or not (run_dir / "config_resolved.yaml").is_file():
         raise FileNotFoundError(f"{run_dir} holds no trained model (best_model/ and config_resolved.yaml): it was trained "
                                 "with save_model=false and predict_test=false, or stopped before its first evaluation. "
                                 "Fix: run_dir=<a run that kept its best_model/>")
-    run_cfg = OmegaConf.load(run_dir / "config_resolved.yaml")
-    examples = read_examples(test_file or run_cfg.data.test_file)
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = keep_head_fp32(AutoModelForQuestionAnswering.from_pretrained(model_dir))
+    return run_dir
+
+
+def _uri(cfg: DictConfig) -> str:
+    from .tracking.store import default_uri
+
+    return str(cfg.get("tracking_uri") or os.environ.get("MLFLOW_TRACKING_URI") or default_uri(project_root()))
+
+
+def top_runs(cfg: DictConfig) -> list[Path]:
+    """Run dirs of the ``top_k`` FINISHED runs (best dev EM first) of ``sweep`` or ``experiment``."""
+    from .compare import find_sweep
+    from .tracking.parents import PARENT_TAG, children_of
+    from .tracking.store import client_for, with_retry
+
+    client = client_for(_uri(cfg))
+    if cfg.sweep:
+        runs = children_of(client, find_sweep(client, str(cfg.sweep)))
+    elif cfg.experiment:
+        exp = client.get_experiment_by_name(str(cfg.experiment))
+        if exp is None:
+            raise FileNotFoundError(f"no MLflow experiment named {cfg.experiment!r} at {_uri(cfg)}")
+        runs = [r for r in with_retry(lambda: client.search_runs([exp.experiment_id], max_results=5000), "runs")
+                if PARENT_TAG not in r.data.tags]
+    else:
+        raise FileNotFoundError("top_k needs sweep=<id> or experiment=<name> to choose from")
+    finished = [r for r in runs if r.info.status == "FINISHED" and "best/dev_em" in r.data.metrics
+                and (Path(r.data.tags.get("run_dir", "/nonexistent")) / "best_model").is_dir()]
+    finished.sort(key=lambda r: -r.data.metrics["best/dev_em"])
+    if len(finished) < int(cfg.top_k):
+        raise FileNotFoundError(f"top_k={cfg.top_k} but only {len(finished)} finished runs with a best_model/ were found")
+    return [Path(r.data.tags["run_dir"]) for r in finished[: int(cfg.top_k)]]
+
+
+def member_sources(cfg: DictConfig) -> list[tuple[str, Path]]:
+    """``(name, folder)`` of every model to predict with (a run dir, or a downloaded MLflow model)."""
+    if cfg.model_uri:
+        import mlflow
+        from mlflow.artifacts import download_artifacts
+
+        from .tracking.registry import open_downloaded_model
+
+        mlflow.set_registry_uri(_uri(cfg))  # models:/ URIs resolve in the registry, which defaults elsewhere
+        folder = open_downloaded_model(Path(download_artifacts(artifact_uri=str(cfg.model_uri), tracking_uri=_uri(cfg))))
+        if not (folder / "config_resolved.yaml").is_file():
+            raise FileNotFoundError(f"{cfg.model_uri} was not logged by this project (no config_resolved.yaml beside "
+                                    "the model): its windows and post-processing settings are unknown")
+        return [(str(cfg.model_uri), folder)]
+    if cfg.run_dirs:
+        dirs = [Path(str(d)) for d in cfg.run_dirs]
+    elif cfg.top_k:
+        dirs = top_runs(cfg)
+    else:
+        dirs = [Path(str(cfg.run_dir)) if cfg.run_dir else newest_run(Path(cfg.paths.output_dir))]
+    return [(d.name if d.name not in ("0", "1", "2", "3", "4", "5") else f"{d.parent.name}/{d.name}", check_run_dir(d))
+            for d in dirs]
+
+
+def _output_path(cfg: DictConfig, sources: list[tuple[str, Path]]) -> Path:
+    if cfg.output:
+        out = Path(str(cfg.output))
+        return out / "submission.csv" if out.is_dir() else out
+    if len(sources) == 1 and not cfg.model_uri:
+        return sources[0][1] / "submission.csv"
+    return Path(cfg.paths.output_dir) / "ensembles" / time.strftime("%Y-%m-%d_%H-%M-%S") / "submission.csv"
+
+
+def run_predict(cfg: DictConfig) -> dict:
+    """Predict the test file (and score the dev file) with the configured members; a summary."""
+    from .core.data import read_examples
+    from .core.metrics import score_answers
+    from .core.outputs import nbest_json, write_json, write_submission
+    from .engine.ensemble import load_member, predict_members
     from .engine.setup import make_accelerator
 
-    accelerator = make_accelerator(OmegaConf.create({"precision": {"mixed_precision": precision or "auto"}}))
-    model = accelerator.prepare(model)
-    window = window_config(run_cfg.window)
-    enc = encode_examples(examples.examples, tokenizer, window)
-    windows = eval_windows(enc, window)
-    preds = predict(model, enc, windows, PostprocessSettings.from_cfg(run_cfg),
-                    eval_batch_tokens or run_cfg.get("eval_batch_tokens") or "auto", accelerator, "predict")
-    out = Path(output) if output else run_dir / "submission.csv"
-    if out.is_dir():
-        out = out / "submission.csv"
-    strip = run_cfg.csv_strip_commas if strip_commas is None else strip_commas
-    return write_submission(out, examples.examples, preds, bool(strip))
+    sources = member_sources(cfg)
+    accelerator = make_accelerator(OmegaConf.create({"precision": {"mixed_precision": cfg.mixed_precision or "auto"}}))
+    overrides = {"answer_cleanup": cfg.get("answer_cleanup")}
+    members = []
+    for name, folder in sources:
+        run_cfg = OmegaConf.load(folder / "config_resolved.yaml")
+        members.append(load_member(name, folder / "best_model" if (folder / "best_model").is_dir() else folder, run_cfg,
+                                   accelerator, overrides))
+    first = members[0].run_cfg
+    batch_tokens = cfg.eval_batch_tokens or first.get("eval_batch_tokens") or "auto"
+    summary: dict = {"members": [m.name for m in members], "combine": None, "dev": {}}
+    dev_file = cfg.dev_file if cfg.dev_file not in (None, "auto") else (first.data.dev_file if len(members) > 1 else None)
+    if dev_file and str(dev_file) != "none":
+        dev = read_examples(str(dev_file)).examples
+        per_member, combined, _ = predict_members(members, dev, str(cfg.combine), batch_tokens, accelerator, "dev")
+        for m, preds in zip(members, per_member, strict=True):
+            summary["dev"][m.name] = score_answers({p.id: p.text for p in preds}, dev)[0]
+            print(json.dumps({"member": m.name, "dev_file": str(dev_file), **summary["dev"][m.name]}), flush=True)
+        if len(members) > 1:
+            summary["dev"]["ensemble"] = score_answers({p.id: p.text for p in combined}, dev)[0]
+            print(json.dumps({"ensemble": len(members), "dev_file": str(dev_file), **summary["dev"]["ensemble"]}), flush=True)
+    test = read_examples(str(cfg.test_file or first.data.test_file))
+    _, preds, _ = predict_members(members, test.examples, str(cfg.combine), batch_tokens, accelerator, "test")
+    from .engine.ensemble import combination
+
+    summary["combine"] = combination(members, str(cfg.combine)) if len(members) > 1 else None
+    out = _output_path(cfg, sources)
+    strip = first.csv_strip_commas if cfg.csv_strip_commas is None else cfg.csv_strip_commas
+    write_submission(out, test.examples, preds, bool(strip))
+    if len(members) > 1:
+        write_json(out.parent / "ensemble.json", {**summary, "sources": [str(f) for _, f in sources], "test_file": test.path})
+        write_json(out.parent / "test_nbest.json", nbest_json(preds))
+    summary["output"] = str(out)
+    return summary
 
 
 @hydra.main(config_path=CONF_DIR, config_name="predict", version_base="1.3")
@@ -70,16 +160,15 @@ def main(cfg: DictConfig) -> None:
     from .core.errors import SetupError
 
     try:
-        run_dir = Path(cfg.run_dir).resolve() if cfg.run_dir else newest_run(Path(cfg.paths.output_dir))
-        path = predict_run(run_dir, cfg.test_file, cfg.output, cfg.eval_batch_tokens, cfg.mixed_precision, cfg.csv_strip_commas)
-    except (FileNotFoundError, DataFormatError, SetupError) as err:
+        summary = run_predict(cfg)
+    except (FileNotFoundError, DataFormatError, SetupError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
     except PermissionError as err:
         print(f"error: cannot write {err.filename}: {err.strerror}. Fix: output=/a/writable/path.csv", file=sys.stderr)
         sys.exit(2)
-    print(path)
+    print(summary["output"])
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -31,7 +31,8 @@ def main(cfg: DictConfig) -> None:
     window = window_config(cfg.window)
     enc = encode_examples(examples.examples, tokenizer, window)
     windows = eval_windows(enc, window)
-    report = data_report(examples, enc, windows, window, tokenizer.unk_token_id, cfg.max_answer_len, cfg.span_score)
+    report = data_report(examples, enc, windows, window, tokenizer.unk_token_id, cfg.max_answer_len, cfg.span_score,
+                         bool(cfg.answer_cleanup))
     print(json.dumps(report, ensure_ascii=False, indent=2))
 
 

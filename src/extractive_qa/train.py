@@ -225,7 +225,8 @@ class TrainingRecipe:
         self.dev_windows = eval_windows(self.encoded["dev"], self.window)
         self.post = PostprocessSettings.from_cfg(cfg)
         self.data_report = data_report(self.splits["dev"], self.encoded["dev"], self.dev_windows, self.window,
-                                       self.tokenizer.unk_token_id, self.post.max_answer_len, self.post.span_score)
+                                       self.tokenizer.unk_token_id, self.post.max_answer_len, self.post.span_score,
+                                       self.post.answer_cleanup)
         self.data_report["train_repairs"] = dict(self.splits["train"].repairs)
 
     def _setup_train_loader(self) -> tuple[TrainWindowDataset, DataLoader]:
@@ -382,6 +383,10 @@ class TrainingRecipe:
             self.tracker.log_metrics({**{f"best/dev_{k}": best.get(k, 0.0) for k in METRICS},
                                       "wall_time_s": summary["wall_time_s"]}, self.progress.step)
             self.tracker.log_run_files(self.run_dir)
+            if self.cfg.tracking.get("log_model") and self.best_dir.is_dir():
+                first = self.splits["dev"].examples[0]
+                self.tracker.log_model(self.run_dir, {"question": first.question, "context": first.context},
+                                       self.cfg.tracking.get("register_model"))
         log.info("done in %.0fs: best dev EM %.4f (step %s); outputs in %s", summary["wall_time_s"], best["em"],
                  best.get("step"), self.run_dir)
         return float(best["em"])

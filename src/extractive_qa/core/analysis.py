@@ -24,6 +24,7 @@ def data_report(
     unk_id: int | None,
     max_answer_len: int = 30,
     span_score: str = "logit_sum",
+    cleanup: bool = False,
 ) -> dict:
     """Statistics of one split under one window setting (see the module docstring)."""
     n = len(enc.examples)
@@ -50,7 +51,8 @@ def data_report(
     ctx_tokens = sum(len(c) for c in enc.context_ids)
     ctx_unks = sum(sum(t == unk_id for t in c) for c in enc.context_ids)
     starts, ends = oracle_logits(enc, windows)
-    preds = postprocess_predictions(enc, windows, starts, ends, max_answer_len=max_answer_len, span_score=span_score)
+    preds = postprocess_predictions(enc, windows, starts, ends, max_answer_len=max_answer_len, span_score=span_score,
+                                    cleanup=cleanup)
     oracle, _ = score_answers({p.id: p.text for p in preds}, enc.examples)
     return {
         "file": examples.path,
@@ -78,4 +80,5 @@ def data_report(
         "oracle_em_cmrc2018": oracle["em_cmrc2018"],
         "window": window.to_dict(),
         "max_answer_len": max_answer_len,
+        "answer_cleanup": cleanup,
     }

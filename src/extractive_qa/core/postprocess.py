@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .cleanup import clean_span
 from .windowing import EncodedExamples, Windows, context_offset_in_sequence
 
 SPAN_SCORES = ("logit_sum", "log_softmax")
@@ -50,6 +51,7 @@ def postprocess_predictions(
     top_k: int = 20,
     n_best: int = 0,
     span_score: str = "logit_sum",
+    cleanup: bool = False,
 ) -> list[Prediction]:
     """Best answer span per question over all of its windows.
 
@@ -71,6 +73,8 @@ def postprocess_predictions(
       no candidate (empty context) gets ``text=""`` and ``score=-inf``.
     * ``n_best > 0`` also fills ``Prediction.nbest`` with up to ``n_best`` distinct spans, each with
       its softmax probability over that list.
+    * ``cleanup=True`` mends each candidate span with :func:`~extractive_qa.core.cleanup.clean_span`
+      (balanced quotes/brackets, no trailing comma) before spans are compared.
     """
     if span_score not in SPAN_SCORES:
         raise ValueError(f"span_score must be one of {SPAN_SCORES}, got {span_score!r}")
@@ -103,6 +107,8 @@ def postprocess_predictions(
             s_tok = c_start + int(starts[f // len(ends)])
             e_tok = c_start + int(ends[f % len(ends)])
             span = (int(offsets[s_tok, 0]), int(offsets[e_tok, 1]))
+            if cleanup:
+                span = clean_span(enc.examples[i].context, *span)
             if score > best.get(span, -np.inf):
                 best[span] = score
     predictions = []

@@ -95,11 +95,13 @@ def write_synthetic_hw7(directory: Path, n_train: int = 600, n_dev: int = 60, n_
     return directory
 
 
-def write_tiny_model_dir(directory: Path) -> Path:
-    """A char-level tokenizer plus a 2-layer BERT config: ``model.init=random`` works fully offline."""
+def write_tiny_model_dir(directory: Path, extra_chars: str = "") -> Path:
+    """A char-level tokenizer plus a 2-layer BERT config: ``model.init=random`` works fully offline.
+    ``extra_chars`` widen the vocabulary (another tokenizer, for tests that need one)."""
     from transformers import BertConfig
 
-    tok = build_char_tokenizer(directory, extra_chars="".join(SURNAMES + "".join(GIVEN + CITIES + JOBS + FILLER)) + "住哪裡今多少歲工作誰是的朋友")
+    tok = build_char_tokenizer(directory, extra_chars="".join(SURNAMES + "".join(GIVEN + CITIES + JOBS + FILLER))
+                               + "住哪裡今多少歲工作誰是的朋友" + extra_chars)
     BertConfig(vocab_size=len(tok), hidden_size=128, num_hidden_layers=2, num_attention_heads=2,
                intermediate_size=512, max_position_embeddings=512).save_pretrained(directory)
     return directory

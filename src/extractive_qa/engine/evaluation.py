@@ -30,11 +30,17 @@ class PostprocessSettings:
     top_k: int = 20
     n_best: int = 20
     span_score: str = "logit_sum"
+    answer_cleanup: bool = False
 
     @classmethod
     def from_cfg(cls, cfg) -> PostprocessSettings:
         return cls(max_answer_len=int(cfg.max_answer_len), top_k=int(cfg.top_k), n_best=int(cfg.n_best),
-                   span_score=str(cfg.span_score))
+                   span_score=str(cfg.span_score), answer_cleanup=bool(cfg.get("answer_cleanup", False)))
+
+    def apply(self, enc: EncodedExamples, windows: Windows, starts, ends) -> list[Prediction]:
+        """:func:`~extractive_qa.core.postprocess.postprocess_predictions` with these settings."""
+        return postprocess_predictions(enc, windows, starts, ends, max_answer_len=self.max_answer_len, top_k=self.top_k,
+                                       n_best=self.n_best, span_score=self.span_score, cleanup=self.answer_cleanup)
 
 
 def window_logits(model, enc: EncodedExamples, windows: Windows, batch_tokens: int | str, accelerator=None,
@@ -86,8 +92,7 @@ def window_logits(model, enc: EncodedExamples, windows: Windows, batch_tokens: i
 def predict(model, enc: EncodedExamples, windows: Windows, settings: PostprocessSettings, batch_tokens: int | str,
             accelerator=None, desc: str = "eval", stop=None) -> list[Prediction]:
     starts, ends = window_logits(model, enc, windows, batch_tokens, accelerator, desc, stop)
-    return postprocess_predictions(enc, windows, starts, ends, max_answer_len=settings.max_answer_len,
-                                   top_k=settings.top_k, n_best=settings.n_best, span_score=settings.span_score)
+    return settings.apply(enc, windows, starts, ends)
 
 
 def score(predictions: Sequence[Prediction], enc: EncodedExamples) -> tuple[dict[str, float], list[dict]]:

@@ -33,6 +33,8 @@ from ..core.runs import RUNNING, update_run_record
 from .store import connect, tracking_uri, with_retry
 
 log = logging.getLogger(__name__)
+# MLflow's system-metrics thread announces every start and stop at INFO: noise in a sweep's log.
+logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
 
 # Values of keys that look like secrets never reach params or tags.
 SECRET_KEY = re.compile(r"pass(word)?|secret|token|api[_-]?key|credential", re.IGNORECASE)
@@ -40,9 +42,18 @@ RUN_FILES = ("config_resolved.yaml", ".hydra/overrides.yaml", ".hydra/config.yam
              "dev_nbest.json", "test_predictions.csv", "test_nbest.json", "metrics.json", "metrics.jsonl",
              "data_report.json", "submission.csv", "run.json")
 RETRY_AFTER_S = 30.0
-# MLflow error codes that resending cannot fix: the call is dropped with a warning, never queued.
-_CLIENT_ERRORS = ("INVALID_PARAMETER_VALUE", "RESOURCE_ALREADY_EXISTS", "RESOURCE_DOES_NOT_EXIST", "BAD_REQUEST",
-                  "INVALID_STATE")
+_UNREACHABLE = ("max retries exceeded", "connection refused", "connection reset", "connection aborted", "timed out",
+                "temporarily unavailable", "database is locked", "failed to establish", "name or service not known",
+                "remote end closed", "bad gateway", "service unavailable", "gateway time")
+
+
+def is_outage(err: BaseException) -> bool:
+    """Whether ``err`` says the store could not be reached (worth queueing and resending), as opposed to a
+    call the store refused or a bug (resending cannot fix those: they are logged and skipped)."""
+    if isinstance(err, (ConnectionError, TimeoutError)):
+        return True
+    text = f"{type(err).__name__} {err}".lower()
+    return any(s in text for s in _UNREACHABLE) or "connectionerror" in text
 
 
 class Tracker:
@@ -71,6 +82,8 @@ class Tracker:
     def set_tags(self, tags: dict[str, str]) -> None: ...
 
     def log_run_files(self, run_dir: Path) -> None: ...
+
+    def log_model(self, run_dir: Path, example: dict, register: str | None) -> None: ...
 
     def reopen(self) -> None:
         """A resumed run's state is restored: mark it RUNNING again (never before: a resume that fails
@@ -205,7 +218,6 @@ class MlflowTracker(Tracker):
                  sweep: dict | None = None):
         self.uri = tracking_uri(cfg)
         self.run_dir = run_dir
-        self.log_model = bool(cfg.tracking.get("log_model", False))
         name = str(cfg.tracking.get("experiment_name") or cfg.experiment_name)
         self.client, self.experiment_id = connect(self.uri, name, cfg.tracking.get("artifact_root"))
         self._queue: list[tuple[str, Callable[[], object]]] = []
@@ -262,10 +274,10 @@ class MlflowTracker(Tracker):
             try:
                 with_retry(call, what)
             except Exception as err:  # noqa: BLE001 - tracking must never stop training
-                if getattr(err, "error_code", None) not in _CLIENT_ERRORS:
+                if is_outage(err):
                     self._went_down(err)
                     return False
-                log.warning("mlflow: %s was refused and is skipped (%s)", what, str(err)[:300])
+                log.warning("mlflow: %s failed and is skipped (%s: %s)", what, type(err).__name__, str(err)[:300])
             self._queue.pop(0)
         if self._down_since is not None:
             log.warning("MLflow at %s answers again after %.0fs: sent everything queued meanwhile", self.uri,
@@ -332,8 +344,12 @@ class MlflowTracker(Tracker):
             if path.is_file():
                 folder = str(Path(name).parent) if Path(name).parent != Path(".") else None
                 self._send(f"log {name}", lambda p=path, f=folder: self.client.log_artifact(self.run_id, str(p), f))
-        if self.log_model and (run_dir / "best_model").is_dir():
-            self._send("log model", lambda: self.client.log_artifacts(self.run_id, str(run_dir / "best_model"), "model"))
+
+    def log_model(self, run_dir: Path, example: dict, register: str | None) -> None:
+        """The best model as the run's pyfunc ``model`` artifact, registered as ``register`` (tracking/registry.py)."""
+        from .registry import log_qa_model
+
+        self._send("log model", lambda: log_qa_model(self.client, self.run_id, run_dir, example, register))
 
     def reopen(self) -> None:
         self._reopened = True
@@ -381,6 +397,10 @@ class MultiTracker(Tracker):
     def log_run_files(self, run_dir: Path) -> None:
         for t in self.trackers:
             t.log_run_files(run_dir)
+
+    def log_model(self, run_dir: Path, example: dict, register: str | None) -> None:
+        for t in self.trackers:
+            t.log_model(run_dir, example, register)
 
     def reopen(self) -> None:
         for t in self.trackers:
