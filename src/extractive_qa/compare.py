@@ -30,7 +30,7 @@ from pathlib import Path
 
 from .core.config import project_root
 from .core.outputs import write_atomic
-from .tracking.parents import PARENT_TAG, children_of
+from .tracking.parents import PARENT_TAG, children_of, find_sweep
 from .tracking.store import client_for, default_uri, get_or_create_experiment, with_retry
 from .tracking.summary import Group, RunRow, group_by_config, row_of, seeds_swept
 
@@ -38,22 +38,6 @@ REPORTS_EXPERIMENT = "reports"
 PLOTS = ("dev_em.png", "dev_em_steps.png", "train_loss.png")
 # Params that differ between runs without being a choice worth a column.
 NOT_COMPARED = ("experiment_name", "data.limit_")
-
-
-def find_sweep(client, sweep: str | None):
-    """The parent run of ``sweep`` (an id or a sweep folder), or of the newest sweep."""
-    experiments = [e.experiment_id for e in client.search_experiments()]
-    condition = f"tags.`{PARENT_TAG}` = 'true'"
-    if sweep:
-        key = "sweep.dir" if ("/" in sweep or os.sep in sweep) else "sweep.id"
-        value = str(Path(sweep).resolve()) if key == "sweep.dir" else sweep
-        condition += f" and tags.`{key}` = '{value}'"
-    found = with_retry(lambda: client.search_runs(experiments, filter_string=condition,
-                                                  order_by=["attributes.start_time DESC"], max_results=1), "find sweep")
-    if not found:
-        raise SystemExit(f"error: no sweep {sweep!r} in the store" if sweep else
-                         "error: no sweep in the store; run one (python -m extractive_qa.train -m ...) or pass --experiment NAME")
-    return found[0]
 
 
 def differing_params(runs) -> list[str]:

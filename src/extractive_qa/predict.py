@@ -54,8 +54,7 @@ def _uri(cfg: DictConfig) -> str:
 
 def top_runs(cfg: DictConfig) -> list[Path]:
     """Run dirs of the ``top_k`` FINISHED runs (best dev EM first) of ``sweep`` or ``experiment``."""
-    from .compare import find_sweep
-    from .tracking.parents import PARENT_TAG, children_of
+    from .tracking.parents import PARENT_TAG, children_of, find_sweep
     from .tracking.store import client_for, with_retry
 
     client = client_for(_uri(cfg))

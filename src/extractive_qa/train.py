@@ -40,7 +40,14 @@ from .engine.checkpointing import Interrupted, StopRequest, save_checkpoint
 from .engine.evaluation import MODEL_INPUTS, EvaluationStopped, PostprocessSettings, predict, score
 from .engine.modeling import keep_head_fp32, load_model
 from .engine.resume import AlreadyFinished, ResumeError, ResumePoint, find_resume_point, run_identity
-from .engine.setup import agree_on_run_dir, load_data_and_tokenizer, make_accelerator, parameter_groups
+from .engine.setup import (
+    agree_on_run_dir,
+    load_data_and_tokenizer,
+    make_accelerator,
+    move_job_log,
+    parameter_groups,
+    remove_if_only_logs,
+)
 from .tracking.parents import end_parent_killed
 from .tracking.store import TrackingUnavailable
 from .tracking.sweep import record_job_outcome, sweep_of_job
@@ -128,20 +135,9 @@ class TrainingRecipe:
         """This job continues (or reports) ``run_dir``: its log goes on in that run's ``train.log``, and
         Hydra's new job folder, which then holds nothing else, is removed when the job ends."""
         job_dir = self.hydra_dir or self.run_dir
-        if not self.is_main or job_dir.resolve() == run_dir.resolve():
-            return
-        root = logging.getLogger()
-        for handler in [h for h in root.handlers if isinstance(h, logging.FileHandler)]:
-            if Path(handler.baseFilename).parent.resolve() == job_dir.resolve():
-                handler.close()
-                root.removeHandler(handler)
-                moved = logging.FileHandler(run_dir / Path(handler.baseFilename).name, mode="a", encoding="utf-8")
-                moved.setFormatter(handler.formatter)
-                moved.setLevel(handler.level)
-                root.addHandler(moved)
-                with open(moved.baseFilename, "a", encoding="utf-8") as log_file:
-                    log_file.write(Path(handler.baseFilename).read_text(encoding="utf-8", errors="replace"))
-        self._exit.callback(_remove_if_only_logs, job_dir)
+        if self.is_main and job_dir.resolve() != run_dir.resolve():
+            move_job_log(job_dir, run_dir)
+            self._exit.callback(remove_if_only_logs, job_dir)
 
     # ---------------------------------------------------------------- setup
     def setup(self) -> None:
@@ -423,11 +419,6 @@ def train(cfg: DictConfig, job_dir: Path) -> tuple[float, Path]:
         return recipe.finish(), recipe.run_dir
 
 
-def _remove_if_only_logs(job_dir: Path) -> None:
-    if job_dir.is_dir() and {p.name for p in job_dir.iterdir()} <= {".hydra", "train.log"}:
-        shutil.rmtree(job_dir, ignore_errors=True)
-
-
 def run_dir_of_job() -> Path:
     from hydra.core.hydra_config import HydraConfig
 
@@ -456,7 +447,7 @@ def main(cfg: DictConfig) -> float | None:
         record_job_outcome(sweep, KILLED, job_dir, error=str(stopped))
         end_parent_killed(sweep)
         sys.exit(130)
-    except (SetupError, FloatingPointError, Exception) as err:  # noqa: BLE001 - reported, then per run mode
+    except Exception as err:  # noqa: BLE001 - reported, then handled per run mode
         text = _error_text(err)
         if sweep is None and isinstance(err, (SetupError, FloatingPointError)):
             print(text, file=sys.stderr)

@@ -101,3 +101,26 @@ def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
             continue
         (no_decay if param.ndim < 2 or "LayerNorm" in name or name.endswith(".bias") else decay).append(param)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def move_job_log(job_dir: Path, run_dir: Path) -> None:
+    """Log on in ``run_dir``'s log file instead of ``job_dir``'s (Hydra's file handler of this job),
+    carrying over what was logged so far: a resumed run keeps one ``train.log``."""
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if isinstance(h, logging.FileHandler)]:
+        if Path(handler.baseFilename).parent.resolve() != job_dir.resolve():
+            continue
+        handler.close()
+        root.removeHandler(handler)
+        moved = logging.FileHandler(run_dir / Path(handler.baseFilename).name, mode="a", encoding="utf-8")
+        moved.setFormatter(handler.formatter)
+        moved.setLevel(handler.level)
+        with open(moved.baseFilename, "a", encoding="utf-8") as log_file:
+            log_file.write(Path(handler.baseFilename).read_text(encoding="utf-8", errors="replace"))
+        root.addHandler(moved)
+
+
+def remove_if_only_logs(job_dir: Path) -> None:
+    """Remove Hydra's job folder when it holds nothing but its config copy and log."""
+    if job_dir.is_dir() and {p.name for p in job_dir.iterdir()} <= {".hydra", "train.log"}:
+        shutil.rmtree(job_dir, ignore_errors=True)

@@ -8,7 +8,9 @@ parent instead of adding another.
 from __future__ import annotations
 
 import logging
+import os
 import time
+from pathlib import Path
 
 from omegaconf import DictConfig
 
@@ -94,3 +96,19 @@ def end_parent_killed(sweep: dict | None) -> None:
         client_for(sweep["tracking_uri"]).set_terminated(sweep["parent_run_id"], "KILLED")
     except Exception as err:  # noqa: BLE001 - the job is stopping anyway
         log.warning("could not mark the sweep's parent run KILLED: %s", err)
+
+
+def find_sweep(client, sweep: str | None):
+    """The parent run of ``sweep`` (its id or its folder), or of the newest sweep in the store."""
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    condition = f"tags.`{PARENT_TAG}` = 'true'"
+    if sweep:
+        key = "sweep.dir" if ("/" in sweep or os.sep in sweep) else "sweep.id"
+        value = str(Path(sweep).resolve()) if key == "sweep.dir" else sweep
+        condition += f" and tags.`{key}` = '{value}'"
+    found = with_retry(lambda: client.search_runs(experiments, filter_string=condition,
+                                                  order_by=["attributes.start_time DESC"], max_results=1), "find sweep")
+    if not found:
+        raise SystemExit(f"error: no sweep {sweep!r} in the store" if sweep else
+                         "error: no sweep in the store; run one (python -m extractive_qa.train -m ...) or pass --experiment NAME")
+    return found[0]
