@@ -96,8 +96,8 @@ def member_sources(cfg: DictConfig) -> list[tuple[str, Path]]:
         dirs = top_runs(cfg)
     else:
         dirs = [Path(str(cfg.run_dir)) if cfg.run_dir else newest_run(Path(cfg.paths.output_dir))]
-    return [(d.name if d.name not in ("0", "1", "2", "3", "4", "5") else f"{d.parent.name}/{d.name}", check_run_dir(d))
-            for d in dirs]
+    # A sweep's job dirs are numbered (0, 1, ...): such a member is named by its sweep too.
+    return [(f"{d.parent.name}/{d.name}" if d.name.isdigit() else d.name, check_run_dir(d)) for d in dirs]
 
 
 def _output_path(cfg: DictConfig, sources: list[tuple[str, Path]]) -> Path:
@@ -114,7 +114,7 @@ def run_predict(cfg: DictConfig) -> dict:
     from .core.data import read_examples
     from .core.metrics import score_answers
     from .core.outputs import nbest_json, write_json, write_submission
-    from .engine.ensemble import load_member, predict_members
+    from .engine.ensemble import combination, load_member, predict_members
     from .engine.setup import make_accelerator
 
     sources = member_sources(cfg)
@@ -140,8 +140,6 @@ def run_predict(cfg: DictConfig) -> dict:
             print(json.dumps({"ensemble": len(members), "dev_file": str(dev_file), **summary["dev"]["ensemble"]}), flush=True)
     test = read_examples(str(cfg.test_file or first.data.test_file))
     _, preds, _ = predict_members(members, test.examples, str(cfg.combine), batch_tokens, accelerator, "test")
-    from .engine.ensemble import combination
-
     summary["combine"] = combination(members, str(cfg.combine)) if len(members) > 1 else None
     out = _output_path(cfg, sources)
     strip = first.csv_strip_commas if cfg.csv_strip_commas is None else cfg.csv_strip_commas
