@@ -46,9 +46,15 @@ def open_parent_run(config: DictConfig, info: dict) -> tuple[str, str]:
         name = f"sweep {info['id']}: {', '.join(info['swept_keys']) or 'one job'}"
         run_id = with_retry(lambda: client.create_run(experiment_id, run_name=name, tags=tags), "create parent run").info.run_id
         tags["sweep.dirs"] = info["dir"]
-    for key, value in tags.items():
-        with_retry(lambda k=key, v=value: client.set_tag(run_id, k, v), "tag parent run")
+    _set_tags(client, run_id, tags)
     return uri, run_id
+
+
+def _set_tags(client, run_id: str, tags: dict[str, str]) -> None:
+    from mlflow.entities import RunTag
+
+    items = [RunTag(k, v) for k, v in tags.items()]
+    with_retry(lambda: client.log_batch(run_id, tags=items), "tag parent run")
 
 
 def _note(info: dict) -> str:
@@ -74,8 +80,7 @@ def close_parent_run(info: dict, counts: dict[str, int]) -> None:
     client = client_for(info["tracking_uri"])
     run_id = info["parent_run_id"]
     parent = with_retry(lambda: client.get_run(run_id), "get parent run")
-    for status, n in counts.items():
-        with_retry(lambda s=status, v=n: client.set_tag(run_id, f"jobs.{s.lower()}", str(v)), "tag parent run")
+    _set_tags(client, run_id, {f"jobs.{s.lower()}": str(n) for s, n in counts.items()})
     metrics = parent_metrics([row_of(r) for r in children_of(client, parent)])
     if metrics:
         stamp = int(time.time() * 1000)
