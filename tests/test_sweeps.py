@@ -138,3 +138,7 @@ def test_an_interrupted_sweep_resumes_with_the_same_command(synthetic, tmp_path)
     steps = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert steps.count(5) == 1 and steps.count(15) == 1  # logged before the kill, then after the resume, once each
     assert not (tmp_path / "outputs" / "s2" / "0").exists()  # the finished job trained nothing
+    from extractive_qa.tracking.parents import find_sweep
+
+    for folder in ("s1", "s2"):  # the sweep is found by either folder it ran in
+        assert find_sweep(MlflowClient(uri), str(tmp_path / "outputs" / folder)).info.run_id == parent.info.run_id

@@ -107,12 +107,15 @@ def find_sweep(client, sweep: str | None):
     """The parent run of ``sweep`` (its id or its folder), or of the newest sweep in the store."""
     experiments = [e.experiment_id for e in client.search_experiments()]
     condition = f"tags.`{PARENT_TAG}` = 'true'"
-    if sweep:
-        key = "sweep.dir" if ("/" in sweep or os.sep in sweep) else "sweep.id"
-        value = str(Path(sweep).resolve()) if key == "sweep.dir" else sweep
-        condition += f" and tags.`{key}` = '{value}'"
+    folder = str(Path(sweep).resolve()) if sweep and ("/" in sweep or os.sep in sweep) else None
+    if folder:  # any folder the sweep ran in (a re-run adds one): matched loosely here, exactly below
+        condition += f" and tags.`sweep.dirs` LIKE '%{folder}%'"
+    elif sweep:
+        condition += f" and tags.`sweep.id` = '{sweep}'"
     found = with_retry(lambda: client.search_runs(experiments, filter_string=condition,
-                                                  order_by=["attributes.start_time DESC"], max_results=1), "find sweep")
+                                                  order_by=["attributes.start_time DESC"], max_results=100), "find sweep")
+    if folder:
+        found = [r for r in found if folder in r.data.tags.get("sweep.dirs", "").split("\n")]
     if not found:
         raise SystemExit(f"error: no sweep {sweep!r} in the store" if sweep else
                          "error: no sweep in the store; run one (python -m extractive_qa.train -m ...) or pass --experiment NAME")
