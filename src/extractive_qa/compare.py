@@ -24,14 +24,13 @@ import argparse
 import base64
 import html
 import math
-import os
 import sys
 from pathlib import Path
 
 from .core.config import project_root
 from .core.outputs import write_atomic
-from .tracking.parents import PARENT_TAG, children_of, find_sweep
-from .tracking.store import client_for, default_uri, get_or_create_experiment, with_retry
+from .tracking.parents import children_of, find_sweep, training_runs
+from .tracking.store import client_for, get_or_create_experiment, resolve_uri, with_retry
 from .tracking.summary import Group, RunRow, group_by_config, row_of, seeds_swept
 
 REPORTS_EXPERIMENT = "reports"
@@ -190,8 +189,7 @@ def report_experiment(client, uri: str, experiment: str, out_dir: Path | None, l
     if exp is None:
         names = [e.name for e in client.search_experiments()]
         raise SystemExit(f"error: no MLflow experiment named {experiment!r} (have: {names})")
-    runs = [r for r in with_retry(lambda: client.search_runs([exp.experiment_id], max_results=5000), "find runs")
-            if PARENT_TAG not in r.data.tags]
+    runs = training_runs(client, exp.experiment_id)
     if not runs:
         raise SystemExit(f"error: experiment {experiment!r} has no runs")
     keys = differing_params(runs)
@@ -221,7 +219,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, help="output folder (default: outputs/reports/<name>)")
     parser.add_argument("--no-log", action="store_true", help="do not log the report to MLflow")
     args = parser.parse_args(argv)
-    uri = args.uri or os.environ.get("MLFLOW_TRACKING_URI") or default_uri(project_root())
+    uri = resolve_uri(args.uri, project_root())
     client = client_for(uri)
     if args.experiment:
         out = report_experiment(client, uri, args.experiment, args.out, not args.no_log)

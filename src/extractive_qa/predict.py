@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 import time
 from pathlib import Path
@@ -47,15 +46,15 @@ def check_run_dir(run_dir: Path) -> Path:
 
 
 def _uri(cfg: DictConfig) -> str:
-    from .tracking.store import default_uri
+    from .tracking.store import resolve_uri
 
-    return str(cfg.get("tracking_uri") or os.environ.get("MLFLOW_TRACKING_URI") or default_uri(project_root()))
+    return resolve_uri(cfg.get("tracking_uri"), project_root())
 
 
 def top_runs(cfg: DictConfig) -> list[Path]:
     """Run dirs of the ``top_k`` FINISHED runs (best dev EM first) of ``sweep`` or ``experiment``."""
-    from .tracking.parents import PARENT_TAG, children_of, find_sweep
-    from .tracking.store import client_for, with_retry
+    from .tracking.parents import children_of, find_sweep, training_runs
+    from .tracking.store import client_for
 
     client = client_for(_uri(cfg))
     if cfg.sweep:
@@ -64,8 +63,7 @@ def top_runs(cfg: DictConfig) -> list[Path]:
         exp = client.get_experiment_by_name(str(cfg.experiment))
         if exp is None:
             raise FileNotFoundError(f"no MLflow experiment named {cfg.experiment!r} at {_uri(cfg)}")
-        runs = [r for r in with_retry(lambda: client.search_runs([exp.experiment_id], max_results=5000), "runs")
-                if PARENT_TAG not in r.data.tags]
+        runs = training_runs(client, exp.experiment_id)
     else:
         raise FileNotFoundError("top_k needs sweep=<id> or experiment=<name> to choose from")
     finished = [r for r in runs if r.info.status == "FINISHED" and "best/dev_em" in r.data.metrics

@@ -21,8 +21,8 @@ from omegaconf import OmegaConf
 
 from .core.config import project_root
 from .core.runs import RUNNING, read_run_record, update_run_record
-from .tracking.store import connect, default_uri, with_retry
-from .tracking.trackers import RUN_FILES, safe_params
+from .tracking.store import connect, resolve_uri, with_retry
+from .tracking.trackers import param_batches, run_file_artifacts, safe_params
 
 
 def read_metrics(run_dir: Path) -> list[tuple[str, float, int, int]]:
@@ -43,7 +43,7 @@ def read_metrics(run_dir: Path) -> list[tuple[str, float, int, int]]:
 
 def sync_run(run_dir: Path, uri: str) -> dict:
     """Send what ``uri`` lacks of ``run_dir``; a summary of what was sent."""
-    from mlflow.entities import Metric, Param
+    from mlflow.entities import Metric
 
     record = read_run_record(run_dir)
     if record is None or not (run_dir / "config_resolved.yaml").is_file():
@@ -62,9 +62,8 @@ def sync_run(run_dir: Path, uri: str) -> dict:
         run_id = with_retry(lambda: client.create_run(experiment_id, run_name=run_dir.name,
                                                       tags={"run_dir": str(run_dir), "synced_from": str(run_dir)}),
                             "create run").info.run_id
-        params = [Param(k, v) for k, v in safe_params(cfg).items()]
-        for i in range(0, len(params), 100):
-            with_retry(lambda c=params[i : i + 100]: client.log_batch(run_id, params=c), "log params")
+        for chunk in param_batches(safe_params(cfg)):
+            with_retry(lambda c=chunk: client.log_batch(run_id, params=c), "log params")
         update_run_record(run_dir, mlflow_run_id=run_id)
     have: dict[str, set[int]] = {}
     missing = []
@@ -76,10 +75,8 @@ def sync_run(run_dir: Path, uri: str) -> dict:
             have[key].add(step)
     for i in range(0, len(missing), 1000):
         with_retry(lambda c=missing[i : i + 1000]: client.log_batch(run_id, metrics=c), "log metrics")
-    for name in RUN_FILES:
-        if (run_dir / name).is_file():
-            folder = str(Path(name).parent) if Path(name).parent != Path(".") else None
-            with_retry(lambda n=name, f=folder: client.log_artifact(run_id, str(run_dir / n), f), f"log {name}")
+    for path, folder in run_file_artifacts(run_dir):
+        with_retry(lambda p=path, f=folder: client.log_artifact(run_id, str(p), f), f"log {path.name}")
     status = record.get("status") or RUNNING
     if status != RUNNING:
         with_retry(lambda: client.set_terminated(run_id, status), "set status")
@@ -92,9 +89,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("run_dirs", nargs="+", type=Path)
     parser.add_argument("--uri", help="tracking URI (default: $MLFLOW_TRACKING_URI or the project's mlflow.db)")
     args = parser.parse_args(argv)
-    import os
-
-    uri = args.uri or os.environ.get("MLFLOW_TRACKING_URI") or default_uri(project_root())
+    uri = resolve_uri(args.uri, project_root())
     for run_dir in args.run_dirs:
         print(json.dumps(sync_run(run_dir.resolve(), uri)))
 

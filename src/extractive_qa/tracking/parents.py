@@ -69,6 +69,12 @@ def children_of(client, parent) -> list:
         max_results=5000), "find child runs")
 
 
+def training_runs(client, experiment_id: str) -> list:
+    """The experiment's training runs: every run but the sweeps' parents."""
+    runs = with_retry(lambda: client.search_runs([experiment_id], max_results=5000), "find runs")
+    return [r for r in runs if PARENT_TAG not in r.data.tags]
+
+
 def close_parent_run(info: dict, counts: dict[str, int]) -> None:
     """End the parent: FINISHED only when every job finished; the counts become tags, and the best dev
     scores (mean / std / n over seeds when seeds are swept) its metrics."""

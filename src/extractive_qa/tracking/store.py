@@ -40,10 +40,26 @@ def default_uri(project_root: str | Path) -> str:
     return f"sqlite:///{Path(project_root).resolve() / 'mlflow.db'}"
 
 
+def resolve_uri(explicit: str | None, project_root: str | Path) -> str:
+    """``explicit``, else ``$MLFLOW_TRACKING_URI``, else ``sqlite:///<project root>/mlflow.db`` (absolute)."""
+    uri = explicit or os.environ.get("MLFLOW_TRACKING_URI")
+    return str(uri) if uri else default_uri(project_root)
+
+
 def tracking_uri(cfg) -> str:
-    """``tracking.uri``, else ``$MLFLOW_TRACKING_URI``, else ``sqlite:///<project root>/mlflow.db`` (absolute)."""
-    uri = cfg.tracking.get("uri") or os.environ.get("MLFLOW_TRACKING_URI")
-    return str(uri) if uri else default_uri(cfg.paths.root)
+    """The tracking URI of a run's config: ``tracking.uri``, else as :func:`resolve_uri`."""
+    return resolve_uri(cfg.tracking.get("uri"), cfg.paths.root)
+
+
+def _sqlite_lock(uri: str):
+    """A file lock beside a sqlite store's database (created with its folder), ``None`` for other stores."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    from filelock import FileLock
+
+    db = Path(uri[len("sqlite:///"):])
+    db.parent.mkdir(parents=True, exist_ok=True)
+    return FileLock(f"{db}.lock", timeout=300)
 
 
 def with_retry(fn: Callable[[], T], what: str, attempts: int = 8) -> T:
@@ -68,13 +84,10 @@ def client_for(uri: str):
     if uri.startswith(("http://", "https://")):
         for key, value in BOUNDED_HTTP.items():
             os.environ.setdefault(key, value)
-    if not uri.startswith("sqlite:///"):
+    lock = _sqlite_lock(uri)
+    if lock is None:
         return MlflowClient(uri)
-    from filelock import FileLock
-
-    db = Path(uri[len("sqlite:///"):])
-    db.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(f"{db}.lock", timeout=300):
+    with lock:
         return MlflowClient(uri)
 
 
@@ -84,14 +97,10 @@ def get_or_create_experiment(client, uri: str, name: str, artifact_root: str | N
     location (otherwise artifacts land in ./mlruns of whatever the working directory is); every
     experiment is marked as model training, so the UI opens it on its runs."""
     artifact_location = None
-    lock = None
-    if uri.startswith("sqlite:///"):
-        from filelock import FileLock
-
-        db = Path(uri[len("sqlite:///"):])
-        root = Path(artifact_root or db.parent / "mlartifacts")
+    lock = _sqlite_lock(uri)
+    if lock is not None:
+        root = Path(artifact_root or Path(uri[len("sqlite:///"):]).parent / "mlartifacts")
         artifact_location = (root / name).resolve().as_uri()
-        lock = FileLock(f"{db}.lock", timeout=300)
 
     tags = {EXPERIMENT_KIND: MODEL_TRAINING, **(tags or {})}
 

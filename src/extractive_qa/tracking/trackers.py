@@ -41,10 +41,30 @@ SECRET_KEY = re.compile(r"pass(word)?|secret|token|api[_-]?key|credential", re.I
 RUN_FILES = ("config_resolved.yaml", ".hydra/overrides.yaml", ".hydra/config.yaml", "dev_predictions.jsonl",
              "dev_nbest.json", "test_predictions.csv", "test_nbest.json", "metrics.json", "metrics.jsonl",
              "data_report.json", "submission.csv", "run.json")
+PARAMS_PER_BATCH = 100  # MLflow takes at most 100 params per log_batch call
 RETRY_AFTER_S = 30.0
 _UNREACHABLE = ("max retries exceeded", "connection refused", "connection reset", "connection aborted", "timed out",
                 "temporarily unavailable", "database is locked", "failed to establish", "name or service not known",
                 "remote end closed", "bad gateway", "service unavailable", "gateway time")
+
+
+def run_file_artifacts(run_dir: Path) -> list[tuple[Path, str | None]]:
+    """``(file, artifact folder)`` of each of the run's :data:`RUN_FILES` that exists (``.hydra/x`` goes
+    under ``.hydra``, the others at the top)."""
+    found = []
+    for name in RUN_FILES:
+        if (run_dir / name).is_file():
+            folder = str(Path(name).parent) if Path(name).parent != Path(".") else None
+            found.append((run_dir / name, folder))
+    return found
+
+
+def param_batches(params: dict[str, str]) -> list[list]:
+    """``params`` as MLflow ``Param`` lists of at most :data:`PARAMS_PER_BATCH` each."""
+    from mlflow.entities import Param
+
+    items = [Param(k, v) for k, v in params.items()]
+    return [items[i : i + PARAMS_PER_BATCH] for i in range(0, len(items), PARAMS_PER_BATCH)]
 
 
 def is_outage(err: BaseException) -> bool:
@@ -299,11 +319,7 @@ class MlflowTracker(Tracker):
 
     # -- what a run logs
     def _log_params(self, params: dict[str, str]) -> None:
-        from mlflow.entities import Param
-
-        items = [Param(k, v) for k, v in params.items()]
-        for i in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
-            chunk = items[i : i + 100]
+        for chunk in param_batches(params):
             self._send("log params", lambda c=chunk: self.client.log_batch(self.run_id, params=c))
 
     def log_inputs(self, splits: dict) -> None:
@@ -339,11 +355,8 @@ class MlflowTracker(Tracker):
         self._send("set tags", lambda: self.client.log_batch(self.run_id, tags=items))
 
     def log_run_files(self, run_dir: Path) -> None:
-        for name in RUN_FILES:
-            path = run_dir / name
-            if path.is_file():
-                folder = str(Path(name).parent) if Path(name).parent != Path(".") else None
-                self._send(f"log {name}", lambda p=path, f=folder: self.client.log_artifact(self.run_id, str(p), f))
+        for path, folder in run_file_artifacts(run_dir):
+            self._send(f"log {path.name}", lambda p=path, f=folder: self.client.log_artifact(self.run_id, str(p), f))
 
     def log_model(self, run_dir: Path, example: dict, register: str | None) -> None:
         """The best model as the run's pyfunc ``model`` artifact, registered as ``register`` (tracking/registry.py)."""
