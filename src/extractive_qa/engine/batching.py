@@ -120,7 +120,7 @@ class PadCollator:
 
     def __call__(self, items: list[dict]) -> dict[str, torch.Tensor]:
         longest = max(len(it["input_ids"]) for it in items)
-        length = self.fixed_length or -(-longest // self.multiple_of) * self.multiple_of
+        length = self.fixed_length or padded_length(longest, self.multiple_of)
         n = len(items)
         input_ids = torch.full((n, length), self.pad_id, dtype=torch.long)
         token_type_ids = torch.zeros((n, length), dtype=torch.long)

@@ -148,7 +148,8 @@ def choose_precision(requested: str, hw: Hardware) -> PrecisionChoice:
 
 
 # Evaluation batch budgets (padded tokens). CPU: measured with make bench on 2 cores (bert-base, 384-token
-# windows): 1024-2048 tokens ran fastest, 16384 about 20% slower (activations fall out of the caches).
+# windows): in bf16 1024-8192 tokens ran within 3% of each other and 16384 25% slower; in fp32 1024 ran
+# fastest and 16384 26% slower (activations fall out of the caches). 2048 is near the best in both.
 # GPUs want far larger batches; 32768 is a starting point that make bench can refine per card.
 EVAL_BATCH_TOKENS = {"cpu": 2048, "mps": 8192, "cuda": 32768}
 
