@@ -55,26 +55,18 @@ class Member:
         return json.dumps([tok, self.window.to_dict()], sort_keys=True)
 
 
-def model_files(folder: Path) -> tuple[Path, Path]:
-    """``(model dir, tokenizer dir)`` of a run's ``best_model/`` or of a downloaded MLflow transformers
-    model (``model/`` and ``components/tokenizer/``)."""
-    if (folder / "config.json").is_file():
-        return folder, folder
-    if (folder / "model" / "config.json").is_file():
-        tokenizer = folder / "components" / "tokenizer"
-        return folder / "model", tokenizer if tokenizer.is_dir() else folder / "model"
-    raise FileNotFoundError(f"{folder} holds no transformers model (config.json, or model/config.json of an MLflow model)")
-
-
 def load_member(name: str, model_dir: Path, run_cfg: DictConfig, accelerator, overrides: dict) -> Member:
+    """``model_dir``: a run's ``best_model/`` (weights and tokenizer, as ``save_pretrained`` writes them;
+    a logged MLflow model carries the same folder)."""
     from transformers import AutoModelForQuestionAnswering, AutoTokenizer
 
     from .modeling import keep_head_fp32
 
-    weights, tokenizer_dir = model_files(model_dir)
-    model = accelerator.prepare(keep_head_fp32(AutoModelForQuestionAnswering.from_pretrained(weights)).eval())
+    if not (model_dir / "config.json").is_file():
+        raise FileNotFoundError(f"{model_dir} holds no transformers model (no config.json)")
+    model = accelerator.prepare(keep_head_fp32(AutoModelForQuestionAnswering.from_pretrained(model_dir)).eval())
     post_cfg = OmegaConf.merge(run_cfg, {k: v for k, v in overrides.items() if v is not None})
-    return Member(name=name, model=model, tokenizer=AutoTokenizer.from_pretrained(tokenizer_dir),
+    return Member(name=name, model=model, tokenizer=AutoTokenizer.from_pretrained(model_dir),
                   window=window_config(run_cfg.window), post=PostprocessSettings.from_cfg(post_cfg), run_cfg=run_cfg)
 
 
