@@ -43,20 +43,26 @@ from omegaconf import DictConfig, OmegaConf
 from .core.config import CONF_DIR, to_plain
 
 
+def _set_threads(cfg) -> None:
+    """``bench.threads`` torch threads (0: torch's default, all cores)."""
+    import torch
+
+    torch.set_num_threads(int(cfg["bench"]["threads"]) or torch.get_num_threads())
+
+
 def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _setup(cfg: dict, window_name: str, split: str, limit: int):
     """Tokenizer, encoded slice and windows for a window preset (``default`` or ``seed``)."""
-    import torch
 
     from .core.datafiles import load_split
     from .core.features import window_config
     from .core.windowing import encode_examples, eval_windows
     from .engine.modeling import load_tokenizer
 
-    torch.set_num_threads(int(cfg["bench"]["threads"]) or torch.get_num_threads())
+    _set_threads(cfg)
     c = OmegaConf.create(cfg)
     examples = load_split(c.data, split)
     examples.examples = examples.examples[:limit]
@@ -97,7 +103,7 @@ def gemm_peak(cfg: dict) -> dict:
 
     from .engine.setup import make_accelerator
 
-    torch.set_num_threads(int(cfg["bench"]["threads"]) or torch.get_num_threads())
+    _set_threads(cfg)
     accelerator = make_accelerator(OmegaConf.create(cfg))
     device = accelerator.device
     rows, d = (16384, 1024) if device.type == "cuda" else (2048, 768)
@@ -228,15 +234,14 @@ def _train_steps(c: DictConfig, enc, window, naive: bool) -> dict:
         model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     device = next(model.parameters()).device
     it = iter(loader)
-    real = padded = 0
-    flops = 0.0
+    timed_lengths: list[np.ndarray] = []
+    padded = 0
     start = None
     for step in range(steps + 1):  # the first step warms up (allocations, compilation) and is not timed
         if step == 1:
             _sync(device)
             start = time.perf_counter()
-            real = padded = 0
-            flops = 0.0
+            timed_lengths, padded = [], 0
         batch = next(it)
         out = model(input_ids=batch["input_ids"], token_type_ids=batch["token_type_ids"],
                     attention_mask=batch["attention_mask"], start_positions=batch["start_positions"],
@@ -244,12 +249,14 @@ def _train_steps(c: DictConfig, enc, window, naive: bool) -> dict:
         (accelerator.backward(out.loss) if not naive else out.loss.backward())
         optimizer.step()
         optimizer.zero_grad()
-        lengths = batch["attention_mask"].sum(dim=1).cpu().numpy()
-        real += int(lengths.sum())
+        timed_lengths.append(batch["attention_mask"].sum(dim=1).cpu().numpy())
         padded += batch["input_ids"].numel()
-        flops += 3 * forward_flops(model if naive else accelerator.unwrap_model(model), lengths)
     _sync(device)
     seconds = time.perf_counter() - start
+    # Counted after the timer stops: the FLOPs of the timed steps' real tokens, forward + backward.
+    lengths = np.concatenate(timed_lengths)
+    real = int(lengths.sum())
+    flops = 3 * forward_flops(model if naive else accelerator.unwrap_model(model), lengths)
     return {"steps": steps, "batch_size": batch_size, "seconds": seconds, "windows_per_s": steps * batch_size / seconds,
             "tokens_per_s": real / seconds, "padded_tokens_per_s": padded / seconds, "model_gflops_per_s": flops / seconds / 1e9}
 
@@ -339,7 +346,7 @@ def hardware_line(cfg: DictConfig) -> dict:
     from .engine.hardware import detect_hardware
     from .engine.setup import resolve_run_precision
 
-    torch.set_num_threads(int(cfg.bench.threads) or torch.get_num_threads())
+    _set_threads(cfg)
     resolve_run_precision(cfg)
     return {"bench": "hardware", **detect_hardware().to_dict(), "torch": torch.__version__,
             "precision": cfg.precision.mixed_precision, "precision_reason": cfg.precision.reason}
