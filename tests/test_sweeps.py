@@ -142,3 +142,17 @@ def test_an_interrupted_sweep_resumes_with_the_same_command(synthetic, tmp_path)
 
     for folder in ("s1", "s2"):  # the sweep is found by either folder it ran in
         assert find_sweep(MlflowClient(uri), str(tmp_path / "outputs" / folder)).info.run_id == parent.info.run_id
+
+
+def test_sweep_ids_survive_a_hydra_command_line():
+    """A sweep id is typed back as ``sweep=ID``: Hydra must read it as that same string, never as a number
+    (hex ids did not: ``79e635`` became inf, ``012345`` the int 12345)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from extractive_qa.tracking.sweep import describe_sweep
+
+    parser = OverridesParser.create()
+    ids = {describe_sweep([f"lr={i}e-5,{i + 1}e-5", f"paths.output_dir=/tmp/{i}"])["id"] for i in range(3000)}
+    assert len(ids) > 2990  # distinct sweeps get distinct ids
+    for sweep_id in ids:
+        assert len(sweep_id) == 6 and parser.parse_override(f"sweep={sweep_id}").value() == sweep_id

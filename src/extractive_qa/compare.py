@@ -14,7 +14,7 @@ Configurations that differ only in ``seed`` are aggregated: mean +/- std (and n)
 and F1, in the report and (at the end of a sweep) as the parent run's metrics.
 
     python -m extractive_qa.compare                       # the newest sweep in the store
-    python -m extractive_qa.compare --sweep a1b2c3        # a sweep by its id (or its folder)
+    python -m extractive_qa.compare --sweep qkfzbm        # a sweep by its id (or its folder)
     python -m extractive_qa.compare --experiment offline_smoke
 """
 

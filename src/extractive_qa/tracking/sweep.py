@@ -43,6 +43,17 @@ def swept_key(override: str) -> str | None:
     return key.lstrip("+~") if ("," in value or value.startswith(SWEEP_SYNTAX)) else None
 
 
+def short_id(digest: str, length: int = 6) -> str:
+    """A short, letters-only name for a digest (``qkfzbm``). Letters only because the id is typed back on
+    Hydra command lines (``make predict ARGS="top_k=3 sweep=ID"``), where a hex id such as ``79e635``
+    or ``012345`` is read as a number (7.9e636 = inf; 12345) and no longer names the sweep."""
+    n, letters = int(digest, 16), []
+    for _ in range(length):
+        n, r = divmod(n, 26)
+        letters.append(chr(ord("a") + r))
+    return "".join(letters)
+
+
 def describe_sweep(overrides: list[str], search_space: dict | None = None) -> dict:
     """Digest, short id and swept keys of a sweep from its overrides as typed (and an Optuna search space)."""
     relevant = sorted(o for o in overrides if not o.lstrip("+~").startswith(NOT_PART_OF_THE_SWEEP))
@@ -50,7 +61,7 @@ def describe_sweep(overrides: list[str], search_space: dict | None = None) -> di
         relevant += sorted(f"{k}={v}" for k, v in search_space.items())
     digest = hashlib.sha256(json.dumps(relevant).encode()).hexdigest()[:16]
     keys = [k for k in (swept_key(o) for o in overrides) if k] + sorted(search_space or {})
-    return {"digest": digest, "id": digest[:6], "swept_keys": list(dict.fromkeys(keys)), "overrides": relevant}
+    return {"digest": digest, "id": short_id(digest), "swept_keys": list(dict.fromkeys(keys)), "overrides": relevant}
 
 
 def sweep_of_job() -> dict | None:
