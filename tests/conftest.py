@@ -1,25 +1,15 @@
-"""Shared fixtures: paths to ../shared (skipping when absent) and a tokenizer built offline."""
+"""Fixtures: tokenizers built offline or read from ../shared, the synthetic data set and tiny model, a
+real 3-seed sweep the tracking/report/ensemble tests share, a real `mlflow server`, and a composed
+training config for in-process tests. Helpers are in ``tests/helpers``."""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("EXTRACTIVE_QA_SHARED", ROOT.parent / "shared")).resolve()
-OFFLINE_MODEL = SHARED / "models" / "bert-base-chinese-offline"
-HW7_DIR = SHARED / "data" / "hw7-drcd"
-SQUAD_DIR = SHARED / "data" / "squad-format"
+from helpers import OFFLINE_MODEL, run_module, shared_once
 
-needs_shared = pytest.mark.skipif(
-    not (OFFLINE_MODEL / "vocab.txt").is_file() or not HW7_DIR.is_dir(),
-    reason=f"needs ../shared (real data + offline tokenizer) at {SHARED}",
-)
 
 @pytest.fixture(scope="session")
 def char_tokenizer(tmp_path_factory):
@@ -37,57 +27,20 @@ def bert_tokenizer():
     return AutoTokenizer.from_pretrained(str(OFFLINE_MODEL))
 
 
-def write_json(path: Path, obj) -> Path:
-    path.write_text(json.dumps(obj, ensure_ascii=False), encoding="utf-8")
-    return path
+@pytest.fixture
+def compose_train(tmp_path):
+    """``compose_train(*overrides)``: the training config as ``python -m extractive_qa.train`` composes it,
+    with outputs, caches and the tracking store under this test's tmp_path."""
+    from hydra import compose, initialize_config_dir
 
+    from extractive_qa.core.config import CONF_DIR
 
-def hw7_file(path: Path, paragraphs: list[str], questions: list[dict]) -> Path:
-    return write_json(path, {"questions": questions, "paragraphs": paragraphs})
+    def compose_cfg(*overrides: str, name: str = "train"):
+        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+            return compose(name, overrides=[f"paths.output_dir={tmp_path}/outputs", f"paths.cache_dir={tmp_path}/cache",
+                                            f"tracking.uri=sqlite:///{tmp_path}/mlflow.db", *overrides])
 
-
-def hw7_question(qid, pid, question, answer=None, start=None, end=None) -> dict:
-    if answer is not None and end is None and start is not None:
-        end = start + len(answer) - 1
-    return {"id": qid, "paragraph_id": pid, "question_text": question, "answer_text": answer,
-            "answer_start": start, "answer_end": end}
-
-
-def run_module(module: str, *overrides: str, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
-    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-    out = subprocess.run([sys.executable, "-m", module, *overrides], capture_output=True, text=True, cwd=ROOT,
-                         env=full_env, timeout=900)
-    if check and out.returncode != 0:
-        raise AssertionError(f"{module} failed ({out.returncode}):\n{out.stdout[-3000:]}\n{out.stderr[-5000:]}")
-    return out
-
-
-def run_with_faults(faults: list[str], *overrides: str, env: dict | None = None, check: bool = False,
-                    module: str = "extractive_qa.train") -> subprocess.CompletedProcess:
-    """``module``'s CLI with faults injected at exact points of the recipe (see fault_runner.py)."""
-    args = [a for f in faults for a in ("--fault", f)]
-    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-    out = subprocess.run([sys.executable, str(ROOT / "tests" / "fault_runner.py"), "--module", module, *args, "--", *overrides],
-                         capture_output=True, text=True, cwd=ROOT, env=full_env, timeout=900)
-    if check and out.returncode != 0:
-        raise AssertionError(f"{module} failed ({out.returncode}):\n{out.stdout[-3000:]}\n{out.stderr[-5000:]}")
-    return out
-
-
-def shared_once(tmp_path_factory, name: str, build) -> dict:
-    """``build(folder)`` once per test session, even when pytest-xdist runs several workers: the first
-    worker builds it under a file lock, the others read what it recorded (JSON)."""
-    from filelock import FileLock
-
-    root = tmp_path_factory.getbasetemp()
-    root = root.parent if os.environ.get("PYTEST_XDIST_WORKER") else root
-    record = root / f"{name}.json"
-    with FileLock(str(root / f"{name}.lock")):
-        if not record.is_file():
-            folder = root / name
-            folder.mkdir(parents=True, exist_ok=True)
-            record.write_text(json.dumps(build(folder), default=str))
-    return json.loads(record.read_text())
+    return compose_cfg
 
 
 @pytest.fixture(scope="session")
@@ -126,7 +79,7 @@ def seed_sweep(synthetic, tmp_path_factory) -> dict:
 @pytest.fixture(scope="session")
 def tracking_server(tmp_path_factory) -> dict:
     """One real `mlflow server` on 127.0.0.1 for the session (tests that stop it start it again)."""
-    import mlflow_server
+    from helpers import mlflow_server
 
     settings = mlflow_server.start(tmp_path_factory.mktemp("tracking_server"))
     yield settings

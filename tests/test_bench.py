@@ -3,11 +3,12 @@
 import json
 
 import pytest
-from conftest import needs_shared, run_module
 
 from extractive_qa.core.data import read_examples
 from extractive_qa.core.features import encode_cached
 from extractive_qa.core.windowing import WindowConfig
+
+from helpers import needs_shared, run_module
 
 
 @needs_shared
@@ -33,7 +34,7 @@ def test_bench_prints_json_lines_with_ratios(tmp_path):
 
 
 def test_feature_cache_tokenizes_once(tmp_path, char_tokenizer, monkeypatch):
-    from conftest import hw7_file, hw7_question
+    from helpers import hw7_file, hw7_question
 
     path = hw7_file(tmp_path / "d.json", ["台北是城市。"], [hw7_question(1, 0, "哪裡？", "台北", 0)])
     examples = read_examples(path)

@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import hw7_file, hw7_question, run_module, write_json
 
 from extractive_qa.evaluate import evaluate
+
+from helpers import hw7_file, hw7_question, run_module, write_json
 
 
 @pytest.fixture

@@ -8,12 +8,12 @@ import json
 import signal
 from pathlib import Path
 
-import mlflow_server
 import pytest
-from conftest import run_module, run_with_faults
 from mlflow.tracking import MlflowClient
 
 from extractive_qa.engine.checkpointing import checkpoints_of
+
+from helpers import mlflow_server, run_module, run_with_faults
 
 
 def tiny(synthetic, tmp: Path, uri: str | None = None, experiment: str = "faults") -> list[str]:
@@ -92,7 +92,7 @@ def test_resume_with_another_trajectory_is_refused_listing_the_keys(lr_sweep, sy
 def test_tracking_server_dying_mid_run_never_stops_training(synthetic, tmp_path, tracking_server):
     server = mlflow_server.ensure_running(tracking_server)
     uri = mlflow_server.uri(server)
-    res = run_with_faults(["after:_maybe_log:4=call:mlflow_server:kill", "after:_maybe_log:12=call:mlflow_server:restart"],
+    res = run_with_faults(["after:_maybe_log:4=call:helpers.mlflow_server:kill", "after:_maybe_log:12=call:helpers.mlflow_server:restart"],
                           *tiny(synthetic, tmp_path, uri, "outage"), f"hydra.run.dir={tmp_path}/run",
                           env={**mlflow_server.env(server), "MLFLOW_TRACKING_URI": uri})
     assert res.returncode == 0, res.stderr[-3000:]
@@ -108,7 +108,7 @@ def test_tracking_server_dying_mid_run_never_stops_training(synthetic, tmp_path,
 def test_server_gone_for_good_then_sync_and_server_down_at_start(synthetic, tmp_path, tracking_server):
     server = mlflow_server.ensure_running(tracking_server)
     uri = mlflow_server.uri(server)
-    res = run_with_faults(["after:_maybe_log:2=call:mlflow_server:kill"], *tiny(synthetic, tmp_path, uri, "gone"),
+    res = run_with_faults(["after:_maybe_log:2=call:helpers.mlflow_server:kill"], *tiny(synthetic, tmp_path, uri, "gone"),
                           f"hydra.run.dir={tmp_path}/run", env=mlflow_server.env(server))
     assert res.returncode == 0 and "python -m extractive_qa.sync" in res.stdout + res.stderr
     assert json.loads((tmp_path / "run" / "run.json").read_text())["status"] == "FINISHED"

@@ -9,8 +9,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import run_module, run_with_faults
 from mlflow.tracking import MlflowClient
+
+from helpers import run_module, run_with_faults
 
 
 def tiny(synthetic, tmp: Path) -> list[str]:
@@ -51,7 +52,7 @@ def test_two_processes_match_one(synthetic, tmp_path):
     import os
     import subprocess
 
-    from conftest import ROOT
+    from helpers import ROOT
 
     # On a machine without GPUs, `--multi_gpu` is accelerate's torchrun-based launcher; the processes
     # form a gloo group over CPUs (`--cpu` alone would start a single process without mpirun).

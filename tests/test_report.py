@@ -3,14 +3,16 @@ import subprocess
 import sys
 
 import pytest
-from conftest import HW7_DIR, ROOT, SQUAD_DIR, needs_shared
 from hydra import compose, initialize_config_dir
 
 from extractive_qa.core.analysis import data_report
 from extractive_qa.core.config import CONF_DIR
 from extractive_qa.core.data import read_examples
 from extractive_qa.core.features import window_config
+from extractive_qa.core.postprocess import PostprocessSettings
 from extractive_qa.core.windowing import encode_examples, eval_windows
+
+from helpers import HW7_DIR, ROOT, SQUAD_DIR, needs_shared
 
 DATASETS = {  # file -> data preset whose max_answer_len applies
     HW7_DIR / "hw7_dev.json": "hw7",
@@ -29,7 +31,7 @@ def test_oracle_em_is_at_least_0998(bert_tokenizer, path, window_preset):
     examples = read_examples(path)
     enc = encode_examples(examples.examples, bert_tokenizer, window)
     windows = eval_windows(enc, window)
-    report = data_report(examples, enc, windows, window, bert_tokenizer.unk_token_id, cfg.max_answer_len)
+    report = data_report(examples, enc, windows, window, bert_tokenizer.unk_token_id, PostprocessSettings.from_cfg(cfg))
     assert report["oracle_em"] >= 0.998, report
     assert report["answers_reachable"] == 1.0
     assert report["questions"] == len(examples)

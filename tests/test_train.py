@@ -8,9 +8,11 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import HW7_DIR, needs_shared, run_module
+from omegaconf import OmegaConf
 
 from extractive_qa.core.data import read_examples
+
+from helpers import HW7_DIR, needs_shared, read_metrics, run_module
 
 
 def common(tmp: Path) -> list[str]:
@@ -19,10 +21,6 @@ def common(tmp: Path) -> list[str]:
 
 
 TEST_SLICE = 200  # test questions the shared run predicts (the predictor test compares them one by one)
-
-
-def read_metrics(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
 def test_tiny_model_learns_synthetic_chinese_qa(seed_sweep, synthetic):
@@ -170,3 +168,37 @@ def test_predictor_names_a_run_without_a_model(tmp_path):
     res = run_module("extractive_qa.predict", f"run_dir={empty}", check=False)
     assert res.returncode == 2 and "holds no trained model" in res.stderr and "Traceback" not in res.stderr
 
+
+def test_train_loss_is_a_mean_over_full_windows_and_a_short_tail_is_not_a_point():
+    from extractive_qa.train import LogWindow, TrainingRecipe
+
+    window = LogWindow()
+    window.add(4.0, 0.0, windows=32, tokens=100)
+    window.add(8.0, 1.0, windows=2, tokens=5)  # a small last batch counts for its two windows
+    assert window.metrics()["train/loss"] == pytest.approx((4 * 32 + 8 * 2) / 34)
+    cfg = OmegaConf.create({"epochs": 1, "batch_size": 8, "grad_accum_steps": 1, "logging_steps": 4, "eval_steps": None,
+                            "checkpoint_steps": None})
+    logged = []
+
+    class Recorder:
+        def log_metrics(self, metrics, step):
+            logged.append(step)
+
+    class Schedule:
+        def get_last_lr(self):
+            return [1e-3]
+
+    class Bar:
+        def set_postfix(self, **kwargs):
+            pass
+
+    for total, expected in ((9, [4, 8]), (10, [4, 8, 10])):  # a tail of 1 step is dropped, of 2 steps (>= 4/2) kept
+        logged.clear()
+        recipe = TrainingRecipe(cfg, Path("."))
+        recipe.tracker, recipe.scheduler, recipe.total_steps = Recorder(), Schedule(), total
+        recipe._log_window = LogWindow()
+        for step in range(1, total + 1):
+            recipe.progress.step = step
+            recipe._log_window.add(1.0, 0.5, 8, 80)
+            recipe._maybe_log(0.0, Bar())
+        assert logged == expected

@@ -135,9 +135,9 @@ def _peak_for(peaks: dict, precision: str) -> float | None:
 
 def eval_ours(cfg: dict, window_name: str, budgets: list | None = None) -> dict | list[dict]:
     """Our evaluation over the slice; with ``budgets``, once per eval_batch_tokens budget."""
-    from .core.postprocess import oracle_logits, postprocess_predictions
+    from .core.postprocess import PostprocessSettings, oracle_logits, postprocess_predictions
     from .engine.batching import window_lengths
-    from .engine.evaluation import PostprocessSettings, predict, score
+    from .engine.evaluation import predict, score
     from .engine.hardware import eval_batch_tokens
     from .engine.setup import make_accelerator
 
@@ -179,7 +179,7 @@ def eval_naive(cfg: dict) -> dict:
 
     c, tokenizer, window, enc, windows = _setup(cfg, "seed", "dev", int(cfg["bench"]["naive_questions"]))
     model = _model(c)
-    max_len = window.max_total_len()
+    max_len = window.max_total_len(enc.template.num_special)
     per_question = [np.flatnonzero(windows.example_index == i) for i in range(len(enc.examples))]
     start = time.perf_counter()
     with torch.no_grad():
@@ -189,11 +189,12 @@ def eval_naive(cfg: dict) -> dict:
             mask = torch.zeros_like(ids)
             for r, w in enumerate(mine):
                 seq = build_input_ids(enc, i, int(windows.context_start[w]), int(windows.context_len[w]))
-                q = len(enc.question_ids[i]) + 2
                 ids[r, : len(seq)] = torch.tensor(seq)
-                types[r, q : len(seq)] = 1
+                types[r, : len(seq)] = torch.tensor(enc.template.token_types(len(enc.question_ids[i]),
+                                                                             int(windows.context_len[w])) or 0)
                 mask[r, : len(seq)] = 1
-            out = model(input_ids=ids, token_type_ids=types, attention_mask=mask)
+            typed = {"token_type_ids": types} if enc.template.type_ids is not None else {}
+            out = model(input_ids=ids, attention_mask=mask, **typed)
             answer, best = "", float("-inf")
             for r in range(len(mine)):
                 sp, si = torch.max(out.start_logits[r], dim=0)
@@ -216,13 +217,14 @@ def _train_steps(c: DictConfig, enc, window, naive: bool) -> dict:
     from hydra.utils import instantiate
 
     from .engine.batching import TrainWindowDataset, train_loader
+    from .engine.evaluation import model_inputs
     from .engine.setup import make_accelerator, parameter_groups
 
     steps, batch_size = int(c.bench.train_steps), int(c.bench.train_batch_size)
     dataset = TrainWindowDataset(enc, window, 0)
     loader = train_loader(dataset, batch_size, enc.pad_id, group_by_length=bool(c.group_by_length) and not naive,
                           num_workers=0 if naive else int(c.num_workers),
-                          fixed_length=window.max_total_len() if naive else None)
+                          fixed_length=window.max_total_len(enc.template.num_special) if naive else None)
     model = _model(c).train()
     if naive:
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
@@ -243,9 +245,7 @@ def _train_steps(c: DictConfig, enc, window, naive: bool) -> dict:
             start = time.perf_counter()
             timed_lengths, padded = [], 0
         batch = next(it)
-        out = model(input_ids=batch["input_ids"], token_type_ids=batch["token_type_ids"],
-                    attention_mask=batch["attention_mask"], start_positions=batch["start_positions"],
-                    end_positions=batch["end_positions"])
+        out = model(**model_inputs(batch), start_positions=batch["start_positions"], end_positions=batch["end_positions"])
         (accelerator.backward(out.loss) if not naive else out.loss.backward())
         optimizer.step()
         optimizer.zero_grad()
@@ -277,14 +277,14 @@ def bf16_agreement(cfg: dict) -> dict:
     import subprocess
 
     import torch
-    from transformers import AutoModelForQuestionAnswering
 
     from .core.datafiles import load_split
     from .core.features import window_config
+    from .core.postprocess import PostprocessSettings
     from .core.synthetic import write_synthetic_hw7, write_tiny_model_dir
     from .core.windowing import encode_examples, eval_windows
-    from .engine.evaluation import PostprocessSettings, predict, score
-    from .engine.modeling import keep_head_fp32, load_tokenizer
+    from .engine.evaluation import predict, score
+    from .engine.modeling import load_qa_model, load_tokenizer
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -295,7 +295,7 @@ def bf16_agreement(cfg: dict) -> dict:
                         "precision=fp32", f"paths.output_dir={tmp}", f"hydra.run.dir={tmp / 'run'}"],
                        check=True, capture_output=True, text=True)
         c = OmegaConf.create(cfg)
-        model = keep_head_fp32(AutoModelForQuestionAnswering.from_pretrained(tmp / "run" / "best_model").eval())
+        model = load_qa_model(tmp / "run" / "best_model").eval()
         tokenizer = load_tokenizer(OmegaConf.create({"name_or_path": str(tmp / "run" / "best_model")}))
         window = window_config(c.bench.windows.default)
         enc = encode_examples(load_split(OmegaConf.create({"dev_file": str(data_dir / "hw7_dev.json")}), "dev").examples,

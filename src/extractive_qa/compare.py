@@ -28,20 +28,20 @@ import sys
 from pathlib import Path
 
 from .core.config import project_root
+from .core.errors import SetupError
+from .core.metrics import METRIC_LABELS, METRICS
 from .core.outputs import write_atomic
-from .tracking.parents import children_of, find_sweep, training_runs
-from .tracking.store import client_for, get_or_create_experiment, resolve_uri, with_retry
-from .tracking.summary import Group, RunRow, group_by_config, row_of, seeds_swept
+from .tracking.base import RunRow, TrackingBackend, backend_named
+from .tracking.summary import Group, best_metrics, group_by_config, optimize_metric_of, rank, seeds_swept
 
-REPORTS_EXPERIMENT = "reports"
 PLOTS = ("dev_em.png", "dev_em_steps.png", "train_loss.png")
-# Params that differ between runs without being a choice worth a column.
-NOT_COMPARED = ("experiment_name", "data.limit_")
+REPORT_FILES = ("report.html", "report.md", *PLOTS)
 
 
-def differing_params(runs) -> list[str]:
-    keys = sorted({k for r in runs for k in r.data.params if not k.startswith(NOT_COMPARED)})
-    return [k for k in keys if len({r.data.params.get(k) for r in runs}) > 1]
+def differing_params(rows: list[RunRow]) -> list[str]:
+    """The params (a role ``param`` key: :mod:`extractive_qa.core.roles`) whose value differs between runs."""
+    keys = sorted({k for r in rows for k in r.params})
+    return [k for k in keys if len({r.params.get(k) for r in rows}) > 1]
 
 
 def _fmt(x) -> str:
@@ -55,15 +55,16 @@ def _mean_std(group: Group, metric: str) -> str:
     return "–" if not n else f"{mean:.4f} ± {std:.4f}"
 
 
-def tables(rows: list[RunRow], keys: list[str]) -> tuple[list[str], list[list[str]], list[str], list[list[str]]]:
-    """The runs table (best first) and, when seeds are swept, the table of configurations over seeds."""
-    head = ["run", *keys, "best dev EM", "best dev F1", "EM (CMRC2018)", "F1 (CMRC2018)", "wall time (s)", "status"]
+def tables(rows: list[RunRow], keys: list[str], optimize_metric: str = "em") -> tuple[list[str], list[list[str]], list[str],
+                                                                                  list[list[str]]]:
+    """The runs table (best first, by ``optimize_metric``) and, when seeds are swept, the table of
+    configurations over seeds."""
+    head = ["run", *keys, *(f"best dev {METRIC_LABELS[m]}" for m in METRICS), "wall time (s)", "status"]
     body = []
-    for r in sorted(rows, key=lambda r: -r.metrics.get("best/dev_em", -1)):
-        m = r.metrics
-        body.append([r.name, *(r.values.get(k, "") for k in keys), _fmt(m.get("best/dev_em")), _fmt(m.get("best/dev_f1")),
-                     _fmt(m.get("best/dev_em_cmrc2018")), _fmt(m.get("best/dev_f1_cmrc2018")),
-                     f"{m['wall_time_s']:.1f}" if "wall_time_s" in m else "–", r.status])
+    for r in rank(rows, optimize_metric):
+        best = best_metrics(r)
+        body.append([r.name, *(r.values.get(k, "") for k in keys), *(_fmt(best.get(m)) for m in METRICS),
+                     f"{r.metrics['wall_time_s']:.1f}" if "wall_time_s" in r.metrics else "–", r.status])
     if not seeds_swept(rows):
         return head, body, [], []
     seed_head = ["configuration", "n", "best dev EM (mean ± std)", "best dev F1 (mean ± std)"]
@@ -115,13 +116,13 @@ def plot_em(rows: list[RunRow], path: Path) -> None:
     plt.close(fig)
 
 
-def plot_history(client, rows: list[RunRow], metric: str, label: str, path: Path) -> None:
+def plot_history(backend: TrackingBackend, rows: list[RunRow], metric: str, label: str, path: Path) -> None:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 4))
     for r in rows:
-        hist = sorted(with_retry(lambda rid=r.run_id: client.get_metric_history(rid, metric), "history"), key=lambda m: m.step)
+        hist = backend.metric_history(r.run_id, metric)
         if hist:
-            ax.plot([m.step for m in hist], [m.value for m in hist], marker="o" if len(hist) < 15 else None, markersize=3,
+            ax.plot([s for s, _ in hist], [v for _, v in hist], marker="o" if len(hist) < 15 else None, markersize=3,
                     label=r.name[:40])
     ax.set_xlabel("optimizer step")
     ax.set_ylabel(label)
@@ -133,13 +134,14 @@ def plot_history(client, rows: list[RunRow], metric: str, label: str, path: Path
     plt.close(fig)
 
 
-def write_report(client, title: str, lines: list[str], rows: list[RunRow], keys: list[str], out: Path) -> Path:
+def write_report(backend: TrackingBackend, title: str, lines: list[str], rows: list[RunRow], keys: list[str],
+                 out: Path) -> Path:
     """``report.md``, ``report.html`` and the plots of ``rows`` into ``out``."""
     out.mkdir(parents=True, exist_ok=True)
     plot_em(rows, out / "dev_em.png")
-    plot_history(client, rows, "dev/em", "dev EM", out / "dev_em_steps.png")
-    plot_history(client, rows, "train/loss", "training loss", out / "train_loss.png")
-    head, body, seed_head, seed_body = tables(rows, keys)
+    plot_history(backend, rows, "dev/em", "dev EM", out / "dev_em_steps.png")
+    plot_history(backend, rows, "train/loss", "training loss", out / "train_loss.png")
+    head, body, seed_head, seed_body = tables(rows, keys, optimize_metric_of(rows))
     md = [f"# {title}", "", *lines, "", _markdown(head, body)]
     page = [f"<h1>{html.escape(title)}</h1>", *(f"<p>{html.escape(line)}</p>" for line in lines), _html_table(head, body)]
     if seed_body:
@@ -157,56 +159,36 @@ def write_report(client, title: str, lines: list[str], rows: list[RunRow], keys:
     return out
 
 
-def _log_report(client, run_id: str, out: Path) -> None:
-    """The report files as ``report/*`` artifacts of ``run_id`` (same paths: a new report replaces the old)."""
-    for name in ("report.html", "report.md", *PLOTS):
-        with_retry(lambda n=name: client.log_artifact(run_id, str(out / n), "report"), f"log {name}")
-
-
-def report_sweep(client, sweep: str | None, out_dir: Path | None, log: bool) -> Path:
-    parent = find_sweep(client, sweep)
-    tags = parent.data.tags
-    runs = children_of(client, parent)
-    if not runs:
-        raise SystemExit(f"error: sweep {tags.get('sweep.id')} has no runs yet")
-    keys = [k for k in tags.get("sweep.keys", "").split(", ") if k] or differing_params(runs)
-    rows = [row_of(r) for r in runs]
-    for row, run in zip(rows, runs, strict=True):
-        row.values = row.values or {k: run.data.params.get(k, "") for k in keys}
-    sweep_id = tags.get("sweep.id", parent.info.run_id[:6])
+def report_sweep(backend: TrackingBackend, sweep: str | None, out_dir: Path | None, log: bool) -> Path:
+    record = backend.find_sweep(sweep)
+    rows = backend.sweep_runs(record)
+    if not rows:
+        raise SystemExit(f"error: sweep {record.id} has no runs yet")
+    keys = record.keys or differing_params(rows)
+    for row in rows:
+        row.values = row.values or {k: row.params.get(k, "") for k in keys}
     counts = ", ".join(f"{sum(r.status == s for r in rows)} {s}" for s in ("FINISHED", "FAILED", "KILLED", "RUNNING")
                        if any(r.status == s for r in rows))
-    out = write_report(client, f"Sweep {sweep_id}", [f"command: {tags.get('sweep.command', '')}",
-                                                     f"{len(rows)} runs ({counts}); swept: {', '.join(keys) or 'nothing'}"],
-                       rows, keys, out_dir or project_root() / "outputs" / "reports" / f"sweep-{sweep_id}")
+    out = write_report(backend, f"Sweep {record.id}", [f"command: {record.command}",
+                                                       f"{len(rows)} runs ({counts}); swept: {', '.join(keys) or 'nothing'}"],
+                       rows, keys, out_dir or project_root() / "outputs" / "reports" / f"sweep-{record.id}")
     if log:
-        _log_report(client, parent.info.run_id, out)
+        backend.attach_report(out, list(REPORT_FILES), record, None)
     return out
 
 
-def report_experiment(client, uri: str, experiment: str, out_dir: Path | None, log: bool) -> Path:
-    exp = client.get_experiment_by_name(experiment)
-    if exp is None:
-        names = [e.name for e in client.search_experiments()]
-        raise SystemExit(f"error: no MLflow experiment named {experiment!r} (have: {names})")
-    runs = training_runs(client, exp.experiment_id)
-    if not runs:
+def report_experiment(backend: TrackingBackend, experiment: str, out_dir: Path | None, log: bool) -> Path:
+    rows = backend.experiment_runs(experiment)
+    if not rows:
         raise SystemExit(f"error: experiment {experiment!r} has no runs")
-    keys = differing_params(runs)
-    rows = [row_of(r) for r in runs]
-    for row, run in zip(rows, runs, strict=True):
-        row.values = {k: run.data.params.get(k, "") for k in keys}
-    out = write_report(client, f"Experiment {experiment}", [f"{len(rows)} runs; parameters that differ: "
-                                                            f"{', '.join(keys) or 'none'}"], rows, keys,
+    keys = differing_params(rows)
+    for row in rows:
+        row.values = {k: row.params.get(k, "") for k in keys}
+    out = write_report(backend, f"Experiment {experiment}", [f"{len(rows)} runs; parameters that differ: "
+                                                             f"{', '.join(keys) or 'none'}"], rows, keys,
                        out_dir or project_root() / "outputs" / "reports" / f"experiment-{experiment}")
     if log:
-        reports_id = get_or_create_experiment(client, uri, REPORTS_EXPERIMENT)
-        found = with_retry(lambda: client.search_runs([reports_id], filter_string=f"tags.`report.experiment` = '{experiment}'",
-                                                      max_results=1), "find report run")
-        run_id = found[0].info.run_id if found else with_retry(lambda: client.create_run(
-            reports_id, run_name=experiment, tags={"report.experiment": experiment}), "create report run").info.run_id
-        _log_report(client, run_id, out)
-        with_retry(lambda: client.set_terminated(run_id, "FINISHED"), "end report run")
+        backend.attach_report(out, list(REPORT_FILES), None, experiment)
     return out
 
 
@@ -216,15 +198,18 @@ def main(argv: list[str] | None = None) -> None:
     group.add_argument("--experiment", help="compare every training run of this MLflow experiment")
     group.add_argument("--sweep", help="a sweep's id (the start of its runs' names) or folder (default: the newest)")
     parser.add_argument("--uri", help="tracking URI (default: $MLFLOW_TRACKING_URI or the project's mlflow.db)")
+    parser.add_argument("--tracking", default="mlflow", help="the backend to read runs from: a conf/tracking/ option")
     parser.add_argument("--out", type=Path, help="output folder (default: outputs/reports/<name>)")
     parser.add_argument("--no-log", action="store_true", help="do not log the report to MLflow")
     args = parser.parse_args(argv)
-    uri = resolve_uri(args.uri, project_root())
-    client = client_for(uri)
-    if args.experiment:
-        out = report_experiment(client, uri, args.experiment, args.out, not args.no_log)
-    else:
-        out = report_sweep(client, args.sweep, args.out, not args.no_log)
+    try:
+        backend = backend_named(args.tracking, project_root(), args.uri)
+        if args.experiment:
+            out = report_experiment(backend, args.experiment, args.out, not args.no_log)
+        else:
+            out = report_sweep(backend, args.sweep, args.out, not args.no_log)
+    except (SetupError, FileNotFoundError) as err:
+        raise SystemExit(f"error: {err}") from None
     print(out / "report.html")
 
 

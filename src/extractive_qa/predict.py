@@ -2,7 +2,8 @@
 ensemble of several.
 
 Which models: ``run_dir=`` (one run), ``run_dirs=[a,b,c]``, ``top_k=3 sweep=<id>`` or ``top_k=3
-experiment=<name>`` (the k finished runs with the best dev EM in MLflow), ``model_uri=models:/<name>/<version>``
+experiment=<name>`` (the k best finished runs in the tracking store, by ``optimize_metric`` with ties
+broken by EM then F1, named by their run names), ``model_uri=models:/<name>/<version>``
 or ``runs:/<run id>/model`` (a logged or registered model), or -- with none of these -- the newest run
 that kept its ``best_model/``. Each model predicts with its run's own window and post-processing
 settings; several are combined by averaging logits when their windows line up, else by an n-best
@@ -45,53 +46,45 @@ def check_run_dir(run_dir: Path) -> Path:
     return run_dir
 
 
-def _uri(cfg: DictConfig) -> str:
-    from .tracking.store import resolve_uri
+def _backend(cfg: DictConfig):
+    from .tracking.base import backend_for
 
-    return resolve_uri(cfg.get("tracking_uri"), project_root())
+    return backend_for(cfg.tracking, project_root())
 
 
-def top_runs(cfg: DictConfig) -> list[Path]:
-    """Run dirs of the ``top_k`` FINISHED runs (best dev EM first) of ``sweep`` or ``experiment``."""
-    from .tracking.parents import children_of, find_sweep, training_runs
-    from .tracking.store import client_for
+def top_runs(cfg: DictConfig) -> list[tuple[str, Path]]:
+    """``(run name, run dir)`` of the ``top_k`` best FINISHED runs of ``sweep`` or ``experiment`` that kept a
+    ``best_model/``: ranked by ``optimize_metric`` (default: the one the runs were trained with), ties broken
+    by EM then F1, then by name."""
+    from .tracking.summary import best_metrics, optimize_metric_of, rank
 
-    client = client_for(_uri(cfg))
+    backend = _backend(cfg)
     if cfg.sweep:
-        runs = children_of(client, find_sweep(client, str(cfg.sweep)))
+        rows = backend.sweep_runs(backend.find_sweep(str(cfg.sweep)))
     elif cfg.experiment:
-        exp = client.get_experiment_by_name(str(cfg.experiment))
-        if exp is None:
-            raise FileNotFoundError(f"no MLflow experiment named {cfg.experiment!r} at {_uri(cfg)}")
-        runs = training_runs(client, exp.experiment_id)
+        rows = backend.experiment_runs(str(cfg.experiment))
     else:
         raise FileNotFoundError("top_k needs sweep=<id> or experiment=<name> to choose from")
-    finished = [r for r in runs if r.info.status == "FINISHED" and "best/dev_em" in r.data.metrics
-                and (Path(r.data.tags.get("run_dir", "/nonexistent")) / "best_model").is_dir()]
-    finished.sort(key=lambda r: -r.data.metrics["best/dev_em"])
+    finished = [r for r in rows if r.status == "FINISHED" and best_metrics(r) and r.run_dir
+                and (Path(r.run_dir) / "best_model").is_dir()]
     if len(finished) < int(cfg.top_k):
         raise FileNotFoundError(f"top_k={cfg.top_k} but only {len(finished)} finished runs with a best_model/ were found")
-    return [Path(r.data.tags["run_dir"]) for r in finished[: int(cfg.top_k)]]
+    ranked = rank(finished, str(cfg.optimize_metric or optimize_metric_of(finished)))
+    return [(r.name, Path(r.run_dir)) for r in ranked[: int(cfg.top_k)]]
 
 
 def member_sources(cfg: DictConfig) -> list[tuple[str, Path]]:
     """``(name, folder)`` of every model to predict with (a run dir, or a downloaded MLflow model)."""
     if cfg.model_uri:
-        import mlflow
-        from mlflow.artifacts import download_artifacts
-
-        from .tracking.registry import open_downloaded_model
-
-        mlflow.set_registry_uri(_uri(cfg))  # models:/ URIs resolve in the registry, which defaults elsewhere
-        folder = open_downloaded_model(Path(download_artifacts(artifact_uri=str(cfg.model_uri), tracking_uri=_uri(cfg))))
+        folder = _backend(cfg).model_folder(str(cfg.model_uri))
         if not (folder / "config_resolved.yaml").is_file():
             raise FileNotFoundError(f"{cfg.model_uri} was not logged by this project (no config_resolved.yaml beside "
                                     "the model): its windows and post-processing settings are unknown")
         return [(str(cfg.model_uri), folder)]
+    if cfg.top_k and not cfg.run_dirs:
+        return [(name, check_run_dir(d)) for name, d in top_runs(cfg)]
     if cfg.run_dirs:
         dirs = [Path(str(d)) for d in cfg.run_dirs]
-    elif cfg.top_k:
-        dirs = top_runs(cfg)
     else:
         dirs = [Path(str(cfg.run_dir)) if cfg.run_dir else newest_run(Path(cfg.paths.output_dir))]
     # A sweep's job dirs are numbered (0, 1, ...): such a member is named by its sweep too.

@@ -16,6 +16,7 @@ from .core.analysis import data_report
 from .core.config import CONF_DIR
 from .core.errors import SetupError
 from .core.features import window_config
+from .core.postprocess import PostprocessSettings
 from .core.windowing import encode_examples, eval_windows
 from .engine.setup import load_data_and_tokenizer
 
@@ -31,8 +32,7 @@ def main(cfg: DictConfig) -> None:
     window = window_config(cfg.window)
     enc = encode_examples(examples.examples, tokenizer, window)
     windows = eval_windows(enc, window)
-    report = data_report(examples, enc, windows, window, tokenizer.unk_token_id, cfg.max_answer_len, cfg.span_score,
-                         bool(cfg.answer_cleanup))
+    report = data_report(examples, enc, windows, window, tokenizer.unk_token_id, PostprocessSettings.from_cfg(cfg))
     print(json.dumps(report, ensure_ascii=False, indent=2))
 
 

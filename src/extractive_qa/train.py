@@ -5,8 +5,8 @@ Accelerator, the checkpoint to resume, data and tokenizer, windows, tracking, mo
 schedule; :meth:`~TrainingRecipe.train` is the loop (a loss step, then logging, evaluation and
 checkpointing when due); :meth:`~TrainingRecipe.finish` predicts the test split with the best model
 and writes the run's files. What the phases share is the recipe's attributes, and where training
-stands is one :class:`Progress`, saved whole in every checkpoint. Returns the best dev EM (what an
-Optuna sweep maximises).
+stands is one :class:`Progress`, saved whole in every checkpoint. Returns the best dev score by
+``optimize_metric`` (what an Optuna sweep maximises).
 """
 
 from __future__ import annotations
@@ -31,14 +31,15 @@ from .core.analysis import data_report
 from .core.config import CONF_DIR, to_plain
 from .core.errors import SetupError, run_cli, setup_message
 from .core.features import encode_cached, window_config
-from .core.metrics import METRICS
+from .core.metrics import METRICS, check_metric
 from .core.outputs import nbest_json, share_files, write_json, write_jsonl, write_submission
+from .core.postprocess import PostprocessSettings
 from .core.runs import FAILED, FINISHED, KILLED, update_run_record
 from .core.windowing import eval_windows
 from .engine.batching import TrainWindowDataset, train_loader
 from .engine.checkpointing import Interrupted, StopRequest, save_checkpoint
-from .engine.evaluation import MODEL_INPUTS, EvaluationStopped, PostprocessSettings, predict, score
-from .engine.modeling import keep_head_fp32, load_model
+from .engine.evaluation import EvaluationStopped, model_inputs, predict, score
+from .engine.modeling import load_model, load_qa_model
 from .engine.resume import AlreadyFinished, ResumeError, ResumePoint, find_resume_point, run_identity
 from .engine.setup import (
     agree_on_run_dir,
@@ -48,10 +49,9 @@ from .engine.setup import (
     parameter_groups,
     remove_if_only_logs,
 )
-from .tracking.parents import end_parent_killed
+from .tracking.base import Tracker, backend_for, start_tracking
 from .tracking.store import TrackingUnavailable
 from .tracking.sweep import record_job_outcome, sweep_of_job
-from .tracking.trackers import Tracker, start_tracking
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ class Progress:
     step: int = 0  # optimizer steps taken
     epoch: int = 0  # the epoch in progress
     batches_done: int = 0  # batches of that epoch already trained on
-    best: dict = field(default_factory=lambda: {"em": -1.0})  # best dev metrics, with their step and epoch
+    best: dict = field(default_factory=dict)  # dev metrics of the best evaluation (by optimize_metric), its step and epoch
     wall_time_s: float = 0.0  # seconds trained before the last checkpoint, over every resumed part
 
     @classmethod
@@ -103,6 +103,7 @@ class TrainingRecipe:
         self.epochs, self.batch_size, self.grad_accum = int(cfg.epochs), int(cfg.batch_size), int(cfg.grad_accum_steps)
         self.logging_steps, self.eval_steps = int(cfg.logging_steps), int(cfg.eval_steps or 0)
         self.checkpoint_steps = int(cfg.checkpoint_steps or 0)
+        self.optimize_metric = check_metric(str(cfg.get("optimize_metric") or "em"))
         self.progress = Progress()
         self.sweep = sweep_of_job()  # the sweep this job belongs to (None for a single run)
         self.hydra_dir: Path | None = None  # Hydra's own job dir when the job continues another run's dir
@@ -221,8 +222,7 @@ class TrainingRecipe:
         self.dev_windows = eval_windows(self.encoded["dev"], self.window)
         self.post = PostprocessSettings.from_cfg(cfg)
         self.data_report = data_report(self.splits["dev"], self.encoded["dev"], self.dev_windows, self.window,
-                                       self.tokenizer.unk_token_id, self.post.max_answer_len, self.post.span_score,
-                                       self.post.answer_cleanup)
+                                       self.tokenizer.unk_token_id, self.post)
         self.data_report["train_repairs"] = dict(self.splits["train"].repairs)
 
     def _setup_train_loader(self) -> tuple[TrainWindowDataset, DataLoader]:
@@ -291,7 +291,7 @@ class TrainingRecipe:
         """Forward, backward and (when gradients are accumulated) one optimizer step; adds the batch's
         loss and span accuracy to the log window."""
         with self.accelerator.accumulate(self.model):
-            out = self.model(**{k: batch[k] for k in MODEL_INPUTS}, start_positions=batch["start_positions"],
+            out = self.model(**model_inputs(batch), start_positions=batch["start_positions"],
                              end_positions=batch["end_positions"])
             loss = out.loss
             if not torch.isfinite(loss):
@@ -335,7 +335,7 @@ class TrainingRecipe:
 
     # ---------------------------------------------------------------- evaluation
     def evaluate(self, epoch_fraction: float) -> dict[str, float]:
-        """Dev EM / F1 now; a new best keeps its predictions and the model (``best_model/``)."""
+        """Dev scores now; a new best (by ``optimize_metric``) keeps its predictions and the model (``best_model/``)."""
         p = self.progress
         try:
             preds = predict(self.model, self.encoded["dev"], self.dev_windows, self.post, self.cfg.eval_batch_tokens,
@@ -345,7 +345,7 @@ class TrainingRecipe:
         metrics, rows = score(preds, self.encoded["dev"])
         self.tracker.log_metrics({f"dev/{k}": v for k, v in metrics.items()} | {"epoch": epoch_fraction}, p.step)
         log.info("step %d (epoch %.2f): dev EM %.4f F1 %.4f", p.step, epoch_fraction, metrics["em"], metrics["f1"])
-        if metrics["em"] > p.best["em"]:
+        if metrics[self.optimize_metric] > p.best.get(self.optimize_metric, -1.0):
             p.best.update(metrics, step=p.step, epoch=epoch_fraction)
             if self.is_main:
                 write_jsonl(self.run_dir / "dev_predictions.jsonl", rows)
@@ -363,11 +363,12 @@ class TrainingRecipe:
 
     # ---------------------------------------------------------------- finishing
     def finish(self) -> float:
-        """Test predictions from the best model, ``metrics.json``, the run's files to the tracker."""
+        """Test predictions from the best model, ``metrics.json``, the run's files to the tracker; the best dev
+        score by ``optimize_metric``."""
         best = self.progress.best
-        summary = {"best_dev_em": best["em"], "best_dev_f1": best.get("f1"), "best_dev_em_cmrc2018": best.get("em_cmrc2018"),
-                   "best_dev_f1_cmrc2018": best.get("f1_cmrc2018"), "best_step": best.get("step"), "best_epoch": best.get("epoch"),
-                   "steps": self.progress.step, "train_windows": len(self.train_set), "wall_time_s": None}
+        summary = {**{f"best_dev_{m}": best.get(m) for m in METRICS}, "optimize_metric": self.optimize_metric,
+                   "best_step": best.get("step"), "best_epoch": best.get("epoch"), "steps": self.progress.step,
+                   "train_windows": len(self.train_set), "wall_time_s": None}
         if self.cfg.predict_test:
             summary["test_questions"] = self._predict_test()
         if not self.cfg.save_model and self.is_main and self.best_dir.exists():
@@ -375,24 +376,23 @@ class TrainingRecipe:
         summary["wall_time_s"] = self._wall_time()
         if self.is_main:
             write_json(self.run_dir / "metrics.json", summary)
-            update_run_record(self.run_dir, best_dev_em=best["em"])
-            self.tracker.log_metrics({**{f"best/dev_{k}": best.get(k, 0.0) for k in METRICS},
-                                      "wall_time_s": summary["wall_time_s"]}, self.progress.step)
+            update_run_record(self.run_dir, best_dev_em=best.get("em"), optimize_metric=self.optimize_metric,
+                              best={m: best.get(m) for m in METRICS})
+            best_metrics = {f"best/dev_{m}": best.get(m, 0.0) for m in METRICS}
+            self.tracker.log_metrics({**best_metrics, "wall_time_s": summary["wall_time_s"]}, self.progress.step)
             self.tracker.log_run_files(self.run_dir)
             if self.cfg.tracking.get("log_model") and self.best_dir.is_dir():
                 first = self.splits["dev"].examples[0]
                 self.tracker.log_model(self.run_dir, {"question": first.question, "context": first.context},
-                                       self.cfg.tracking.get("register_model"))
-        log.info("done in %.0fs: best dev EM %.4f (step %s); outputs in %s", summary["wall_time_s"], best["em"],
-                 best.get("step"), self.run_dir)
-        return float(best["em"])
+                                       self.cfg.tracking.get("register_model"), best_metrics)
+        log.info("done in %.0fs: best dev %s %.4f (step %s); outputs in %s", summary["wall_time_s"], self.optimize_metric,
+                 best.get(self.optimize_metric, 0.0), best.get("step"), self.run_dir)
+        return float(best.get(self.optimize_metric, 0.0))
 
     def _predict_test(self) -> int:
         """Every process predicts its shard with the best model as saved (exactly what ``make predict``
         loads); the main process writes the submission and the n-best lists."""
-        from transformers import AutoModelForQuestionAnswering
-
-        best_model = keep_head_fp32(AutoModelForQuestionAnswering.from_pretrained(self.best_dir)).to(self.accelerator.device)
+        best_model = load_qa_model(self.best_dir).to(self.accelerator.device)
         enc = self.encoded["test"]
         try:
             preds = predict(best_model, enc, eval_windows(enc, self.window), self.post, self.cfg.eval_batch_tokens,
@@ -405,16 +405,22 @@ class TrainingRecipe:
         return len(preds)
 
 
+def recorded_best(record: dict, metric: str) -> float:
+    """A finished run's best dev score by ``metric``, from its ``run.json``."""
+    best = record.get("best") or {"em": record.get("best_dev_em")}
+    return float(best.get(metric) or 0.0)
+
+
 def train(cfg: DictConfig, job_dir: Path) -> tuple[float, Path]:
-    """Set up, train, finish: ``(best dev EM, run dir)``. A run that already finished is reported, not
-    retrained (its recorded best dev EM is returned, so sweep reports and Optuna still see it)."""
+    """Set up, train, finish: ``(best dev score by optimize_metric, run dir)``. A run that already finished is
+    reported, not retrained (its recorded best is returned, so sweep reports and Optuna still see it)."""
     with TrainingRecipe(cfg, job_dir) as recipe:
         try:
             recipe.setup()
         except AlreadyFinished as done:
             print(f"already finished: {done.run_dir} (best dev EM {done.record.get('best_dev_em')})", flush=True)
             recipe.continue_log_in(done.run_dir)
-            return float(done.record.get("best_dev_em") or 0.0), done.run_dir
+            return recorded_best(done.record, recipe.optimize_metric), done.run_dir
         recipe.train()
         return recipe.finish(), recipe.run_dir
 
@@ -438,14 +444,15 @@ def main(cfg: DictConfig) -> float | None:
     sweep, job_dir = sweep_of_job(), run_dir_of_job()
     try:
         best, run_dir = train(cfg, job_dir)
-        record_job_outcome(sweep, FINISHED, run_dir, best_dev_em=best)
+        record_job_outcome(sweep, FINISHED, run_dir, best=best)
         return best
     except Interrupted as stopped:
         where = f"resume={stopped.checkpoint.parent.parent}" if stopped.checkpoint else "nothing to resume: run it again"
         print(f"stopped: {stopped}. The MLflow run is marked KILLED. Resume with the same command plus {where}",
               file=sys.stderr)
         record_job_outcome(sweep, KILLED, job_dir, error=str(stopped))
-        end_parent_killed(sweep)
+        if sweep is not None:
+            backend_for(cfg.tracking, cfg.paths.root).sweep_stopped(sweep)
         sys.exit(130)
     except Exception as err:  # noqa: BLE001 - reported, then handled per run mode
         text = _error_text(err)

@@ -11,9 +11,9 @@ from __future__ import annotations
 import numpy as np
 
 from .data import ExampleSet
-from .metrics import score_answers
-from .postprocess import oracle_logits, postprocess_predictions
-from .windowing import EncodedExamples, WindowConfig, Windows, context_offset_in_sequence
+from .metrics import METRICS, score_answers
+from .postprocess import PostprocessSettings, oracle_logits
+from .windowing import EncodedExamples, WindowConfig, Windows
 
 
 def data_report(
@@ -22,14 +22,13 @@ def data_report(
     windows: Windows,
     window: WindowConfig,
     unk_id: int | None,
-    max_answer_len: int = 30,
-    span_score: str = "logit_sum",
-    cleanup: bool = False,
+    post: PostprocessSettings | None = None,
 ) -> dict:
-    """Statistics of one split under one window setting (see the module docstring)."""
+    """Statistics of one split under one window setting and post-processing (see the module docstring)."""
+    post = post or PostprocessSettings()
     n = len(enc.examples)
     per_q_windows = np.bincount(windows.example_index, minlength=n) if n else np.zeros(0)
-    seq_tokens = np.array([context_offset_in_sequence(enc, int(i)) + int(c) + 1
+    seq_tokens = np.array([enc.sequence_length(int(i), int(c))
                            for i, c in zip(windows.example_index, windows.context_len, strict=True)])
     per_q_tokens = np.bincount(windows.example_index, weights=seq_tokens, minlength=n) if n else np.zeros(0)
     labelled = [i for i, ex in enumerate(enc.examples) if ex.has_label]
@@ -51,8 +50,8 @@ def data_report(
     ctx_tokens = sum(len(c) for c in enc.context_ids)
     ctx_unks = sum(sum(t == unk_id for t in c) for c in enc.context_ids)
     starts, ends = oracle_logits(enc, windows)
-    preds = postprocess_predictions(enc, windows, starts, ends, max_answer_len=max_answer_len, span_score=span_score,
-                                    cleanup=cleanup)
+    preds = PostprocessSettings(max_answer_len=post.max_answer_len, span_score=post.span_score, n_best=0,
+                                answer_cleanup=post.answer_cleanup).apply(enc, windows, starts, ends)
     oracle, _ = score_answers({p.id: p.text for p in preds}, enc.examples)
     return {
         "file": examples.path,
@@ -75,10 +74,8 @@ def data_report(
         "paragraphs_with_unk": sum(any(t == unk_id for t in c) for c in enc.context_ids) / max(len(enc.context_ids), 1),
         "unk_rate_answer_tokens": answer_unks / answer_tokens if answer_tokens else 0.0,
         "answers_with_unk": answers_with_unk / len(labelled) if labelled else 0.0,
-        "oracle_em": oracle["em"],
-        "oracle_f1": oracle["f1"],
-        "oracle_em_cmrc2018": oracle["em_cmrc2018"],
+        **{f"oracle_{m}": oracle[m] for m in METRICS},
         "window": window.to_dict(),
-        "max_answer_len": max_answer_len,
-        "answer_cleanup": cleanup,
+        "max_answer_len": post.max_answer_len,
+        "answer_cleanup": post.answer_cleanup,
     }

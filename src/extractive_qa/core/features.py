@@ -15,7 +15,7 @@ from .windowing import EncodedExamples, WindowConfig, encode_examples
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: windows laid out by the tokenizer's pair template
 
 
 def window_config(cfg: DictConfig) -> WindowConfig:

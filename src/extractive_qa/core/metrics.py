@@ -47,6 +47,23 @@ CMRC2018_PUNCTUATION = frozenset([
 ])
 _CJK = re.compile(r"[\u4e00-\u9fa5]")
 METRICS = ("em", "f1", "em_cmrc2018", "f1_cmrc2018")
+# How each metric is named in tables and plots (reports, `make predict`); keys of METRICS, in order.
+METRIC_LABELS = {"em": "EM", "f1": "F1", "em_cmrc2018": "EM (CMRC2018)", "f1_cmrc2018": "F1 (CMRC2018)"}
+
+
+def check_metric(name: str) -> str:
+    """``name`` if it is one of :data:`METRICS` (what ``optimize_metric`` may be), else a ValueError."""
+    if name not in METRICS:
+        raise ValueError(f"optimize_metric must be one of {', '.join(METRICS)}; got {name!r}")
+    return name
+
+
+def selection_key(scores: dict[str, float], optimize_metric: str = "em") -> tuple[float, ...]:
+    """What "better" means wherever a best is picked (the run's best model, a sweep's best job, ``top_k``
+    members, a report's order): ``optimize_metric`` first, ties broken by EM, then F1, then the official
+    scores. A missing score counts as -inf. Sort with ``key=`` and ``reverse=True``."""
+    order = (optimize_metric, *(m for m in METRICS if m != optimize_metric))
+    return tuple(float(scores.get(m, float("-inf"))) for m in order)
 
 
 def exact_match(prediction: str, references: Iterable[str]) -> float:

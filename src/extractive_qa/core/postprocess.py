@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .cleanup import clean_span
-from .windowing import EncodedExamples, Windows, context_offset_in_sequence
+from .windowing import EncodedExamples, Windows
 
 SPAN_SCORES = ("logit_sum", "log_softmax")
 
@@ -86,8 +86,8 @@ def postprocess_predictions(
         i, c_start, c_len = int(windows.example_index[w]), int(windows.context_start[w]), int(windows.context_len[w])
         if c_len == 0:
             continue
-        first = context_offset_in_sequence(enc, i)
-        seq_len = first + c_len + 1
+        first = enc.context_offset(i)
+        seq_len = enc.sequence_length(i, c_len)
         sl = np.asarray(start_logits[w][:seq_len], dtype=np.float64)
         el = np.asarray(end_logits[w][:seq_len], dtype=np.float64)
         if span_score == "log_softmax":
@@ -131,6 +131,29 @@ def postprocess_predictions(
     return predictions
 
 
+@dataclass
+class PostprocessSettings:
+    """The post-processing a run uses (its config's ``max_answer_len``, ``top_k``, ``n_best``,
+    ``span_score``, ``answer_cleanup``): training-time evaluation, the predictor, ensembles and the data
+    report all apply it through :meth:`apply`."""
+
+    max_answer_len: int = 30
+    top_k: int = 20
+    n_best: int = 20
+    span_score: str = "logit_sum"
+    answer_cleanup: bool = False
+
+    @classmethod
+    def from_cfg(cls, cfg) -> PostprocessSettings:
+        return cls(max_answer_len=int(cfg.max_answer_len), top_k=int(cfg.top_k), n_best=int(cfg.n_best),
+                   span_score=str(cfg.span_score), answer_cleanup=bool(cfg.get("answer_cleanup", False)))
+
+    def apply(self, enc: EncodedExamples, windows: Windows, starts, ends) -> list[Prediction]:
+        """:func:`postprocess_predictions` with these settings."""
+        return postprocess_predictions(enc, windows, starts, ends, max_answer_len=self.max_answer_len, top_k=self.top_k,
+                                       n_best=self.n_best, span_score=self.span_score, cleanup=self.answer_cleanup)
+
+
 def oracle_logits(enc: EncodedExamples, windows: Windows, high: float = 10.0) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Perfect logits: ``high`` at each window's gold start/end, 0 elsewhere (and at [CLS]-labelled windows).
 
@@ -139,7 +162,7 @@ def oracle_logits(enc: EncodedExamples, windows: Windows, high: float = 10.0) ->
     """
     starts, ends = [], []
     for w in range(len(windows)):
-        n = context_offset_in_sequence(enc, int(windows.example_index[w])) + int(windows.context_len[w]) + 1
+        n = enc.sequence_length(int(windows.example_index[w]), int(windows.context_len[w]))
         s, e = np.zeros(n), np.zeros(n)
         if windows.start_positions[w] > 0:
             s[windows.start_positions[w]] = high

@@ -1,15 +1,19 @@
 """Cutting tokenized (question, context) pairs into model-sized windows.
 
-Every window is laid out as ``[CLS] question [SEP] context[s : s + n] [SEP]``: questions and contexts
-are tokenized separately (``add_special_tokens=False``) with the fast tokenizer's offset mapping, so
-windows are plain slices of the context's tokens. That is what lets the ``seed_notebook`` preset
-reproduce the seed notebook's windows exactly and lets any tokenizer map predicted tokens back to
-characters of the original context.
+Every window is the tokenizer's own pair template around a question and a slice of its context:
+``[CLS] question [SEP] context[s : s + n] [SEP]`` with token types 0/1 for BERT and ELECTRA,
+``<s> question </s></s> context[s : s + n] </s>`` without token types for (XLM-)RoBERTa -- read from
+the tokenizer once (:class:`PairTemplate`), so a new model family needs no code. Questions and
+contexts are tokenized separately (``add_special_tokens=False``) with the fast tokenizer's offset
+mapping, so windows are plain slices of the context's tokens. That is what lets the
+``seed_notebook`` preset reproduce the seed notebook's windows exactly and lets any tokenizer map
+predicted tokens back to characters of the original context.
 
 Window size and spacing (see :class:`WindowConfig`):
 
 * ``max_paragraph_len`` context tokens per window, or -- when ``max_seq_len`` is set -- as many as
-  fit: ``max_seq_len - 3 - question tokens`` (HuggingFace's convention).
+  fit: ``max_seq_len - special tokens - question tokens`` (HuggingFace's convention; BERT's template
+  has 3 special tokens, RoBERTa's 4).
 * ``doc_stride`` is the **step** between the starts of consecutive windows (seed notebook and Google
   BERT). ``doc_overlap`` is the **overlap** between consecutive windows (what HuggingFace's tokenizer
   calls ``stride``). Set exactly one; ``step = paragraph_len - overlap``.
@@ -29,6 +33,69 @@ from .data import Example
 log = logging.getLogger(__name__)
 
 TRAIN_STRATEGIES = ("random_offset", "all_windows")
+BERT_SPECIAL_TOKENS = 3  # [CLS] q [SEP] c [SEP]: what max_seq_len is checked against before a tokenizer is known
+
+
+@dataclass(frozen=True)
+class PairTemplate:
+    """How a tokenizer lays out a (question, context) pair: the special tokens before the question
+    (``prefix``), between the two (``middle``) and after the context (``suffix``), and the token type
+    of each of the five parts -- ``None`` when the model takes no token types (RoBERTa, XLM-R)."""
+
+    prefix: tuple[int, ...]
+    middle: tuple[int, ...]
+    suffix: tuple[int, ...]
+    pad_id: int
+    # token type of (prefix, question, middle, context, suffix); None: no token_type_ids input
+    type_ids: tuple[int, int, int, int, int] | None = None
+
+    @property
+    def num_special(self) -> int:
+        return len(self.prefix) + len(self.middle) + len(self.suffix)
+
+    def context_offset(self, question_len: int) -> int:
+        """Sequence position of the first context token."""
+        return len(self.prefix) + question_len + len(self.middle)
+
+    def sequence_length(self, question_len: int, context_len: int) -> int:
+        return self.context_offset(question_len) + context_len + len(self.suffix)
+
+    def build(self, question: Sequence[int], context: Sequence[int]) -> list[int]:
+        return [*self.prefix, *question, *self.middle, *context, *self.suffix]
+
+    def token_types(self, question_len: int, context_len: int) -> list[int] | None:
+        if self.type_ids is None:
+            return None
+        parts = (len(self.prefix), question_len, len(self.middle), context_len, len(self.suffix))
+        return [t for t, n in zip(self.type_ids, parts, strict=True) for _ in range(n)]
+
+    @classmethod
+    def bert(cls, cls_id: int = 101, sep_id: int = 102, pad_id: int = 0) -> PairTemplate:
+        """``[CLS] q [SEP] c [SEP]`` with token types 0/1 (BERT, ELECTRA)."""
+        return cls((cls_id,), (sep_id,), (sep_id,), pad_id, (0, 0, 0, 1, 1))
+
+    @classmethod
+    def of(cls, tokenizer) -> PairTemplate:
+        """The pair template of ``tokenizer``, read from what it does to a two-token pair (its
+        ``sequence_ids`` tell the question's and the context's tokens from the special ones), and
+        whether the model takes token types (the tokenizer's ``model_input_names``)."""
+        enc = tokenizer("a", "b")
+        ids, seq = list(enc["input_ids"]), enc.sequence_ids()
+        q = [k for k, s in enumerate(seq) if s == 0]
+        c = [k for k, s in enumerate(seq) if s == 1]
+        if not q or not c or q[-1] >= c[0]:
+            raise ValueError(f"cannot read a question/context pair template from {type(tokenizer).__name__}")
+        types = None
+        if "token_type_ids" in getattr(tokenizer, "model_input_names", ()) and "token_type_ids" in enc:
+            t = list(enc["token_type_ids"])
+
+            def first(positions: range, default: int) -> int:  # an empty part takes its neighbour's type
+                return t[positions[0]] if len(positions) else default
+
+            types = (first(range(q[0]), t[q[0]]), t[q[0]], first(range(q[-1] + 1, c[0]), t[c[0]]), t[c[0]],
+                     first(range(c[-1] + 1, len(ids)), t[c[-1]]))
+        return cls(prefix=tuple(ids[: q[0]]), middle=tuple(ids[q[-1] + 1 : c[0]]), suffix=tuple(ids[c[-1] + 1 :]),
+                   pad_id=tokenizer.pad_token_id or 0, type_ids=types)
 
 
 @dataclass(frozen=True)
@@ -52,17 +119,18 @@ class WindowConfig:
             raise ValueError("window: set exactly one of max_seq_len and max_paragraph_len (the other null)")
         if (self.doc_stride is None) == (self.doc_overlap is None):
             raise ValueError("window: set exactly one of doc_stride (step between windows) and doc_overlap")
-        if self.max_seq_len is not None and self.max_seq_len - 3 - self.max_question_len < 8:
+        if self.max_seq_len is not None and self.max_seq_len - BERT_SPECIAL_TOKENS - self.max_question_len < 8:
             raise ValueError(f"window: max_seq_len={self.max_seq_len} leaves under 8 context tokens after a "
                              f"{self.max_question_len}-token question; raise max_seq_len or lower max_question_len")
         if self.train_strategy not in TRAIN_STRATEGIES:
             raise ValueError(f"window.train_strategy must be one of {TRAIN_STRATEGIES}, got {self.train_strategy!r}")
 
-    def paragraph_len(self, question_len: int) -> int:
-        """Context tokens per window for a question of ``question_len`` tokens."""
+    def paragraph_len(self, question_len: int, num_special: int = BERT_SPECIAL_TOKENS) -> int:
+        """Context tokens per window for a question of ``question_len`` tokens (and a template with
+        ``num_special`` special tokens)."""
         if self.max_paragraph_len is not None:
             return self.max_paragraph_len
-        return self.max_seq_len - 3 - question_len
+        return self.max_seq_len - num_special - question_len
 
     def step(self, paragraph_len: int) -> int:
         """Distance in tokens between the starts of consecutive windows."""
@@ -72,8 +140,8 @@ class WindowConfig:
                              " context tokens per window")
         return step
 
-    def max_total_len(self) -> int:
-        return self.max_seq_len or (self.max_question_len + self.max_paragraph_len + 3)
+    def max_total_len(self, num_special: int = BERT_SPECIAL_TOKENS) -> int:
+        return self.max_seq_len or (self.max_question_len + self.max_paragraph_len + num_special)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -92,10 +160,24 @@ class EncodedExamples:
     context_index: list[int]
     context_ids: list[list[int]]
     context_offsets: list[np.ndarray]
-    cls_id: int
-    sep_id: int
-    pad_id: int
+    template: PairTemplate
     stats: Counter = field(default_factory=Counter)
+
+    @property
+    def pad_id(self) -> int:
+        return self.template.pad_id
+
+    def context_offset(self, example_index: int) -> int:
+        """Sequence position of the first context token of ``example_index``'s windows."""
+        return self.template.context_offset(len(self.question_ids[example_index]))
+
+    def sequence_length(self, example_index: int, context_len: int) -> int:
+        """Tokens in a window of ``example_index`` that holds ``context_len`` context tokens."""
+        return self.template.sequence_length(len(self.question_ids[example_index]), context_len)
+
+    def paragraph_len(self, example_index: int, window: WindowConfig) -> int:
+        """Context tokens per window of ``example_index`` under ``window``."""
+        return window.paragraph_len(len(self.question_ids[example_index]), self.template.num_special)
 
     def offsets_of(self, example_index: int) -> np.ndarray:
         return self.context_offsets[self.context_index[example_index]]
@@ -151,9 +233,7 @@ def encode_examples(examples: Sequence[Example], tokenizer, window: WindowConfig
         context_index=context_index,
         context_ids=list(c_enc["input_ids"]),
         context_offsets=context_offsets,
-        cls_id=tokenizer.cls_token_id,
-        sep_id=tokenizer.sep_token_id,
-        pad_id=tokenizer.pad_token_id or 0,
+        template=PairTemplate.of(tokenizer),
         stats=stats,
     )
 
@@ -192,22 +272,18 @@ def window_starts(n_tokens: int, paragraph_len: int, step: int, stop_at_end: boo
 
 
 def build_input_ids(enc: EncodedExamples, example_index: int, context_start: int, context_len: int) -> list[int]:
-    """``[CLS] question [SEP] context slice [SEP]`` for one window."""
+    """The tokenizer's pair template around the question and a context slice (``[CLS] question [SEP]
+    context slice [SEP]`` for BERT) for one window."""
     ctx = enc.context_ids[enc.context_index[example_index]]
-    return [enc.cls_id, *enc.question_ids[example_index], enc.sep_id,
-            *ctx[context_start : context_start + context_len], enc.sep_id]
-
-
-def context_offset_in_sequence(enc: EncodedExamples, example_index: int) -> int:
-    """Sequence position of the first context token: after [CLS], the question and [SEP]."""
-    return len(enc.question_ids[example_index]) + 2
+    return enc.template.build(enc.question_ids[example_index], ctx[context_start : context_start + context_len])
 
 
 def _label(enc: EncodedExamples, i: int, span: tuple[int, int] | None, start: int, length: int) -> tuple[int, int]:
-    """Sequence positions of the answer if the window holds all of it, else ``(0, 0)`` ([CLS])."""
+    """Sequence positions of the answer if the window holds all of it, else ``(0, 0)`` (the first
+    token: [CLS] / <s>, where a window without the answer points)."""
     if span is None or span[0] < start or span[1] >= start + length:
         return 0, 0
-    offset = context_offset_in_sequence(enc, i) - start
+    offset = enc.context_offset(i) - start
     return span[0] + offset, span[1] + offset
 
 
@@ -216,7 +292,7 @@ def eval_windows(enc: EncodedExamples, window: WindowConfig) -> Windows:
     rows = []
     for i in range(len(enc.examples)):
         n = len(enc.context_ids[enc.context_index[i]])
-        plen = window.paragraph_len(len(enc.question_ids[i]))
+        plen = enc.paragraph_len(i, window)
         span = enc.answer_token_span(i)
         for s in window_starts(n, plen, window.step(plen), window.stop_at_paragraph_end):
             length = min(plen, n - s) if n else 0
@@ -254,7 +330,7 @@ def train_windows(enc: EncodedExamples, window: WindowConfig, rng: np.random.Gen
             skipped["no_label" if not enc.examples[i].has_label else "answer_unreachable"] += 1
             continue
         n = len(enc.context_ids[enc.context_index[i]])
-        plen = window.paragraph_len(len(enc.question_ids[i]))
+        plen = enc.paragraph_len(i, window)
         if span[1] - span[0] + 1 > plen:
             skipped["answer_longer_than_window"] += 1
             continue

@@ -6,20 +6,13 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ..core.windowing import (
-    EncodedExamples,
-    WindowConfig,
-    Windows,
-    build_input_ids,
-    context_offset_in_sequence,
-    train_windows,
-)
+from ..core.windowing import EncodedExamples, WindowConfig, Windows, build_input_ids, train_windows
 
 
 def window_lengths(enc: EncodedExamples, windows: Windows) -> np.ndarray:
     """Sequence length (special tokens included) of every window."""
-    q = np.array([context_offset_in_sequence(enc, int(i)) for i in windows.example_index], dtype=np.int64)
-    return q + windows.context_len + 1
+    q = np.array([enc.context_offset(int(i)) for i in windows.example_index], dtype=np.int64)
+    return q + windows.context_len + len(enc.template.suffix)
 
 
 def padded_length(length: int, multiple_of: int = 8) -> int:
@@ -46,7 +39,8 @@ def token_budget_batches(lengths: np.ndarray, max_tokens: int, multiple_of: int 
 
 
 class WindowDataset(Dataset):
-    """Items ``{"input_ids", "token_type_ids", "index"[, "start_positions", "end_positions"]}`` of windows."""
+    """Items ``{"input_ids", "token_type_ids", "index"[, "start_positions", "end_positions"]}`` of windows
+    (no ``token_type_ids`` when the tokenizer's template has none)."""
 
     def __init__(self, enc: EncodedExamples, windows: Windows, with_labels: bool):
         self.enc, self.windows, self.with_labels = enc, windows, with_labels
@@ -56,9 +50,12 @@ class WindowDataset(Dataset):
 
     def __getitem__(self, w: int) -> dict:
         i = int(self.windows.example_index[w])
-        ids = build_input_ids(self.enc, i, int(self.windows.context_start[w]), int(self.windows.context_len[w]))
-        first = context_offset_in_sequence(self.enc, i)
-        item = {"input_ids": ids, "token_type_ids": [0] * first + [1] * (len(ids) - first), "index": w}
+        context_len = int(self.windows.context_len[w])
+        ids = build_input_ids(self.enc, i, int(self.windows.context_start[w]), context_len)
+        item = {"input_ids": ids, "index": w}
+        types = self.enc.template.token_types(len(self.enc.question_ids[i]), context_len)
+        if types is not None:
+            item["token_type_ids"] = types
         if self.with_labels:
             item["start_positions"] = int(self.windows.start_positions[w])
             item["end_positions"] = int(self.windows.end_positions[w])
@@ -123,15 +120,18 @@ class PadCollator:
         length = self.fixed_length or padded_length(longest, self.multiple_of)
         n = len(items)
         input_ids = torch.full((n, length), self.pad_id, dtype=torch.long)
-        token_type_ids = torch.zeros((n, length), dtype=torch.long)
         attention_mask = torch.zeros((n, length), dtype=torch.long)
+        typed = "token_type_ids" in items[0]
+        token_type_ids = torch.zeros((n, length), dtype=torch.long) if typed else None
         for r, it in enumerate(items):
             k = len(it["input_ids"])
             input_ids[r, :k] = torch.tensor(it["input_ids"])
-            token_type_ids[r, :k] = torch.tensor(it["token_type_ids"])
             attention_mask[r, :k] = 1
-        batch = {"input_ids": input_ids, "token_type_ids": token_type_ids, "attention_mask": attention_mask,
-                 "index": torch.tensor([it["index"] for it in items])}
+            if typed:
+                token_type_ids[r, :k] = torch.tensor(it["token_type_ids"])
+        batch = {"input_ids": input_ids, "attention_mask": attention_mask, "index": torch.tensor([it["index"] for it in items])}
+        if typed:
+            batch["token_type_ids"] = token_type_ids
         if "start_positions" in items[0]:
             batch["start_positions"] = torch.tensor([it["start_positions"] for it in items])
             batch["end_positions"] = torch.tensor([it["end_positions"] for it in items])

@@ -10,7 +10,7 @@ and the two ways to combine them.
   with the highest mean wins.
 
 Both end in the same post-processing code as training-time evaluation
-(:meth:`~extractive_qa.engine.evaluation.PostprocessSettings.apply`).
+(:meth:`~extractive_qa.core.postprocess.PostprocessSettings.apply`).
 """
 
 from __future__ import annotations
@@ -28,9 +28,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from ..core.data import Example
 from ..core.features import window_config
-from ..core.postprocess import Prediction
+from ..core.postprocess import PostprocessSettings, Prediction
 from ..core.windowing import EncodedExamples, WindowConfig, Windows, encode_examples, eval_windows
-from .evaluation import PostprocessSettings, window_logits
+from .evaluation import window_logits
+from .modeling import load_qa_model
 
 log = logging.getLogger(__name__)
 
@@ -58,13 +59,11 @@ class Member:
 def load_member(name: str, model_dir: Path, run_cfg: DictConfig, accelerator, overrides: dict) -> Member:
     """``model_dir``: a run's ``best_model/`` (weights and tokenizer, as ``save_pretrained`` writes them;
     a logged MLflow model carries the same folder)."""
-    from transformers import AutoModelForQuestionAnswering, AutoTokenizer
-
-    from .modeling import keep_head_fp32
+    from transformers import AutoTokenizer
 
     if not (model_dir / "config.json").is_file():
         raise FileNotFoundError(f"{model_dir} holds no transformers model (no config.json)")
-    model = accelerator.prepare(keep_head_fp32(AutoModelForQuestionAnswering.from_pretrained(model_dir)).eval())
+    model = accelerator.prepare(load_qa_model(model_dir).eval())
     post_cfg = OmegaConf.merge(run_cfg, {k: v for k, v in overrides.items() if v is not None})
     return Member(name=name, model=model, tokenizer=AutoTokenizer.from_pretrained(model_dir),
                   window=window_config(run_cfg.window), post=PostprocessSettings.from_cfg(post_cfg), run_cfg=run_cfg)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -12,35 +11,21 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from ..core.metrics import score_answers
-from ..core.postprocess import Prediction, postprocess_predictions
+from ..core.postprocess import PostprocessSettings, Prediction
 from ..core.windowing import EncodedExamples, Windows
 from .batching import PadCollator, WindowDataset, token_budget_batches, window_lengths
 from .hardware import eval_batch_tokens
 
-MODEL_INPUTS = ("input_ids", "token_type_ids", "attention_mask")
+MODEL_INPUTS = ("input_ids", "token_type_ids", "attention_mask")  # token_type_ids only where the template has them
+
+
+def model_inputs(batch: dict) -> dict:
+    """The model's inputs of a collated batch (no ``token_type_ids`` for models that take none)."""
+    return {k: batch[k] for k in MODEL_INPUTS if k in batch}
 
 
 class EvaluationStopped(Exception):
     """A stop was requested (SIGINT / SIGTERM) between two evaluation batches."""
-
-
-@dataclass
-class PostprocessSettings:
-    max_answer_len: int = 30
-    top_k: int = 20
-    n_best: int = 20
-    span_score: str = "logit_sum"
-    answer_cleanup: bool = False
-
-    @classmethod
-    def from_cfg(cls, cfg) -> PostprocessSettings:
-        return cls(max_answer_len=int(cfg.max_answer_len), top_k=int(cfg.top_k), n_best=int(cfg.n_best),
-                   span_score=str(cfg.span_score), answer_cleanup=bool(cfg.get("answer_cleanup", False)))
-
-    def apply(self, enc: EncodedExamples, windows: Windows, starts, ends) -> list[Prediction]:
-        """:func:`~extractive_qa.core.postprocess.postprocess_predictions` with these settings."""
-        return postprocess_predictions(enc, windows, starts, ends, max_answer_len=self.max_answer_len, top_k=self.top_k,
-                                       n_best=self.n_best, span_score=self.span_score, cleanup=self.answer_cleanup)
 
 
 def window_logits(model, enc: EncodedExamples, windows: Windows, batch_tokens: int | str, accelerator=None,
@@ -71,7 +56,7 @@ def window_logits(model, enc: EncodedExamples, windows: Windows, batch_tokens: i
             if stop is not None and world == 1 and stop.requested:
                 raise EvaluationStopped
             with autocast():
-                out = model(**{k: batch[k].to(device) for k in MODEL_INPUTS})
+                out = model(**{k: v.to(device) for k, v in model_inputs(batch).items()})
             s, e = out.start_logits.float().cpu().numpy(), out.end_logits.float().cpu().numpy()
             mine.extend((int(w), s[r, : lengths[w]], e[r, : lengths[w]]) for r, w in enumerate(batch["index"].tolist()))
     model.train(was_training)

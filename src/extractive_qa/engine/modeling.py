@@ -86,19 +86,33 @@ def keep_head_fp32(model):
     return model
 
 
-def load_model(model_cfg: DictConfig):
-    """An ``AutoModelForQuestionAnswering`` per ``model_cfg`` (see the module docstring)."""
+def load_qa_model(name_or_path: str | Path, *, init: str = "pretrained", revision: str | None = None,
+                  trust_remote_code: bool = False, config_overrides: dict | None = None):
+    """The one way a question-answering model is built or loaded -- training, the predictor, ensembles,
+    the benchmark and the registry's pyfunc model all call it: ``AutoModelForQuestionAnswering`` for
+    whatever architecture the folder or hub id holds (BERT, ELECTRA, XLM-R, ...), pretrained weights or
+    (``init="random"``) its config with random weights, and the QA head kept in fp32 (:func:`keep_head_fp32`).
+    A pretrained checkpoint without a QA head (a masked-LM one) gets a newly initialised head."""
     from transformers import AutoConfig, AutoModelForQuestionAnswering
 
+    path = str(name_or_path)
+    overrides = dict(config_overrides or {})
+    if init == "pretrained":
+        model = AutoModelForQuestionAnswering.from_pretrained(path, trust_remote_code=trust_remote_code, revision=revision,
+                                                              **overrides)
+    elif init == "random":
+        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code, revision=revision, **overrides)
+        model = AutoModelForQuestionAnswering.from_config(config, trust_remote_code=trust_remote_code)
+    else:
+        raise ValueError(f"model.init must be 'pretrained' or 'random', got {init!r}")
+    return keep_head_fp32(model)
+
+
+def load_model(model_cfg: DictConfig):
+    """The model a ``model`` config describes (see the module docstring), through :func:`load_qa_model`."""
     path = str(model_cfg.name_or_path)
-    remote = bool(model_cfg.get("trust_remote_code", False))
     check_fetchable(path)
     raw = model_cfg.get("config_overrides")
     overrides = OmegaConf.to_container(raw, resolve=True) if isinstance(raw, DictConfig) else dict(raw or {})
-    if model_cfg.init == "pretrained":
-        return keep_head_fp32(AutoModelForQuestionAnswering.from_pretrained(
-            path, trust_remote_code=remote, revision=model_cfg.get("revision"), **overrides))
-    if model_cfg.init == "random":
-        config = AutoConfig.from_pretrained(path, trust_remote_code=remote, **overrides)
-        return keep_head_fp32(AutoModelForQuestionAnswering.from_config(config, trust_remote_code=remote))
-    raise ValueError(f"model.init must be 'pretrained' or 'random', got {model_cfg.init!r}")
+    return load_qa_model(path, init=str(model_cfg.init), revision=model_cfg.get("revision"),
+                         trust_remote_code=bool(model_cfg.get("trust_remote_code", False)), config_overrides=overrides)

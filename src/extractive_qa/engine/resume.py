@@ -24,17 +24,11 @@ from omegaconf import DictConfig
 
 from ..core.config import flatten, to_plain
 from ..core.errors import SetupError
+from ..core.roles import role_of
 from ..core.runs import FINISHED, RUN_RECORD, read_run_record
 from .checkpointing import checkpoints_of, load_trainer_state, newest_good_checkpoint, verify_checkpoint
 
 log = logging.getLogger(__name__)
-
-# Config subtrees and keys that decide the training trajectory; everything else may change on resume.
-TRAJECTORY = ("model.name_or_path", "model.init", "model.tokenizer", "model.revision", "model.config_overrides",
-              "window", "optimizer", "scheduler", "lr", "warmup_ratio", "batch_size", "grad_accum_steps", "max_grad_norm",
-              "epochs", "max_steps", "seed", "precision.mixed_precision", "group_by_length", "compile",
-              "data.limit_train", "data.limit_dev")
-
 
 class ResumeError(SetupError):
     """A resume that cannot or must not go ahead; the message names the run, the checkpoint and the fix."""
@@ -50,9 +44,10 @@ class AlreadyFinished(Exception):
 
 
 def trajectory_config(cfg: DictConfig, digests: dict[str, str], processes: int) -> dict[str, str]:
-    """The flattened trajectory keys of ``cfg`` (as strings), the data digests and the process count."""
+    """The keys of ``cfg`` that decide the trajectory (their role says ``resume``: :mod:`extractive_qa.core.roles`)
+    as strings, the data digests and the process count."""
     flat = flatten(to_plain(cfg))
-    keep = {k: str(v) for k, v in flat.items() if any(k == t or k.startswith(t + ".") for t in TRAJECTORY)}
+    keep = {k: str(v) for k, v in flat.items() if role_of(k).resume}
     keep.update({f"data.{split}_digest": d for split, d in digests.items()})
     keep["processes"] = str(processes)
     return dict(sorted(keep.items()))

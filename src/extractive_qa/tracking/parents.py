@@ -7,6 +7,7 @@ parent instead of adding another.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -14,7 +15,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from .store import connect, tracking_uri, with_retry
+from .base import RunRow
+from .store import client_for, connect, with_retry
 
 log = logging.getLogger(__name__)
 
@@ -28,9 +30,8 @@ def find_parent_run(client, experiment_id: str, digest: str):
     return runs[0] if runs else None
 
 
-def open_parent_run(config: DictConfig, info: dict) -> tuple[str, str]:
-    """``(tracking uri, parent run id)`` for the sweep ``info`` describes (see :mod:`.sweep`)."""
-    uri = tracking_uri(config)
+def open_parent_run(uri: str, config: DictConfig, info: dict) -> str:
+    """The parent run id of the sweep ``info`` describes (see :mod:`.sweep`), in the store at ``uri``."""
     client, experiment_id = connect(uri, info["experiment"], config.tracking.get("artifact_root"))
     tags = {"sweep.id": info["id"], "sweep.digest": info["digest"], "sweep.keys": ", ".join(info["swept_keys"]),
             "sweep.command": info["command"][:5000], "sweep.overrides": " ".join(info["overrides"])[:5000],
@@ -47,7 +48,7 @@ def open_parent_run(config: DictConfig, info: dict) -> tuple[str, str]:
         run_id = with_retry(lambda: client.create_run(experiment_id, run_name=name, tags=tags), "create parent run").info.run_id
         tags["sweep.dirs"] = info["dir"]
     _set_tags(client, run_id, tags)
-    return uri, run_id
+    return run_id
 
 
 def _set_tags(client, run_id: str, tags: dict[str, str]) -> None:
@@ -75,19 +76,29 @@ def training_runs(client, experiment_id: str) -> list:
     return [r for r in runs if PARENT_TAG not in r.data.tags]
 
 
+def row_of(run) -> RunRow:
+    """A :class:`~extractive_qa.tracking.base.RunRow` from an MLflow run (its ``sweep.values`` tag holds the
+    swept values)."""
+    try:
+        values = json.loads(run.data.tags.get("sweep.values") or "{}")
+    except ValueError:
+        values = {}
+    return RunRow(name=run.info.run_name, values=values, status=run.info.status, metrics=dict(run.data.metrics),
+                  run_id=run.info.run_id, params=dict(run.data.params), run_dir=run.data.tags.get("run_dir"))
+
+
 def close_parent_run(info: dict, counts: dict[str, int]) -> None:
     """End the parent: FINISHED only when every job finished; the counts become tags, and the best dev
     scores (mean / std / n over seeds when seeds are swept) its metrics."""
     from mlflow.entities import Metric
 
-    from .store import client_for
-    from .summary import parent_metrics, row_of
+    from .summary import parent_metrics
 
     client = client_for(info["tracking_uri"])
     run_id = info["parent_run_id"]
     parent = with_retry(lambda: client.get_run(run_id), "get parent run")
     _set_tags(client, run_id, {f"jobs.{s.lower()}": str(n) for s, n in counts.items()})
-    metrics = parent_metrics([row_of(r) for r in children_of(client, parent)])
+    metrics = parent_metrics([row_of(r) for r in children_of(client, parent)], info.get("optimize_metric") or "em")
     if metrics:
         stamp = int(time.time() * 1000)
         batch = [Metric(k, float(v), stamp, 0) for k, v in metrics.items()]
@@ -102,8 +113,6 @@ def end_parent_killed(sweep: dict | None) -> None:
     if not sweep or not sweep.get("parent_run_id"):
         return
     try:
-        from .store import client_for
-
         client_for(sweep["tracking_uri"]).set_terminated(sweep["parent_run_id"], "KILLED")
     except Exception as err:  # noqa: BLE001 - the job is stopping anyway
         log.warning("could not mark the sweep's parent run KILLED: %s", err)

@@ -46,11 +46,6 @@ def resolve_uri(explicit: str | None, project_root: str | Path) -> str:
     return str(uri) if uri else default_uri(project_root)
 
 
-def tracking_uri(cfg) -> str:
-    """The tracking URI of a run's config: ``tracking.uri``, else as :func:`resolve_uri`."""
-    return resolve_uri(cfg.tracking.get("uri"), cfg.paths.root)
-
-
 def _sqlite_lock(uri: str):
     """A file lock beside a sqlite store's database (created with its folder), ``None`` for other stores."""
     if not uri.startswith("sqlite:///"):

@@ -3,23 +3,32 @@ parent run show. Pure functions over plain rows, so the sweep callback and ``mak
 
 from __future__ import annotations
 
-import json
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+
+from ..core.metrics import METRICS, selection_key
+from .base import RunRow
 
 SEED_KEYS = ("seed",)
 
 
-@dataclass
-class RunRow:
-    """One finished (or failed) job: its swept values and its best dev scores."""
+def best_metrics(row: RunRow) -> dict[str, float]:
+    """``{metric: the run's best dev score}`` (its ``best/dev_<metric>`` values)."""
+    return {m: row.metrics[f"best/dev_{m}"] for m in METRICS if f"best/dev_{m}" in row.metrics}
 
-    name: str
-    values: dict[str, str]
-    status: str
-    metrics: dict[str, float] = field(default_factory=dict)
-    run_id: str = ""
+
+def rank(rows: list[RunRow], optimize_metric: str = "em") -> list[RunRow]:
+    """``rows`` best first: by ``optimize_metric``, ties by EM then F1 (:func:`~extractive_qa.core.metrics.selection_key`),
+    then by name, so equal runs always come in the same order."""
+    return sorted(sorted(rows, key=lambda r: r.name), key=lambda r: selection_key(best_metrics(r), optimize_metric),
+                  reverse=True)
+
+
+def optimize_metric_of(rows: list[RunRow]) -> str:
+    """The metric the runs were selected by (their ``optimize_metric`` param; EM when they disagree or lack it)."""
+    chosen = {r.params.get("optimize_metric", "em") for r in rows}
+    return chosen.pop() if len(chosen) == 1 else "em"
 
 
 @dataclass
@@ -41,16 +50,6 @@ class Group:
         mean = sum(xs) / len(xs)
         std = math.sqrt(sum((x - mean) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else 0.0
         return mean, std, len(xs)
-
-
-def row_of(run) -> RunRow:
-    """A :class:`RunRow` from an MLflow run (its ``sweep.values`` tag holds the swept values)."""
-    try:
-        values = json.loads(run.data.tags.get("sweep.values") or "{}")
-    except ValueError:
-        values = {}
-    return RunRow(name=run.info.run_name, values=values, status=run.info.status, metrics=dict(run.data.metrics),
-                  run_id=run.info.run_id)
 
 
 def _sort_key(value: str):
@@ -79,15 +78,13 @@ def metric_key(label: str) -> str:
     return re.sub(r"[^\w\-./ ]", "_", label)
 
 
-def parent_metrics(rows: list[RunRow]) -> dict[str, float]:
-    """What a sweep's parent run records: the best dev EM/F1 of any job and, when seeds are swept,
-    mean / std / n of each configuration's best dev EM and F1."""
+def parent_metrics(rows: list[RunRow], optimize_metric: str = "em") -> dict[str, float]:
+    """What a sweep's parent run records: the best dev scores of its best job (by ``optimize_metric``,
+    :func:`rank`) and, when seeds are swept, mean / std / n of each configuration's best dev EM and F1."""
     finished = [r for r in rows if r.status == "FINISHED"]
     out: dict[str, float] = {}
-    for metric in ("best/dev_em", "best/dev_f1"):
-        values = [r.metrics[metric] for r in finished if metric in r.metrics]
-        if values:
-            out[metric] = max(values)
+    if finished:
+        out.update({f"best/dev_{m}": v for m, v in best_metrics(rank(finished, optimize_metric)[0]).items()})
     if not seeds_swept(finished):
         return out
     groups = group_by_config(finished)

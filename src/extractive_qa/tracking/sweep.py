@@ -25,14 +25,13 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from ..core.outputs import write_json
+from ..core.roles import role_of_override
 
 log = logging.getLogger(__name__)
 
 SWEEP_FILE = "sweep.json"
 JOBS_DIR = ".jobs"
 SWEEP_SYNTAX = ("range(", "choice(", "interval(", "glob(", "tag(")
-# Overrides that do not change what a sweep trains: re-running with another of these is the same sweep.
-NOT_PART_OF_THE_SWEEP = ("resume", "resume_allow_changes", "hydra.", "+hydra.", "paths.", "tracking.", "launcher")
 
 
 def swept_key(override: str) -> str | None:
@@ -55,8 +54,10 @@ def short_id(digest: str, length: int = 6) -> str:
 
 
 def describe_sweep(overrides: list[str], search_space: dict | None = None) -> dict:
-    """Digest, short id and swept keys of a sweep from its overrides as typed (and an Optuna search space)."""
-    relevant = sorted(o for o in overrides if not o.lstrip("+~").startswith(NOT_PART_OF_THE_SWEEP))
+    """Digest, short id and swept keys of a sweep from its overrides as typed (and an Optuna search space).
+    Overrides whose role is not part of a sweep (paths, tracking, launcher, resume: :mod:`extractive_qa.core.roles`)
+    leave the identity alone: re-running with another of these is the same sweep."""
+    relevant = sorted(o for o in overrides if role_of_override(o).sweep)
     if search_space:
         relevant += sorted(f"{k}={v}" for k, v in search_space.items())
     digest = hashlib.sha256(json.dumps(relevant).encode()).hexdigest()[:16]
@@ -84,12 +85,14 @@ def sweep_of_job() -> dict | None:
 
 
 def record_job_outcome(sweep: dict | None, status: str, run_dir: Path | None, error: str | None = None,
-                       best_dev_em: float | None = None, note: str | None = None) -> None:
+                       best: float | None = None) -> None:
+    """``<sweep dir>/.jobs/<job>.json``: the job's status, run dir, error and best dev score (by the sweep's
+    ``optimize_metric``)."""
     if sweep is None:
         return
     write_json(Path(sweep["dir"]) / JOBS_DIR / f"{sweep['job']}.json",
                {"job": sweep["job"], "status": status, "run_dir": str(run_dir) if run_dir else None, "error": error,
-                "best_dev_em": best_dev_em, "note": note})
+                "best": best, "optimize_metric": sweep.get("optimize_metric")})
 
 
 def job_outcomes(sweep_dir: Path) -> list[dict]:
@@ -100,6 +103,12 @@ def job_outcomes(sweep_dir: Path) -> list[dict]:
         except (OSError, ValueError) as err:
             log.warning("unreadable job outcome %s (%s)", path, err)
     return outcomes
+
+
+def _backend(config: DictConfig):
+    from .base import backend_for
+
+    return backend_for(config.tracking, config.paths.root)
 
 
 def _experiment_name(config: DictConfig) -> str:
@@ -114,11 +123,9 @@ class SweepCallback(Callback):
         space = OmegaConf.select(config, "hydra.sweeper.params")
         info = describe_sweep(list(config.hydra.overrides.task), OmegaConf.to_container(space) if space else None)
         info.update(dir=str(sweep_dir), command=shlex.join(["python", "-m", "extractive_qa.train", *sys.argv[1:]]),
-                    experiment=_experiment_name(config), parent_run_id=None, tracking_uri=None)
-        if OmegaConf.select(config, "tracking.backend") == "mlflow":
-            from .parents import open_parent_run
-
-            info["tracking_uri"], info["parent_run_id"] = open_parent_run(config, info)
+                    experiment=_experiment_name(config), optimize_metric=str(config.get("optimize_metric") or "em"),
+                    parent_run_id=None, tracking_uri=None)
+        info.update(_backend(config).open_sweep(config, info))
         sweep_dir.mkdir(parents=True, exist_ok=True)
         write_json(sweep_dir / SWEEP_FILE, info)
         log.info("sweep %s (%s) in %s", info["id"], ", ".join(info["swept_keys"]) or "no swept keys", sweep_dir)
@@ -131,10 +138,7 @@ class SweepCallback(Callback):
             return
         outcomes = job_outcomes(sweep_dir)
         counts = {s: sum(o["status"] == s for o in outcomes) for s in ("FINISHED", "FAILED", "KILLED")}
-        if info.get("parent_run_id"):
-            from .parents import close_parent_run
-
-            close_parent_run(info, counts)
+        _backend(config).close_sweep(info, counts)
         failed = [o for o in outcomes if o["status"] != "FINISHED"]
         lines = [f"sweep {info['id']}: {len(outcomes)} jobs: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n)]
         lines += [f"  job {o['job']} {o['status']}: {(o.get('error') or '').splitlines()[0] if o.get('error') else ''}"

@@ -6,13 +6,16 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import run_module
 from hydra import compose, initialize_config_dir
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
 from extractive_qa.core.config import CONF_DIR
-from extractive_qa.tracking.trackers import MlflowTracker, run_name_from_overrides, safe_params
+from extractive_qa.tracking.mlflow_tracker import MlflowTracker
+from extractive_qa.tracking.naming import run_name_from_overrides
+from extractive_qa.tracking.params import safe_params
+
+from helpers import run_module
 
 
 def tiny_overrides(synthetic, tmp, uri: str, experiment: str = "tracking-test") -> list[str]:
@@ -77,7 +80,7 @@ def test_ctrl_c_marks_the_run_killed_and_secrets_stay_out(tmp_path, monkeypatch)
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     cfg = _compose_cfg(tmp_path, uri, "tracking.system_metrics=false")
     with pytest.raises(KeyboardInterrupt):
-        with MlflowTracker(cfg, tmp_path) as tracker:
+        with MlflowTracker(uri, cfg, tmp_path) as tracker:
             tracker.log_metrics({"train/loss": 1.0}, 1)
             raise KeyboardInterrupt
     client = MlflowClient(uri)
@@ -94,7 +97,7 @@ def test_ctrl_c_marks_the_run_killed_and_secrets_stay_out(tmp_path, monkeypatch)
 
 def test_system_metrics_are_on_by_default_and_off_with_one_override(tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    with MlflowTracker(_compose_cfg(tmp_path, uri), tmp_path) as tracker:
+    with MlflowTracker(uri, _compose_cfg(tmp_path, uri), tmp_path) as tracker:
         monitor = tracker._monitor
         assert monitor is not None
         # One sample, published now instead of after the 10 s interval: no clock in the test.
@@ -102,7 +105,7 @@ def test_system_metrics_are_on_by_default_and_off_with_one_override(tmp_path):
         monitor.mlflow_logger.flush()
         run_id = tracker.run_id
     assert any(k.startswith("system/cpu") for k in MlflowClient(uri).get_run(run_id).data.metrics)
-    with MlflowTracker(_compose_cfg(tmp_path, uri, "tracking.system_metrics=false"), tmp_path) as tracker:
+    with MlflowTracker(uri, _compose_cfg(tmp_path, uri, "tracking.system_metrics=false"), tmp_path) as tracker:
         assert tracker._monitor is None
 
 

@@ -9,12 +9,12 @@ import stat
 from pathlib import Path
 
 import pytest
-from conftest import run_module, run_with_faults
 from mlflow.tracking import MlflowClient
-from omegaconf import OmegaConf
 
-from extractive_qa.compare import REPORTS_EXPERIMENT
 from extractive_qa.compare import main as report_main
+from extractive_qa.tracking.mlflow_backend import REPORTS_EXPERIMENT
+
+from helpers import run_module, run_with_faults
 
 
 def experiment_runs(uri: str, name: str) -> list:
@@ -79,41 +79,6 @@ def test_report_goes_into_the_parent_and_replaces_itself(seed_sweep, tmp_path):
         report_main(["--uri", uri, "--experiment", "seeds", "--out", str(tmp_path / "exp")])
     reports = experiment_runs(uri, REPORTS_EXPERIMENT)
     assert [r.info.run_name for r in reports] == ["seeds"] and len(experiment_runs(uri, "seeds")) == before
-
-
-def test_train_loss_is_a_mean_over_full_windows_and_a_short_tail_is_not_a_point():
-    from extractive_qa.train import LogWindow, TrainingRecipe
-
-    window = LogWindow()
-    window.add(4.0, 0.0, windows=32, tokens=100)
-    window.add(8.0, 1.0, windows=2, tokens=5)  # a small last batch counts for its two windows
-    assert window.metrics()["train/loss"] == pytest.approx((4 * 32 + 8 * 2) / 34)
-    cfg = OmegaConf.create({"epochs": 1, "batch_size": 8, "grad_accum_steps": 1, "logging_steps": 4, "eval_steps": None,
-                            "checkpoint_steps": None})
-    logged = []
-
-    class Recorder:
-        def log_metrics(self, metrics, step):
-            logged.append(step)
-
-    class Schedule:
-        def get_last_lr(self):
-            return [1e-3]
-
-    class Bar:
-        def set_postfix(self, **kwargs):
-            pass
-
-    for total, expected in ((9, [4, 8]), (10, [4, 8, 10])):  # a tail of 1 step is dropped, of 2 steps (>= 4/2) kept
-        logged.clear()
-        recipe = TrainingRecipe(cfg, Path("."))
-        recipe.tracker, recipe.scheduler, recipe.total_steps = Recorder(), Schedule(), total
-        recipe._log_window = LogWindow()
-        for step in range(1, total + 1):
-            recipe.progress.step = step
-            recipe._log_window.add(1.0, 0.5, 8, 80)
-            recipe._maybe_log(0.0, Bar())
-        assert logged == expected
 
 
 def test_an_interrupted_sweep_resumes_with_the_same_command(synthetic, tmp_path):

@@ -1,6 +1,6 @@
 """Run the training CLI with faults injected at exact points of the recipe: no clock, no race.
 
-    python tests/fault_runner.py --fault after:_save:30=SIGKILL -- experiment=... hydra.run.dir=...
+    python tests/helpers/fault_runner.py --fault after:_save:30=SIGKILL -- experiment=... hydra.run.dir=...
 
 A fault is ``WHEN:METHOD[:STEP][#N]=ACTION``: ``before`` or ``after`` a call of ``TrainingRecipe.METHOD``
 (or of ``module.function`` when METHOD holds a dot), the N-th time (default: the first) it runs while
@@ -28,7 +28,7 @@ def _act(action: str) -> None:
         os.kill(os.getpid(), getattr(signal, action))
         return
     if action == "raise":
-        raise RuntimeError("fault injected by tests/fault_runner.py")
+        raise RuntimeError("fault injected by tests/helpers/fault_runner.py")
     if action.startswith("call:"):
         module, function = action[len("call:"):].rsplit(":", 1)
         getattr(importlib.import_module(module), function)()

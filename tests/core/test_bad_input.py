@@ -8,12 +8,13 @@ import csv
 
 import numpy as np
 import pytest
-from conftest import hw7_file, hw7_question
 
 from extractive_qa.core.data import DataFormatError, RepairKind, read_examples
 from extractive_qa.core.outputs import write_submission
 from extractive_qa.core.postprocess import oracle_logits, postprocess_predictions
 from extractive_qa.core.windowing import WindowConfig, encode_examples, eval_windows
+
+from helpers import hw7_file, hw7_question
 
 LONG = ("的是在了和有人這中大為上個國我以要他時來用們生到作地於出就分對成會可主發年動同工也能下" * 1200)[:50_000]
 
@@ -131,7 +132,7 @@ def test_nan_infinity_and_compressed_files(tmp_path):
 
 
 def test_squad_v2_unanswerable_questions_are_refused_or_dropped_and_counted(tmp_path):
-    from conftest import write_json
+    from helpers import write_json
 
     qas = [{"id": "a", "question": "哪？", "answers": [{"text": "台北", "answer_start": 0}]},
            {"id": "b", "question": "誰？", "answers": [], "is_impossible": True,

@@ -1,7 +1,7 @@
 """A real ``mlflow server`` on 127.0.0.1 for tests, which a fault can kill and start again mid-run.
 
 The test starts it with :func:`start`; the server's settings travel to the training process in
-``$TEST_MLFLOW_SERVER`` so that ``tests/fault_runner.py --fault after:...=call:mlflow_server:kill``
+``$TEST_MLFLOW_SERVER`` so that ``tests/helpers/fault_runner.py --fault after:...=call:helpers.mlflow_server:kill``
 (or ``:restart``) acts on it at an exact step. Waiting is on conditions (the pid gone, /health
 answering), never on a clock: the deadline only turns a hang into a failure.
 """

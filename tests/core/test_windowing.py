@@ -1,6 +1,5 @@
 import numpy as np
 import pytest
-from conftest import HW7_DIR, needs_shared
 
 from extractive_qa.core.data import Example, read_examples
 from extractive_qa.core.windowing import (
@@ -13,6 +12,8 @@ from extractive_qa.core.windowing import (
     train_windows,
     window_starts,
 )
+
+from helpers import HW7_DIR, needs_shared
 
 SEED_WINDOW = WindowConfig(max_question_len=60, max_seq_len=None, max_paragraph_len=150, doc_stride=15,
                            doc_overlap=None, stop_at_paragraph_end=False, train_strategy="random_offset")

@@ -1,9 +1,10 @@
 import json
 
 import pytest
-from conftest import HW7_DIR, SQUAD_DIR, hw7_file, hw7_question, needs_shared, write_json
 
 from extractive_qa.core.data import DataFormatError, RepairKind, locate_answer, read_examples
+
+from helpers import HW7_DIR, SQUAD_DIR, hw7_file, hw7_question, needs_shared, write_json
 
 
 @needs_shared

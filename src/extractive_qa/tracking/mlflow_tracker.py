@@ -1,0 +1,208 @@
+"""One MLflow run per job, sent through a queue that survives outages.
+
+MLflow is driven through ``MlflowClient`` with an explicit run id rather than through Accelerate's
+tracker or mlflow's fluent API: Accelerate's tracker sets no tracking URI, does not flatten the config
+and drops non-numeric values, and the fluent API keeps a process-global "active run" that leaks from
+one Hydra ``-m`` job into the next (all jobs share one process).
+
+Tracking never kills training. When the store stops answering mid-run, the tracker warns once, keeps
+every call in a queue (the metrics are in ``metrics.jsonl`` anyway), tries again every
+``RETRY_AFTER_S`` seconds and sends the queue, in order, when the store is back -- at the latest when
+the run ends. What still cannot be sent then is named, with the command that sends it later
+(``python -m extractive_qa.sync RUN_DIR``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from .base import Tracker
+from .naming import command_line, git_state, hydra_overrides, run_name_from_overrides, swept_values
+from .params import param_batches, safe_params
+from .store import connect, with_retry
+
+log = logging.getLogger(__name__)
+# MLflow's system-metrics thread announces every start and stop at INFO: noise in a sweep's log.
+logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
+
+RUN_FILES = ("config_resolved.yaml", ".hydra/overrides.yaml", ".hydra/config.yaml", "dev_predictions.jsonl",
+             "dev_nbest.json", "test_predictions.csv", "test_nbest.json", "metrics.json", "metrics.jsonl",
+             "data_report.json", "submission.csv", "run.json")
+RETRY_AFTER_S = 30.0
+_UNREACHABLE = ("max retries exceeded", "connection refused", "connection reset", "connection aborted", "timed out",
+                "temporarily unavailable", "database is locked", "failed to establish", "name or service not known",
+                "remote end closed", "bad gateway", "service unavailable", "gateway time")
+
+
+def run_file_artifacts(run_dir: Path) -> list[tuple[Path, str | None]]:
+    """``(file, artifact folder)`` of each of the run's :data:`RUN_FILES` that exists (``.hydra/x`` goes
+    under ``.hydra``, the others at the top)."""
+    found = []
+    for name in RUN_FILES:
+        if (run_dir / name).is_file():
+            folder = str(Path(name).parent) if Path(name).parent != Path(".") else None
+            found.append((run_dir / name, folder))
+    return found
+
+
+def is_outage(err: BaseException) -> bool:
+    """Whether ``err`` says the store could not be reached (worth queueing and resending), as opposed to a
+    call the store refused or a bug (resending cannot fix those: they are logged and skipped)."""
+    if isinstance(err, (ConnectionError, TimeoutError)):
+        return True
+    text = f"{type(err).__name__} {err}".lower()
+    return any(s in text for s in _UNREACHABLE) or "connectionerror" in text
+
+
+class MlflowTracker(Tracker):
+    """One MLflow run per Hydra job (see the module docstring). ``run_id`` continues an existing run
+    (resume), which stays as it was until :meth:`reopen`."""
+
+    def __init__(self, uri: str, cfg: DictConfig, run_dir: Path, run_id: str | None = None, resumed: bool = False,
+                 sweep: dict | None = None):
+        self.uri = uri
+        self.run_dir = run_dir
+        name = str(cfg.tracking.get("experiment_name") or cfg.experiment_name)
+        self.client, self.experiment_id = connect(self.uri, name, cfg.tracking.get("artifact_root"))
+        self._queue: list[tuple[str, Callable[[], object]]] = []
+        self._down_since: float | None = None
+        self._next_try = 0.0
+        self._resumed = resumed and run_id is not None  # a run that had no MLflow run gets a new one
+        self._reopened = False
+        if self._resumed:
+            self.run_id = str(run_id)
+            run_name = with_retry(lambda: self.client.get_run(self.run_id), "get run").info.run_name
+        else:
+            overrides = hydra_overrides()
+            tags = {"run_dir": str(run_dir), "command": command_line(), "mlflow.source.name": "extractive_qa.train",
+                    **git_state(Path(cfg.paths.root))}
+            if sweep:
+                tags.update({"sweep.id": sweep["id"], "sweep.dir": sweep["dir"], "job.num": str(sweep["job"]),
+                             "sweep.values": json.dumps(swept_values(overrides, sweep), ensure_ascii=False)})
+                if sweep.get("parent_run_id"):
+                    tags["mlflow.parentRunId"] = sweep["parent_run_id"]
+            run_name = cfg.tracking.get("run_name") or run_name_from_overrides(overrides, sweep)
+            run = with_retry(lambda: self.client.create_run(self.experiment_id, run_name=run_name, tags=tags), "create run")
+            self.run_id = run.info.run_id
+            self._log_params(safe_params(cfg))
+        self._monitor = None
+        self._system_metrics = bool(cfg.tracking.get("system_metrics", False))
+        if not self._resumed:
+            self._start_system_metrics()
+        log.info("MLflow run %s (%s) in experiment %r at %s", self.run_id, run_name, name, self.uri)
+
+    def _start_system_metrics(self) -> None:
+        """MLflow's own CPU / memory (/ GPU, with its optional dependency) sampling, in a thread; it stops
+        by itself if the store goes away, so it never holds training up."""
+        if not self._system_metrics:
+            return
+        try:
+            from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+            self._monitor = SystemMetricsMonitor(self.run_id, tracking_uri=self.uri, resume_logging=self._resumed)
+            self._monitor.start()
+        except Exception as err:  # noqa: BLE001 - optional: psutil missing, an old mlflow
+            log.warning("system metrics are off: %s", err)
+            self._monitor = None
+
+    # -- sending, with a queue while the store is down
+    def _send(self, what: str, call: Callable[[], object]) -> None:
+        self._queue.append((what, call))
+        if self._down_since is None or time.monotonic() >= self._next_try:
+            self._drain()
+
+    def _drain(self) -> bool:
+        """Send the queue in order; ``False`` (and queue kept) while the store is unreachable."""
+        while self._queue:
+            what, call = self._queue[0]
+            try:
+                with_retry(call, what)
+            except Exception as err:  # noqa: BLE001 - tracking must never stop training
+                if is_outage(err):
+                    self._went_down(err)
+                    return False
+                log.warning("mlflow: %s failed and is skipped (%s: %s)", what, type(err).__name__, str(err)[:300])
+            self._queue.pop(0)
+        if self._down_since is not None:
+            log.warning("MLflow at %s answers again after %.0fs: sent everything queued meanwhile", self.uri,
+                        time.monotonic() - self._down_since)
+            self._down_since = None
+        return True
+
+    def _went_down(self, err: Exception) -> None:
+        if self._down_since is None:
+            self._down_since = time.monotonic()
+            log.warning("MLflow at %s does not answer (%s: %s). Training goes on; metrics stay in %s and are sent "
+                        "when it is back (retrying every %.0fs, and at the end).", self.uri, type(err).__name__,
+                        str(err)[:200], self.run_dir / "metrics.jsonl", RETRY_AFTER_S)
+        self._next_try = time.monotonic() + RETRY_AFTER_S
+
+    # -- what a run logs
+    def _log_params(self, params: dict[str, str]) -> None:
+        for chunk in param_batches(params):
+            self._send("log params", lambda c=chunk: self.client.log_batch(self.run_id, params=c))
+
+    def log_inputs(self, splits: dict) -> None:
+        if self._resumed:
+            return  # logged when the run started
+        from mlflow.data.dataset_source_registry import resolve_dataset_source
+        from mlflow.data.meta_dataset import MetaDataset
+        from mlflow.entities import DatasetInput, InputTag
+
+        inputs = []
+        for split, examples in splits.items():
+            with warnings.catch_warnings():  # "can be interpreted in multiple ways": both are local files
+                warnings.simplefilter("ignore", UserWarning)
+                source = resolve_dataset_source(examples.path)
+            dataset = MetaDataset(source=source, name=f"{Path(examples.path).name}", digest=examples.digest)
+            inputs.append(DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", split)]))
+        self._send("log inputs", lambda: self.client.log_inputs(self.run_id, datasets=inputs))
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, int(step)) for k, v in metrics.items()]
+        self._send("log metrics", lambda: self.client.log_batch(self.run_id, metrics=batch))
+
+    def log_dict(self, obj: dict, name: str) -> None:
+        self._send(f"log {name}", lambda: self.client.log_dict(self.run_id, obj, name))
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        from mlflow.entities import RunTag
+
+        items = [RunTag(k, str(v)[:5000]) for k, v in tags.items()]
+        self._send("set tags", lambda: self.client.log_batch(self.run_id, tags=items))
+
+    def log_run_files(self, run_dir: Path) -> None:
+        for path, folder in run_file_artifacts(run_dir):
+            self._send(f"log {path.name}", lambda p=path, f=folder: self.client.log_artifact(self.run_id, str(p), f))
+
+    def log_model(self, run_dir: Path, example: dict, register: str | None, metrics: dict[str, float]) -> None:
+        """The best model as the run's pyfunc ``model`` artifact, registered as ``register`` (tracking/registry.py)."""
+        from .registry import log_qa_model
+
+        self._send("log model", lambda: log_qa_model(self.client, self.run_id, run_dir, example, register))
+
+    def reopen(self) -> None:
+        self._reopened = True
+        self._send("reopen run", lambda: self.client.update_run(self.run_id, status="RUNNING"))
+        self._start_system_metrics()
+
+    def finish(self, status: str) -> None:
+        if self._resumed and not self._reopened:
+            return  # the resume failed before training resumed: the run keeps the status it had
+        if self._monitor is not None:
+            self._monitor.finish()
+        self._send("end run", lambda: self.client.set_terminated(self.run_id, status))
+        if not self._drain():
+            log.error("MLflow at %s is still unreachable: %d tracking calls were not sent (the run's metrics are in %s). "
+                      "Send them when it is back: python -m extractive_qa.sync %s", self.uri, len(self._queue),
+                      self.run_dir / "metrics.jsonl", self.run_dir)

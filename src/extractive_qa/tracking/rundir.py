@@ -1,0 +1,40 @@
+"""The run dir's own record, kept whatever the tracking backend: ``metrics.jsonl``, JSON files, ``run.json``."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from ..core.outputs import write_json
+from ..core.runs import RUNNING, update_run_record
+from .base import Tracker
+
+
+class RunDirTracker(Tracker):
+    """``{"step": s, name: value, ...}`` lines in ``metrics.jsonl``, dicts as JSON files, the status and
+    error in ``run.json``. A resumed run's record keeps its status until :meth:`reopen`."""
+
+    def __init__(self, run_dir: Path, resumed: bool = False):
+        self.run_dir, self.path = run_dir, run_dir / "metrics.jsonl"
+        self._resumed, self._reopened = resumed, False
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps({"step": step, "time_ms": int(time.time() * 1000),
+                                **{k: float(v) for k, v in metrics.items()}}) + "\n")
+
+    def log_dict(self, obj: dict, name: str) -> None:
+        write_json(self.run_dir / name, obj)
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        if "error" in tags and (self._reopened or not self._resumed):
+            update_run_record(self.run_dir, error=tags["error"])
+
+    def reopen(self) -> None:
+        self._reopened = True
+        update_run_record(self.run_dir, status=RUNNING, error=None)
+
+    def finish(self, status: str) -> None:
+        if self._reopened or not self._resumed:
+            update_run_record(self.run_dir, status=status)

@@ -1,0 +1,87 @@
+"""What tests share besides fixtures: paths to ../shared (and the skip when it is absent), small data
+files, and running the project's CLIs in a subprocess -- plainly or with faults injected at exact points
+(``fault_runner.py``). Fixtures live in ``tests/conftest.py``."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+SHARED = Path(os.environ.get("EXTRACTIVE_QA_SHARED", ROOT.parent / "shared")).resolve()
+OFFLINE_MODEL = SHARED / "models" / "bert-base-chinese-offline"
+HW7_DIR = SHARED / "data" / "hw7-drcd"
+SQUAD_DIR = SHARED / "data" / "squad-format"
+HELPERS = Path(__file__).resolve().parent
+
+needs_shared = pytest.mark.skipif(
+    not (OFFLINE_MODEL / "vocab.txt").is_file() or not HW7_DIR.is_dir(),
+    reason=f"needs ../shared (real data + offline tokenizer) at {SHARED}",
+)
+
+
+def write_json(path: Path, obj) -> Path:
+    path.write_text(json.dumps(obj, ensure_ascii=False), encoding="utf-8")
+    return path
+
+
+def hw7_file(path: Path, paragraphs: list[str], questions: list[dict]) -> Path:
+    return write_json(path, {"questions": questions, "paragraphs": paragraphs})
+
+
+def hw7_question(qid, pid, question, answer=None, start=None, end=None) -> dict:
+    if answer is not None and end is None and start is not None:
+        end = start + len(answer) - 1
+    return {"id": qid, "paragraph_id": pid, "question_text": question, "answer_text": answer,
+            "answer_start": start, "answer_end": end}
+
+
+def _env(extra: dict | None) -> dict:
+    # tests/ on the path of every child, so faults can call helpers.mlflow_server and friends.
+    path = os.pathsep.join(p for p in (str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")) if p)
+    return {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": path, **(extra or {})}
+
+
+def run_module(module: str, *overrides: str, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    out = subprocess.run([sys.executable, "-m", module, *overrides], capture_output=True, text=True, cwd=ROOT,
+                         env=_env(env), timeout=900)
+    if check and out.returncode != 0:
+        raise AssertionError(f"{module} failed ({out.returncode}):\n{out.stdout[-3000:]}\n{out.stderr[-5000:]}")
+    return out
+
+
+def run_with_faults(faults: list[str], *overrides: str, env: dict | None = None, check: bool = False,
+                    module: str = "extractive_qa.train") -> subprocess.CompletedProcess:
+    """``module``'s CLI with faults injected at exact points of the recipe (see fault_runner.py)."""
+    args = [a for f in faults for a in ("--fault", f)]
+    out = subprocess.run([sys.executable, str(HELPERS / "fault_runner.py"), "--module", module, *args, "--", *overrides],
+                         capture_output=True, text=True, cwd=ROOT, env=_env(env), timeout=900)
+    if check and out.returncode != 0:
+        raise AssertionError(f"{module} failed ({out.returncode}):\n{out.stdout[-3000:]}\n{out.stderr[-5000:]}")
+    return out
+
+
+def shared_once(tmp_path_factory, name: str, build) -> dict:
+    """``build(folder)`` once per test session, even when pytest-xdist runs several workers: the first
+    worker builds it under a file lock, the others read what it recorded (JSON)."""
+    from filelock import FileLock
+
+    root = tmp_path_factory.getbasetemp()
+    root = root.parent if os.environ.get("PYTEST_XDIST_WORKER") else root
+    record = root / f"{name}.json"
+    with FileLock(str(root / f"{name}.lock")):
+        if not record.is_file():
+            folder = root / name
+            folder.mkdir(parents=True, exist_ok=True)
+            record.write_text(json.dumps(build(folder), default=str))
+    return json.loads(record.read_text())
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    """The lines of a run's ``metrics.jsonl``."""
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
