@@ -11,7 +11,7 @@ EXTRAS ?= dev,optuna,joblib,submitit
 ARGS ?=
 STAMP := $(VENV)/.installed
 
-.PHONY: install train predict report evaluate ui bench test lint clean
+.PHONY: install train predict report evaluate ui serve bench test lint clean
 
 install: $(STAMP)
 
@@ -37,13 +37,23 @@ evaluate: install
 # browser remembers) shows the runs table.
 ui: install
 	@echo "MLflow UI: http://127.0.0.1:$${PORT:-5000}/#/experiments?workflowType=machine_learning  (runs: click 'Model training' once)"
+	@echo "Each experiment's runs view (best dev scores first, sweeps expanded, charts led by dev EM):"
+	@MLFLOW_TRACKING_URI="sqlite:///$(CURDIR)/mlflow.db" $(PY) -m extractive_qa.compare --links http://127.0.0.1:$${PORT:-5000} 2>/dev/null | sed 's/^/  /'
 	$(VENV)/bin/mlflow ui --host 127.0.0.1 --port $${PORT:-5000} --backend-store-uri "sqlite:///$(CURDIR)/mlflow.db"
+
+# A logged or registered model over REST with MLflow's own scoring server: make serve MODEL=models:/hw7-qa/1 [PORT=5001]
+# `mlflow models serve` starts uvicorn from PATH: the venv's bin/ goes first, so no activated virtualenv is needed.
+serve: install
+	@test -n "$(MODEL)" || { echo "usage: make serve MODEL=models:/NAME/VERSION (or runs:/RUN_ID/model) [PORT=5001]" >&2; exit 2; }
+	PATH="$(abspath $(VENV))/bin:$$PATH" MLFLOW_TRACKING_URI="$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db}" \
+	  $(VENV)/bin/mlflow models serve -m "$(MODEL)" --env-manager local --host 127.0.0.1 --port $${PORT:-5001}
 
 bench: install
 	$(PY) -m extractive_qa.bench $(ARGS)
 
-# Tests run on every core (pytest-xdist; a test file stays on one worker; shared fixtures are built once).
-test: install
+# Lint first (ruff, line length 120), then the tests on every core (pytest-xdist; a test file stays on one
+# worker; shared fixtures are built once).
+test: install lint
 	$(PY) -m pytest -q -n auto --dist loadfile $(ARGS)
 
 lint: install

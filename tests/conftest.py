@@ -4,11 +4,23 @@ training config for in-process tests. Helpers are in ``tests/helpers``."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
-from helpers import OFFLINE_MODEL, run_module, shared_once
+from helpers import HW7_DIR, OFFLINE_MODEL, run_module, shared_once
+
+
+def pytest_configure(config):
+    """Each xdist worker -- and every training process it starts -- gets its share of the cores: two workers
+    each running torch on every core oversubscribe a 2-core machine (a 64 s sweep took 294 s). Set in the
+    workers (the controller configures first, without a worker count); EXTRACTIVE_QA_TEST_THREADS overrides."""
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        return
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    share = os.environ.get("EXTRACTIVE_QA_TEST_THREADS") or str(max(1, (os.cpu_count() or 1) // workers))
+    os.environ["OMP_NUM_THREADS"] = share
 
 
 @pytest.fixture(scope="session")
@@ -38,7 +50,7 @@ def compose_train(tmp_path):
     def compose_cfg(*overrides: str, name: str = "train"):
         with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
             return compose(name, overrides=[f"paths.output_dir={tmp_path}/outputs", f"paths.cache_dir={tmp_path}/cache",
-                                            f"tracking.uri=sqlite:///{tmp_path}/mlflow.db", *overrides])
+                                            f"++tracking.uri=sqlite:///{tmp_path}/mlflow.db", *overrides])
 
     return compose_cfg
 
@@ -65,15 +77,32 @@ def seed_sweep(synthetic, tmp_path_factory) -> dict:
         uri = f"sqlite:///{tmp}/mlflow.db"
         sweep_dir = tmp / "outputs" / "sweeps" / "seeds"
         args = ["-m", "seed=1,2,3", f"paths.output_dir={tmp}/outputs", f"paths.cache_dir={tmp}/cache",
-                f"tracking.uri={uri}", "experiment_name=seeds", "model=tiny", f"model.name_or_path={synthetic['model']}",
-                f"data.dir={synthetic['data']}", "data.limit_train=1500", "data.limit_test=40", "epochs=4",
-                "batch_size=32", "lr=1e-3", "warmup_ratio=0.1", "logging_steps=5", "tracking.log_model=true",
-                "tracking.register_model=seeds-qa", f"hydra.sweep.dir={sweep_dir}"]
+                f"tracking.uri={uri}", "experiment_name=seeds", "model=tiny",
+                f"model.name_or_path={synthetic['model']}", f"data.dir={synthetic['data']}", "data.limit_train=1500",
+                "data.limit_test=40", "epochs=4", "batch_size=32", "lr=1e-3", "warmup_ratio=0.1", "logging_steps=5",
+                "tracking.log_model=true", "tracking.register_model=seeds-qa", f"hydra.sweep.dir={sweep_dir}"]
         run_module("extractive_qa.train", *args)
-        return {"tmp": tmp, "uri": uri, "sweep_dir": sweep_dir, "runs": [sweep_dir / str(j) for j in range(3)], "args": args}
+        return {"tmp": tmp, "uri": uri, "sweep_dir": sweep_dir, "runs": [sweep_dir / str(j) for j in range(3)],
+                "args": args}
 
     info = shared_once(tmp_path_factory, "seed_sweep", build)
-    return {**info, "tmp": Path(info["tmp"]), "sweep_dir": Path(info["sweep_dir"]), "runs": [Path(r) for r in info["runs"]]}
+    return {**info, "tmp": Path(info["tmp"]), "sweep_dir": Path(info["sweep_dir"]),
+            "runs": [Path(r) for r in info["runs"]]}
+
+
+@pytest.fixture(scope="session")
+def shared_run(tmp_path_factory) -> Path:
+    """The offline_smoke preset for 3 steps on slices of the ../shared hw7 files (200 test questions)."""
+    if not HW7_DIR.is_dir():
+        pytest.skip("needs ../shared")
+
+    def build(tmp: Path) -> dict:
+        run_module("extractive_qa.train", f"paths.output_dir={tmp}/outputs", f"paths.cache_dir={tmp}/cache",
+                   "tracking=none", "experiment=offline_smoke", "data.limit_train=96", "data.limit_dev=48",
+                   "data.limit_test=200", "epochs=1", "max_steps=3", "logging_steps=1", f"hydra.run.dir={tmp}/run")
+        return {"run": tmp / "run"}
+
+    return Path(shared_once(tmp_path_factory, "shared_run", build)["run"])
 
 
 @pytest.fixture(scope="session")

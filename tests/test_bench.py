@@ -14,7 +14,8 @@ from helpers import needs_shared, run_module
 @needs_shared
 def test_bench_prints_json_lines_with_ratios(tmp_path):
     res = run_module("extractive_qa.bench", "model=tiny", "bench.eval_questions=8", "bench.naive_questions=2",
-                     "bench.train_steps=1", "bench.train_questions=40", "bench.parts=[eval,budgets,train]", "bench.budget_questions=4", "bench.eval_budgets=[512,4096]",
+                     "bench.train_steps=1", "bench.train_questions=40", "bench.parts=[eval,budgets,train]",
+                     "bench.budget_questions=4", "bench.eval_budgets=[512,4096]",
                      "bench.isolate=false")
     lines = [json.loads(line) for line in res.stdout.splitlines() if line.startswith("{")]
     kinds = [line["bench"] for line in lines]

@@ -35,12 +35,16 @@ def test_three_seeds_averaged_beat_or_match_the_best_member(seed_sweep, syntheti
     members = [r for r in rows if "member" in r]
     (ensemble,) = [r for r in rows if "ensemble" in r]
     # Members are named as the MLflow UI names their runs.
-    assert sorted(m["member"] for m in members) == [f"{parent_tag} seed={s}" for s in (1, 2, 3)]
+    assert sorted(m["member"] for m in members) == [f"seed={s} · {parent_tag}" for s in (1, 2, 3)]
+    # ... scored on the dev questions the runs were scored on while training, and saying so
+    assert all(m["dev"].endswith("(all questions: the dev set the runs were scored on)") for m in members)
+    assert res.stdout.strip().splitlines()[-1] == f"submission: {tmp_path / 'ens.csv'}"
     best = max(m["em"] for m in members)
     assert ensemble["em"] >= best, (ensemble, members)
     summary = json.loads((tmp_path / "ensemble.json").read_text())
     assert summary["combine"] == "logits"
-    test_ids = [ex.id for ex in read_examples(synthetic["data"] / "hw7_test.json")]  # the whole file, not the training slice
+    # the whole test file, not the training run's slice
+    test_ids = [ex.id for ex in read_examples(synthetic["data"] / "hw7_test.json")]
     assert csv_ids(tmp_path / "ens.csv") == test_ids  # every test id once, in file order
 
 
@@ -49,7 +53,8 @@ def test_members_with_another_tokenizer_are_combined_by_nbest_vote(seed_sweep, s
 
     other = write_tiny_model_dir(tmp_path / "other_model", extra_chars="甲乙丙丁")  # another vocabulary
     run_module("extractive_qa.train", f"paths.output_dir={tmp_path}/outputs", "tracking=none", "model=tiny",
-               f"model.name_or_path={other}", f"data.dir={synthetic['data']}", "data.limit_train=64", "data.limit_test=40",
+               f"model.name_or_path={other}", f"data.dir={synthetic['data']}", "data.limit_train=64",
+               "data.limit_test=40",
                "max_steps=4", "batch_size=16", f"hydra.run.dir={tmp_path}/other_run")
     res = run_module("extractive_qa.predict", f"run_dirs=[{seed_sweep['runs'][0]},{tmp_path}/other_run]",
                      f"output={tmp_path}/vote.csv", "dev_file=none")
@@ -64,7 +69,7 @@ def test_members_with_another_tokenizer_are_combined_by_nbest_vote(seed_sweep, s
 def _same_csv_from_registry_and_run_dir(uri: str, version: str, run_dir: Path, tmp_path: Path) -> None:
     res = run_module("extractive_qa.predict", f"model_uri=models:/{version}", f"tracking.uri={uri}",
                      f"output={tmp_path}/registry.csv")
-    assert res.stdout.strip().splitlines()[-1] == str(tmp_path / "registry.csv")
+    assert res.stdout.strip().splitlines()[-1] == f"submission: {tmp_path / 'registry.csv'}"
     run_module("extractive_qa.predict", f"run_dir={run_dir}", f"output={tmp_path}/run.csv")
     assert (tmp_path / "registry.csv").read_bytes() == (tmp_path / "run.csv").read_bytes()
 
@@ -88,7 +93,8 @@ def test_a_registered_model_predicts_what_its_run_dir_predicts_sqlite(seed_sweep
 def test_a_registered_model_predicts_what_its_run_dir_predicts_server(synthetic, tmp_path, tracking_server):
     uri = mlflow_server.uri(mlflow_server.ensure_running(tracking_server))
     run_dir = tmp_path / "run"
-    run_module("extractive_qa.train", f"paths.output_dir={tmp_path}/outputs", f"tracking.uri={uri}", "experiment_name=reg",
+    run_module("extractive_qa.train", f"paths.output_dir={tmp_path}/outputs", f"tracking.uri={uri}",
+               "experiment_name=reg",
                "tracking.log_model=true", "tracking.register_model=hw7-qa", "model=tiny",
                f"model.name_or_path={synthetic['model']}", f"data.dir={synthetic['data']}", "data.limit_train=64",
                "data.limit_dev=12", "max_steps=3", "batch_size=16", f"hydra.run.dir={run_dir}")
@@ -111,8 +117,10 @@ def transformers4(tmp_path_factory) -> Path:
 def test_best_model_loads_in_transformers_question_answering_pipeline(seed_sweep, synthetic, transformers4):
     run = seed_sweep["runs"][0]
     env = {**os.environ, "PYTHONPATH": str(transformers4)}
-    out = subprocess.run([sys.executable, str(ROOT / "tests" / "helpers" / "hf_pipeline_answers.py"), str(run / "best_model"),
-                          str(synthetic["data"] / "hw7_dev.json")], capture_output=True, text=True, env=env, timeout=600)
+    out = subprocess.run([sys.executable, str(ROOT / "tests" / "helpers" / "hf_pipeline_answers.py"),
+                          str(run / "best_model"),
+                          str(synthetic["data"] / "hw7_dev.json")], capture_output=True, text=True, env=env,
+                          timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     theirs = json.loads(out.stdout.splitlines()[-1])
     ours = {r["id"]: r["prediction"] for r in map(json.loads, (run / "dev_predictions.jsonl").read_text().splitlines())}
@@ -120,3 +128,40 @@ def test_best_model_loads_in_transformers_question_answering_pipeline(seed_sweep
     agreement = sum(theirs[i] == ours[i] for i in ours) / len(ours)
     print(f"pipeline agreement: {agreement:.4f} on {len(ours)} questions")
     assert agreement >= 0.8  # measured 0.90 here; the README explains where the two differ
+
+
+def test_make_serve_answers_a_real_http_request(seed_sweep, tmp_path):
+    """`make serve MODEL=models:/NAME/1` with no virtualenv on PATH (uvicorn comes from the project's venv)
+    answers a POST to MLflow's /invocations with one answer per record, each a span of its context."""
+    import signal
+    import time
+    import urllib.request
+
+    from helpers.mlflow_server import free_port
+
+    port = free_port()
+    env = {**os.environ, "MLFLOW_TRACKING_URI": seed_sweep["uri"], "PATH": "/usr/local/bin:/usr/bin:/bin"}
+    env.pop("VIRTUAL_ENV", None)
+    log = open(tmp_path / "serve.log", "w")
+    proc = subprocess.Popen(["make", "-s", "serve", "MODEL=models:/seeds-qa/1", f"PORT={port}"], cwd=ROOT, env=env,
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300  # turns a hang into a failure; the wait is on /ping answering
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=5)
+                break
+            except OSError:
+                assert proc.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
+                assert time.monotonic() < deadline, "make serve did not answer /ping"
+                time.sleep(0.5)
+        records = [["王小明住在哪裡？", "王小明住在台北。他今年23歲。"], ["李大偉在哪裡工作？", "李大偉在學校工作。"]]
+        body = json.dumps({"dataframe_split": {"columns": ["question", "context"], "data": records}}).encode()
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body,
+                                         headers={"Content-Type": "application/json"})
+        answers = json.loads(urllib.request.urlopen(request, timeout=120).read())["predictions"]
+        assert len(answers) == 2 and all(a and a in context for a, (_, context) in zip(answers, records, strict=True))
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # make, mlflow and uvicorn's workers alike
+        proc.wait()
+        log.close()

@@ -20,7 +20,8 @@ def tiny(synthetic, tmp: Path, uri: str | None = None, experiment: str = "faults
     tracking = [f"tracking.uri={uri}", f"experiment_name={experiment}"] if uri else ["tracking=none"]
     return [f"paths.output_dir={tmp}/outputs", f"paths.cache_dir={tmp}/cache", "model=tiny",
             f"model.name_or_path={synthetic['model']}", f"data.dir={synthetic['data']}", "data.limit_train=80",
-            "data.limit_dev=12", "data.limit_test=8", "epochs=2", "batch_size=8", "logging_steps=2", "predict_test=false",
+            "data.limit_dev=12", "data.limit_test=8", "epochs=2", "batch_size=8", "logging_steps=2",
+            "predict_test=false",
             *tracking]
 
 
@@ -59,7 +60,8 @@ def test_each_sweep_job_trains_its_own_run_and_a_rerun_trains_nothing(lr_sweep):
     assert lrs == {"0.001", "0.005"}
     again = run_module("extractive_qa.train", *lr_sweep["args"], f"hydra.sweep.dir={tmp}/outputs/sweep2")
     assert again.stdout.count("already finished") == 2
-    assert not (tmp / "outputs" / "sweep2" / "0").exists() and not (tmp / "outputs" / "sweep2" / "1").exists()  # nothing trained, no stray folders
+    # nothing trained, no stray folders
+    assert not (tmp / "outputs" / "sweep2" / "0").exists() and not (tmp / "outputs" / "sweep2" / "1").exists()
     assert len(children(uri, "identity")) == 2
     (parent,) = [r for r in runs_of(uri, "identity") if r.data.tags.get("sweep.parent") == "true"]
     assert parent.info.status == "FINISHED" and parent.data.tags["jobs.finished"] == "2"
@@ -76,12 +78,13 @@ def test_resume_with_another_trajectory_is_refused_listing_the_keys(lr_sweep, sy
     (run / "run.json").write_text(json.dumps({**json.loads(record), "status": "KILLED"}))  # as if it had been stopped
     try:
         for change, expected in (("lr=5e-3", "lr: 0.001 -> 0.005"),
-                                 ("model.config_overrides.hidden_size=64", "model.config_overrides.hidden_size: 128 -> 64"),
+                                 ("model.config_overrides.hidden_size=64",
+                                  "model.config_overrides.hidden_size: 128 -> 64"),
                                  ("epochs=3", "epochs: 2 -> 3")):
             res = run_module("extractive_qa.train", *base, "lr=1e-3", change, f"resume={ckpt}",
                              f"hydra.run.dir={tmp_path}/b", check=False)
-            assert res.returncode == 2 and expected in res.stderr and "resume_allow_changes=true" in res.stderr, res.stderr
-            assert "Traceback" not in res.stderr
+            assert res.returncode == 2 and expected in res.stderr, res.stderr
+            assert "resume_allow_changes=true" in res.stderr and "Traceback" not in res.stderr
     finally:
         (run / "run.json").write_text(record)
     status = {r.info.run_id: r.info.status for r in children(lr_sweep["uri"], "identity")}
@@ -92,7 +95,8 @@ def test_resume_with_another_trajectory_is_refused_listing_the_keys(lr_sweep, sy
 def test_tracking_server_dying_mid_run_never_stops_training(synthetic, tmp_path, tracking_server):
     server = mlflow_server.ensure_running(tracking_server)
     uri = mlflow_server.uri(server)
-    res = run_with_faults(["after:_maybe_log:4=call:helpers.mlflow_server:kill", "after:_maybe_log:12=call:helpers.mlflow_server:restart"],
+    res = run_with_faults(["after:_maybe_log:4=call:helpers.mlflow_server:kill",
+                           "after:_maybe_log:12=call:helpers.mlflow_server:restart"],
                           *tiny(synthetic, tmp_path, uri, "outage"), f"hydra.run.dir={tmp_path}/run",
                           env={**mlflow_server.env(server), "MLFLOW_TRACKING_URI": uri})
     assert res.returncode == 0, res.stderr[-3000:]
@@ -108,7 +112,8 @@ def test_tracking_server_dying_mid_run_never_stops_training(synthetic, tmp_path,
 def test_server_gone_for_good_then_sync_and_server_down_at_start(synthetic, tmp_path, tracking_server):
     server = mlflow_server.ensure_running(tracking_server)
     uri = mlflow_server.uri(server)
-    res = run_with_faults(["after:_maybe_log:2=call:helpers.mlflow_server:kill"], *tiny(synthetic, tmp_path, uri, "gone"),
+    res = run_with_faults(["after:_maybe_log:2=call:helpers.mlflow_server:kill"], *tiny(synthetic, tmp_path, uri,
+                                                                                        "gone"),
                           f"hydra.run.dir={tmp_path}/run", env=mlflow_server.env(server))
     assert res.returncode == 0 and "python -m extractive_qa.sync" in res.stdout + res.stderr
     assert json.loads((tmp_path / "run" / "run.json").read_text())["status"] == "FINISHED"
@@ -168,7 +173,8 @@ def test_no_good_checkpoint_is_one_clear_error(synthetic, tmp_path):
 # ---------------------------------------------------------------- sweeps survive a bad job
 def test_a_bad_job_fails_alone_and_the_sweep_says_so(synthetic, tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    res = run_module("extractive_qa.train", "-m", f"data.dev_file={synthetic['data']}/hw7_dev.json,{tmp_path}/missing.json",
+    res = run_module("extractive_qa.train", "-m",
+                     f"data.dev_file={synthetic['data']}/hw7_dev.json,{tmp_path}/missing.json",
                      "data.archive_url=null", *tiny(synthetic, tmp_path, uri, "survive"), "max_steps=2",
                      f"hydra.sweep.dir={tmp_path}/sweep", check=False)
     assert res.returncode == 1

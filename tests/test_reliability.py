@@ -45,7 +45,8 @@ def test_two_processes_match_one(synthetic, tmp_path):
     # plain shuffled batches split the same global batch, so one process and two see the same data.
     common = [*tiny(synthetic, tmp_path), "tracking=none", "group_by_length=false",
               "eval_batch_tokens=700",  # a few windows per batch: uneven shards across ranks
-              "+model.config_overrides.hidden_dropout_prob=0.0", "+model.config_overrides.attention_probs_dropout_prob=0.0",
+              "+model.config_overrides.hidden_dropout_prob=0.0",
+              "+model.config_overrides.attention_probs_dropout_prob=0.0",
               "data.limit_dev=30", "data.limit_test=13", "max_steps=4"]
     run_module("extractive_qa.train", *common, "batch_size=8", f"hydra.run.dir={tmp_path}/one")
     accelerate = str(Path(sys.executable).parent / "accelerate")
@@ -59,13 +60,15 @@ def test_two_processes_match_one(synthetic, tmp_path):
     out = subprocess.run([accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
                           "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "extractive_qa.train", *common,
                           "batch_size=4", f"hydra.run.dir={tmp_path}/two"],
-                         capture_output=True, text=True, cwd=ROOT, timeout=900, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                         capture_output=True, text=True, cwd=ROOT, timeout=900, env={**os.environ,
+                                                                                     "PYTHONUNBUFFERED": "1"})
     assert out.returncode == 0, out.stderr[-4000:]
     assert "2 process(es)" in out.stdout + out.stderr
     one, two = tmp_path / "one", tmp_path / "two"
     m1, m2 = (json.loads((d / "metrics.json").read_text()) for d in (one, two))
     assert m1["best_dev_em"] == m2["best_dev_em"] and m1["best_dev_f1"] == pytest.approx(m2["best_dev_f1"])
-    rows = [[json.loads(line)["prediction"] for line in (d / "dev_predictions.jsonl").read_text().splitlines()] for d in (one, two)]
+    rows = [[json.loads(line)["prediction"] for line in (d / "dev_predictions.jsonl").read_text().splitlines()]
+            for d in (one, two)]
     assert len(rows[1]) == 30 and rows[0] == rows[1]
     subs = [list(csv.reader(open(d / "test_predictions.csv", encoding="utf-8"))) for d in (one, two)]
     assert len(subs[1]) == 14 and subs[0] == subs[1]

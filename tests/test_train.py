@@ -14,13 +14,14 @@ from extractive_qa.core.data import read_examples
 
 from helpers import HW7_DIR, needs_shared, read_metrics, run_module
 
+TEST_SLICE = 200  # test questions the shared run predicts (conftest.shared_run)
+
 
 def common(tmp: Path) -> list[str]:
     """Keep every test run out of the project's outputs/, cache and MLflow store."""
     return [f"paths.output_dir={tmp}/outputs", f"paths.cache_dir={tmp}/cache", "tracking=none"]
 
 
-TEST_SLICE = 200  # test questions the shared run predicts (the predictor test compares them one by one)
 
 
 def test_tiny_model_learns_synthetic_chinese_qa(seed_sweep, synthetic):
@@ -36,17 +37,6 @@ def test_tiny_model_learns_synthetic_chinese_qa(seed_sweep, synthetic):
         report = evaluate(str(run_dir / "dev_predictions.jsonl"), str(synthetic["data"] / "hw7_dev.json"))
         for key in ("em", "f1", "em_cmrc2018", "f1_cmrc2018"):
             assert report[key] == metrics[f"best_dev_{key}"], key
-
-
-@pytest.fixture(scope="module")
-def shared_run(tmp_path_factory) -> Path:
-    if not HW7_DIR.is_dir():
-        pytest.skip("needs ../shared")
-    tmp = tmp_path_factory.mktemp("shared_run")
-    run_dir = tmp / "run"
-    run_module("extractive_qa.train", *common(tmp), "experiment=offline_smoke", "data.limit_train=96", "data.limit_dev=48",
-               f"data.limit_test={TEST_SLICE}", "epochs=1", "max_steps=3", "logging_steps=1", f"hydra.run.dir={run_dir}")
-    return run_dir
 
 
 @needs_shared
@@ -74,7 +64,8 @@ def test_end_to_end_run_on_shared_hw7_writes_every_file(shared_run):
 def test_warmup_sweep_runs_two_jobs_with_different_lr_curves(synthetic, tmp_path):
     res = run_module("extractive_qa.train", "-m", "warmup_ratio=0.1,0.5", *common(tmp_path), "model=tiny",
                      f"model.name_or_path={synthetic['model']}", f"data.dir={synthetic['data']}", "data.limit_train=64",
-                     "data.limit_dev=16", "data.limit_test=16", "epochs=1", "max_steps=8", "logging_steps=1", "batch_size=8",
+                     "data.limit_dev=16", "data.limit_test=16", "epochs=1", "max_steps=8", "logging_steps=1",
+                     "batch_size=8",
                      f"hydra.sweep.dir={tmp_path}/sweep")
     jobs = sorted((tmp_path / "sweep").glob("[0-9]*"))
     assert [j.name for j in jobs] == ["0", "1"], res.stdout
@@ -119,56 +110,6 @@ def test_an_output_dir_that_cannot_be_created_is_one_clear_error(tmp_path):
     assert f"cannot create run folders under {blocker}/outputs" in res.stderr and "paths.output_dir=" in res.stderr
 
 
-def predict_in_process(*overrides: str) -> dict:
-    """The predictor, composed and run in this process (imports paid once for all the checks below)."""
-    from hydra import compose, initialize_config_dir
-
-    from extractive_qa.core.config import CONF_DIR
-    from extractive_qa.predict import run_predict
-
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        return run_predict(compose("predict", overrides=list(overrides)))
-
-
-@needs_shared
-def test_predictor_writes_every_test_id_once_as_the_run_did(shared_run, tmp_path):
-    import torch
-
-    from extractive_qa.core.errors import SetupError
-
-    raw = json.loads((HW7_DIR / "hw7_test.json").read_text(encoding="utf-8"))
-    small = tmp_path / "test_slice.json"
-    small.write_text(json.dumps({**raw, "questions": raw["questions"][:TEST_SLICE]}, ensure_ascii=False), encoding="utf-8")
-    out = predict_in_process(f"run_dir={shared_run}", f"test_file={small}", f"output={tmp_path}/sub.csv")
-    assert out["output"] == str(tmp_path / "sub.csv")
-    ids = [ex.id for ex in read_examples(small)]
-    with open(tmp_path / "sub.csv", newline="", encoding="utf-8") as f:
-        table = list(csv.DictReader(f))
-    assert [r["ID"] for r in table] == ids and len(set(ids)) == len(ids) == TEST_SLICE
-    # Same model, same precision rule, same post-processing code: the run's own test predictions.
-    with open(shared_run / "test_predictions.csv", newline="", encoding="utf-8") as f:
-        assert [r["Answer"] for r in csv.DictReader(f)] == [r["Answer"] for r in table]
-    # Defaults: the newest run under outputs/, and its own folder; any precision the machine runs.
-    newest = predict_in_process(f"paths.output_dir={shared_run.parent}", f"test_file={small}", "mixed_precision=no")
-    assert newest["output"] == str(shared_run / "submission.csv")
-    # An existing folder as output: the CSV goes inside, and no temporary file is left behind.
-    folder = tmp_path / "folder"
-    folder.mkdir()
-    assert predict_in_process(f"run_dir={shared_run}", f"test_file={small}", f"output={folder}")["output"] == \
-        str(folder / "submission.csv")
-    assert sorted(p.name for p in folder.iterdir()) == ["submission.csv"]
-    if not torch.cuda.is_available():
-        with pytest.raises(SetupError, match="fp16 needs a CUDA GPU"):
-            predict_in_process(f"run_dir={shared_run}", "mixed_precision=fp16")
-
-
-def test_predictor_names_a_run_without_a_model(tmp_path):
-    empty = tmp_path / "no_model"
-    empty.mkdir()
-    res = run_module("extractive_qa.predict", f"run_dir={empty}", check=False)
-    assert res.returncode == 2 and "holds no trained model" in res.stderr and "Traceback" not in res.stderr
-
-
 def test_train_loss_is_a_mean_over_full_windows_and_a_short_tail_is_not_a_point():
     from extractive_qa.train import LogWindow, TrainingRecipe
 
@@ -202,3 +143,43 @@ def test_train_loss_is_a_mean_over_full_windows_and_a_short_tail_is_not_a_point(
             recipe._log_window.add(1.0, 0.5, 8, 80)
             recipe._maybe_log(0.0, Bar())
         assert logged == expected
+
+
+@pytest.mark.parametrize(("metric", "kept_step"), [("em", 2), ("f1", 3), ("f1_cmrc2018", 1)])
+def test_optimize_metric_decides_which_evaluation_is_kept(monkeypatch, metric, kept_step):
+    """Three evaluations whose EM, F1 and official F1 peak at different steps: the run keeps the one its
+    optimize_metric says (the same rule every later pick uses: core.metrics.selection_key)."""
+    import extractive_qa.train as train_module
+    from extractive_qa.train import TrainingRecipe
+
+    planned = iter([{"em": 0.5, "f1": 0.6, "em_cmrc2018": 0.5, "f1_cmrc2018": 0.9},
+                    {"em": 0.6, "f1": 0.55, "em_cmrc2018": 0.6, "f1_cmrc2018": 0.5},
+                    {"em": 0.4, "f1": 0.7, "em_cmrc2018": 0.4, "f1_cmrc2018": 0.6}])
+    monkeypatch.setattr(train_module, "predict", lambda *a, **k: [])
+    monkeypatch.setattr(train_module, "score", lambda preds, enc: (next(planned), []))
+
+    class Quiet:
+        def log_metrics(self, metrics, step):
+            pass
+
+        def wait_for_everyone(self):
+            pass
+
+    cfg = OmegaConf.create({"epochs": 1, "batch_size": 8, "grad_accum_steps": 1, "logging_steps": 1, "eval_steps": 1,
+                            "checkpoint_steps": None, "optimize_metric": metric, "eval_batch_tokens": "auto"})
+    recipe = TrainingRecipe(cfg, Path("."))
+    recipe.tracker, recipe.accelerator, recipe.is_main = Quiet(), Quiet(), False
+    recipe.model = recipe.post = recipe.dev_windows = recipe._stop = None
+    recipe.encoded = {"dev": None}
+    for step in (1, 2, 3):
+        recipe.progress.step = step
+        recipe.evaluate(float(step))
+    assert recipe.progress.best["step"] == kept_step
+
+
+def test_a_finished_run_reports_its_recorded_best_by_the_asked_metric():
+    from extractive_qa.train import recorded_best
+
+    record = {"best_dev_em": 0.5, "best": {"em": 0.5, "f1": 0.75}}
+    assert recorded_best(record, "f1") == 0.75 and recorded_best(record, "em") == 0.5
+    assert recorded_best({"best_dev_em": 0.4}, "em") == 0.4  # a run.json from before optimize_metric

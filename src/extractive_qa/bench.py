@@ -141,7 +141,8 @@ def eval_ours(cfg: dict, window_name: str, budgets: list | None = None) -> dict 
     from .engine.hardware import eval_batch_tokens
     from .engine.setup import make_accelerator
 
-    limit = int(cfg["bench"]["budget_questions" if budgets else "seed_questions" if window_name == "seed" else "eval_questions"])
+    part = "budget_questions" if budgets else "seed_questions" if window_name == "seed" else "eval_questions"
+    limit = int(cfg["bench"][part])
     c, _, _, enc, windows = _setup(cfg, window_name, "dev", limit)
     accelerator = make_accelerator(c)
     model = accelerator.prepare(_model(c))
@@ -162,11 +163,13 @@ def eval_ours(cfg: dict, window_name: str, budgets: list | None = None) -> dict 
                      "precision": c.precision.mixed_precision, "eval_batch_tokens": eval_batch_tokens(budget),
                      "questions": n, "windows": len(windows), "seconds": seconds, "questions_per_s": n / seconds,
                      "windows_per_s": len(windows) / seconds, "tokens_per_s": float(lengths.sum()) / seconds,
-                     "model_gflops_per_s": flops / seconds / 1e9, "predictions": len(preds), "peak_rss_mb": _peak_rss_mb()})
+                     "model_gflops_per_s": flops / seconds / 1e9, "predictions": len(preds),
+                     "peak_rss_mb": _peak_rss_mb()})
     if budgets:
         return rows
     s, e = oracle_logits(enc, windows)
-    rows[0]["oracle_em"] = score(postprocess_predictions(enc, windows, s, e, max_answer_len=post.max_answer_len), enc)[0]["em"]
+    rows[0]["oracle_em"] = score(postprocess_predictions(enc, windows, s, e, max_answer_len=post.max_answer_len),
+                                 enc)[0]["em"]
     return rows[0]
 
 
@@ -245,7 +248,8 @@ def _train_steps(c: DictConfig, enc, window, naive: bool) -> dict:
             start = time.perf_counter()
             timed_lengths, padded = [], 0
         batch = next(it)
-        out = model(**model_inputs(batch), start_positions=batch["start_positions"], end_positions=batch["end_positions"])
+        out = model(**model_inputs(batch), start_positions=batch["start_positions"],
+                    end_positions=batch["end_positions"])
         (accelerator.backward(out.loss) if not naive else out.loss.backward())
         optimizer.step()
         optimizer.zero_grad()
@@ -258,7 +262,8 @@ def _train_steps(c: DictConfig, enc, window, naive: bool) -> dict:
     real = int(lengths.sum())
     flops = 3 * forward_flops(model if naive else accelerator.unwrap_model(model), lengths)
     return {"steps": steps, "batch_size": batch_size, "seconds": seconds, "windows_per_s": steps * batch_size / seconds,
-            "tokens_per_s": real / seconds, "padded_tokens_per_s": padded / seconds, "model_gflops_per_s": flops / seconds / 1e9}
+            "tokens_per_s": real / seconds, "padded_tokens_per_s": padded / seconds,
+            "model_gflops_per_s": flops / seconds / 1e9}
 
 
 def train_bench(cfg: dict, naive: bool) -> dict:
@@ -267,7 +272,8 @@ def train_bench(cfg: dict, naive: bool) -> dict:
         c = OmegaConf.merge(c, {"precision": {"mixed_precision": "no", "requested": "no"}})
     result = _train_steps(c, enc, window, naive)
     return {"bench": "train_naive" if naive else "train", "windows_preset": "seed",
-            "precision": "no" if naive else c.precision.mixed_precision, "compile": bool(c.get("compile")) and not naive,
+            "precision": "no" if naive else c.precision.mixed_precision,
+            "compile": bool(c.get("compile")) and not naive,
             **result, "peak_rss_mb": _peak_rss_mb()}
 
 
@@ -290,7 +296,8 @@ def bf16_agreement(cfg: dict) -> dict:
         tmp = Path(tmp)
         data_dir = write_synthetic_hw7(tmp / "data", n_train=600, n_dev=200)
         subprocess.run([sys.executable, "-m", "extractive_qa.train", "model=tiny",
-                        f"model.name_or_path={write_tiny_model_dir(tmp / 'model')}", f"data.dir={data_dir}", "tracking=none",
+                        f"model.name_or_path={write_tiny_model_dir(tmp / 'model')}", f"data.dir={data_dir}",
+                        "tracking=none",
                         "epochs=4", "lr=1e-3", "batch_size=32", "predict_test=false", "feature_cache=false",
                         "precision=fp32", f"paths.output_dir={tmp}", f"hydra.run.dir={tmp / 'run'}"],
                        check=True, capture_output=True, text=True)
@@ -298,7 +305,8 @@ def bf16_agreement(cfg: dict) -> dict:
         model = load_qa_model(tmp / "run" / "best_model").eval()
         tokenizer = load_tokenizer(OmegaConf.create({"name_or_path": str(tmp / "run" / "best_model")}))
         window = window_config(c.bench.windows.default)
-        enc = encode_examples(load_split(OmegaConf.create({"dev_file": str(data_dir / "hw7_dev.json")}), "dev").examples,
+        enc = encode_examples(load_split(OmegaConf.create({"dev_file": str(data_dir / "hw7_dev.json")}),
+                                         "dev").examples,
                               tokenizer, window)
         windows = eval_windows(enc, window)
         post = PostprocessSettings.from_cfg(c)

@@ -1,41 +1,43 @@
-"""``python -m extractive_qa.compare`` (``make report``): compare the runs of a sweep or an experiment.
+"""``python -m extractive_qa.compare`` (``make report``): compare the runs of a sweep, an experiment, or
+any two runs, configurations or sweeps -- and say whether the differences are real.
 
 Writes ``report.html`` (its plots inline, so it shows as it is in the MLflow UI), ``report.md`` and
 the PNG plots -- best dev EM per configuration with error bars over seeds, dev EM over steps per run,
-training loss per run -- into ``outputs/reports/<name>/`` and into MLflow:
+training loss per run -- and, when there are two configurations or more, **Is the difference
+real?**: each configuration against the best one over the same dev questions, with paired bootstrap
+intervals and randomization p-values of ΔEM and ΔF1, the flips (with examples), EM by bucket and the
+number of seeds a difference of that size needs (:mod:`extractive_qa.tracking.comparison`). Into
+``outputs/reports/<name>/`` and into MLflow:
 
-* a sweep's report goes into the sweep's **parent run** (artifacts under ``report/``), replacing the
-  previous report: re-running ``make report`` adds no run;
+* a sweep's report goes into the sweep's **parent run** (artifacts under ``report/``, its tables as
+  MLflow tables), replacing the previous report: re-running ``make report`` adds no run;
 * an experiment's report goes into one run per experiment, named after it, in the separate
   experiment ``reports`` -- kept out of the training runs' table and charts, where it would fill
   every legend (MLflow has no way to hide a run from the default view but deleting it).
 
-Configurations that differ only in ``seed`` are aggregated: mean +/- std (and n) of the best dev EM
-and F1, in the report and (at the end of a sweep) as the parent run's metrics.
-
     python -m extractive_qa.compare                       # the newest sweep in the store
     python -m extractive_qa.compare --sweep qkfzbm        # a sweep by its id (or its folder)
     python -m extractive_qa.compare --experiment offline_smoke
+    python -m extractive_qa.compare outputs/runs/A outputs/runs/B             # any two runs (no store needed)
+    python -m extractive_qa.compare sweep=qkfzbm:warmup_ratio=0.1 sweep=qkfzbm:warmup_ratio=0.2
+    python -m extractive_qa.compare sweep=qkfzbm sweep=abcdef                  # two sweeps, each over its seeds
+    python -m extractive_qa.compare runs/s1,runs/s2 runs/t1,runs/t2            # two configurations, each over seeds
 """
 
 from __future__ import annotations
 
 import argparse
-import base64
-import html
-import math
+import re
 import sys
 from pathlib import Path
 
 from .core.config import project_root
 from .core.errors import SetupError
-from .core.metrics import METRIC_LABELS, METRICS
-from .core.outputs import write_atomic
 from .tracking.base import RunRow, TrackingBackend, backend_named
-from .tracking.summary import Group, best_metrics, group_by_config, optimize_metric_of, rank, seeds_swept
-
-PLOTS = ("dev_em.png", "dev_em_steps.png", "train_loss.png")
-REPORT_FILES = ("report.html", "report.md", *PLOTS)
+from .tracking.comparison import Comparison, Configuration, compare, load, question_buckets
+from .tracking.report import REPORT_FILES, write_report
+from .tracking.rundir import run_dir_row
+from .tracking.summary import group_by_config, optimize_metric_of, rank
 
 
 def differing_params(rows: list[RunRow]) -> list[str]:
@@ -44,119 +46,20 @@ def differing_params(rows: list[RunRow]) -> list[str]:
     return [k for k in keys if len({r.params.get(k) for r in rows}) > 1]
 
 
-def _fmt(x) -> str:
-    if x is None or (isinstance(x, float) and math.isnan(x)):
-        return "–"
-    return f"{x:.4f}" if isinstance(x, float) else str(x)
+def comparison_of(backend: TrackingBackend, configurations: list[Configuration], metric: str,
+                  n_resamples: int = 10_000) -> Comparison | None:
+    """Configurations compared question by question (``None`` for fewer than two)."""
+    if len(configurations) < 2:
+        return None
+    questions = load(backend, configurations)
+    reference = rank([r for c in configurations for r in c.runs], metric)[0]
+    return compare(configurations, questions, metric, question_buckets(questions, reference), n_resamples)
 
 
-def _mean_std(group: Group, metric: str) -> str:
-    mean, std, n = group.stats(metric)
-    return "–" if not n else f"{mean:.4f} ± {std:.4f}"
-
-
-def tables(rows: list[RunRow], keys: list[str], optimize_metric: str = "em") -> tuple[list[str], list[list[str]], list[str],
-                                                                                  list[list[str]]]:
-    """The runs table (best first, by ``optimize_metric``) and, when seeds are swept, the table of
-    configurations over seeds."""
-    head = ["run", *keys, *(f"best dev {METRIC_LABELS[m]}" for m in METRICS), "wall time (s)", "status"]
-    body = []
-    for r in rank(rows, optimize_metric):
-        best = best_metrics(r)
-        body.append([r.name, *(r.values.get(k, "") for k in keys), *(_fmt(best.get(m)) for m in METRICS),
-                     f"{r.metrics['wall_time_s']:.1f}" if "wall_time_s" in r.metrics else "–", r.status])
-    if not seeds_swept(rows):
-        return head, body, [], []
-    seed_head = ["configuration", "n", "best dev EM (mean ± std)", "best dev F1 (mean ± std)"]
-    seed_body = [[g.label, str(g.stats("best/dev_em")[2]), _mean_std(g, "best/dev_em"), _mean_std(g, "best/dev_f1")]
-                 for g in group_by_config([r for r in rows if r.status == "FINISHED"])]
-    return head, body, seed_head, seed_body
-
-
-def _markdown(head: list[str], body: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
-    return "\n".join([*lines, *("| " + " | ".join(row) + " |" for row in body)]) + "\n"
-
-
-def _html_table(head: list[str], body: list[list[str]]) -> str:
-    cells = "".join(f"<th>{html.escape(h)}</th>" for h in head)
-    rows = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in body)
-    return f"<table><thead><tr>{cells}</tr></thead><tbody>{rows}</tbody></table>"
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def plot_em(rows: list[RunRow], path: Path) -> None:
-    """Best dev EM per configuration (categories, in swept-value order): bar = mean over seeds, error bar =
-    std, dots = the runs. The axis starts at 0, so two close runs do not look far apart."""
-    plt = _plt()
-    groups = group_by_config(rows)
-    fig, ax = plt.subplots(figsize=(max(5, 1.1 * len(groups) + 2), 4))
-    for i, g in enumerate(groups):
-        mean, std, n = g.stats("best/dev_em")
-        if n:
-            ax.bar(i, mean, yerr=std if n > 1 else None, capsize=6, color="#8fb3d9", edgecolor="#2b5d8a")
-            ax.scatter([i] * n, [r.metrics["best/dev_em"] for r in g.runs if "best/dev_em" in r.metrics], color="#1f3b57",
-                       zorder=3, s=18)
-    ax.set_xticks(range(len(groups)), [g.label[:40] for g in groups], rotation=20 if len(groups) > 3 else 0,
-                  ha="right" if len(groups) > 3 else "center", fontsize=8)
-    top = max([r.metrics.get("best/dev_em", 0) for r in rows] + [0.01])
-    ax.set_ylim(0, min(1.0, top * 1.25) if top < 0.8 else 1.0)
-    ax.set_ylabel("best dev EM")
-    ax.set_title("best dev EM" + (" (mean ± std over seeds)" if seeds_swept(rows) else ""))
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def plot_history(backend: TrackingBackend, rows: list[RunRow], metric: str, label: str, path: Path) -> None:
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for r in rows:
-        hist = backend.metric_history(r.run_id, metric)
-        if hist:
-            ax.plot([s for s, _ in hist], [v for _, v in hist], marker="o" if len(hist) < 15 else None, markersize=3,
-                    label=r.name[:40])
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel(label)
-    ax.set_title(f"{label} per run")
-    if ax.lines:
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def write_report(backend: TrackingBackend, title: str, lines: list[str], rows: list[RunRow], keys: list[str],
-                 out: Path) -> Path:
-    """``report.md``, ``report.html`` and the plots of ``rows`` into ``out``."""
-    out.mkdir(parents=True, exist_ok=True)
-    plot_em(rows, out / "dev_em.png")
-    plot_history(backend, rows, "dev/em", "dev EM", out / "dev_em_steps.png")
-    plot_history(backend, rows, "train/loss", "training loss", out / "train_loss.png")
-    head, body, seed_head, seed_body = tables(rows, keys, optimize_metric_of(rows))
-    md = [f"# {title}", "", *lines, "", _markdown(head, body)]
-    page = [f"<h1>{html.escape(title)}</h1>", *(f"<p>{html.escape(line)}</p>" for line in lines), _html_table(head, body)]
-    if seed_body:
-        md += ["## Over seeds", "", _markdown(seed_head, seed_body)]
-        page += ["<h2>Over seeds</h2>", _html_table(seed_head, seed_body)]
-    md += [f"![{p}]({p})" for p in PLOTS]
-    page += [f'<img alt="{p}" src="data:image/png;base64,{base64.b64encode((out / p).read_bytes()).decode()}">'
-             for p in PLOTS]
-    style = ("<style>body{font-family:sans-serif;margin:1.5em}table{border-collapse:collapse;margin:1em 0}"
-             "td,th{border:1px solid #ccc;padding:4px 8px;font-size:13px}th{background:#f3f3f3}"
-             "img{max-width:48%;margin:4px}</style>")
-    write_atomic(out / "report.md", "\n".join(md) + "\n")
-    write_atomic(out / "report.html", f"<!doctype html><html><head><meta charset='utf-8'>{style}</head><body>"
-                 + "\n".join(page) + "</body></html>\n")
-    return out
+def configurations_of(rows: list[RunRow]) -> list[Configuration]:
+    """A sweep's or experiment's finished runs grouped by their values other than the seed."""
+    finished = [r for r in rows if r.status == "FINISHED"]
+    return [Configuration(label=g.label, runs=g.runs) for g in group_by_config(finished)]
 
 
 def report_sweep(backend: TrackingBackend, sweep: str | None, out_dir: Path | None, log: bool) -> Path:
@@ -169,11 +72,12 @@ def report_sweep(backend: TrackingBackend, sweep: str | None, out_dir: Path | No
         row.values = row.values or {k: row.params.get(k, "") for k in keys}
     counts = ", ".join(f"{sum(r.status == s for r in rows)} {s}" for s in ("FINISHED", "FAILED", "KILLED", "RUNNING")
                        if any(r.status == s for r in rows))
-    out = write_report(backend, f"Sweep {record.id}", [f"command: {record.command}",
-                                                       f"{len(rows)} runs ({counts}); swept: {', '.join(keys) or 'nothing'}"],
-                       rows, keys, out_dir or project_root() / "outputs" / "reports" / f"sweep-{record.id}")
+    lines = [f"command: {record.command}", f"{len(rows)} runs ({counts}); swept: {', '.join(keys) or 'nothing'}"]
+    comparison = comparison_of(backend, configurations_of(rows), optimize_metric_of(rows))
+    out = out_dir or project_root() / "outputs" / "reports" / f"sweep-{record.id}"
+    tables = write_report(backend, f"Sweep {record.id}", lines, rows, keys, out, comparison)
     if log:
-        backend.attach_report(out, list(REPORT_FILES), record, None)
+        backend.attach_report(out, list(REPORT_FILES), record, None, tables)
     return out
 
 
@@ -184,33 +88,85 @@ def report_experiment(backend: TrackingBackend, experiment: str, out_dir: Path |
     keys = differing_params(rows)
     for row in rows:
         row.values = {k: row.params.get(k, "") for k in keys}
-    out = write_report(backend, f"Experiment {experiment}", [f"{len(rows)} runs; parameters that differ: "
-                                                             f"{', '.join(keys) or 'none'}"], rows, keys,
-                       out_dir or project_root() / "outputs" / "reports" / f"experiment-{experiment}")
+    comparison = comparison_of(backend, configurations_of(rows), optimize_metric_of(rows))
+    out = out_dir or project_root() / "outputs" / "reports" / f"experiment-{experiment}"
+    lines = [f"{len(rows)} runs; parameters that differ: {', '.join(keys) or 'none'}"]
+    tables = write_report(backend, f"Experiment {experiment}", lines, rows, keys, out, comparison)
     if log:
-        backend.attach_report(out, list(REPORT_FILES), None, experiment)
+        backend.attach_report(out, list(REPORT_FILES), None, experiment, tables)
+    return out
+
+
+def side(backend: TrackingBackend, spec: str) -> Configuration:
+    """One side of ``compare A B``: run dirs (comma-separated: a configuration over its seeds), a sweep's
+    finished jobs (``sweep=ID``), or one configuration of a sweep (``sweep=ID:key=value,key=value``)."""
+    if spec.startswith("sweep="):
+        sweep_id, _, selector = spec[len("sweep="):].partition(":")
+        wanted = dict(pair.split("=", 1) for pair in selector.split(",") if "=" in pair)
+        rows = [r for r in backend.sweep_runs(backend.find_sweep(sweep_id)) if r.status == "FINISHED"
+                and all(r.values.get(k) == v for k, v in wanted.items())]
+        if not rows:
+            raise FileNotFoundError(f"{spec}: no finished run of sweep {sweep_id} has {selector or 'any values'}")
+        return Configuration(label=spec[len("sweep="):], runs=rows)
+    dirs = [Path(d).expanduser() for d in spec.split(",") if d]
+    missing = [str(d) for d in dirs if not (d / "run.json").is_file()]
+    if missing:
+        raise FileNotFoundError(f"{', '.join(missing)}: not a run folder (no run.json). Name run folders, or "
+                                "sweep=ID[:key=value,...]")
+    rows = [run_dir_row(d) for d in dirs]
+    label = rows[0].name if len(rows) == 1 else f"{rows[0].name} (+{len(rows) - 1})"
+    return Configuration(label=label, runs=rows)
+
+
+def compare_two(backend: TrackingBackend, a: str, b: str, out_dir: Path | None, metric: str | None) -> Path:
+    """``A`` against ``B``: the comparison section on its own, into ``outputs/reports/compare-.../``."""
+    sides = [side(backend, a), side(backend, b)]
+    if sides[0].label == sides[1].label:
+        sides[1].label += " (B)"
+    rows = [r for s in sides for r in s.runs]
+    comparison = comparison_of(backend, sides, metric or optimize_metric_of(rows))
+    slug = re.sub(r"[^\w.=-]+", "_", f"{sides[0].label}-vs-{sides[1].label}")[:120]
+    out = out_dir or project_root() / "outputs" / "reports" / f"compare-{slug}"
+    for s in sides:
+        for r in s.runs:
+            r.values = r.values or {"side": s.label}
+    write_report(backend, f"{sides[0].label} vs {sides[1].label}", [], rows, [], out, comparison)
+    for line in comparison.lines:
+        print(line)
     return out
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m extractive_qa.compare", description=__doc__.split("\n\n")[0])
+    parser.add_argument("sides", nargs="*", metavar="A B",
+                        help="two runs, configurations or sweeps to compare (see above)")
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--experiment", help="compare every training run of this MLflow experiment")
-    group.add_argument("--sweep", help="a sweep's id (the start of its runs' names) or folder (default: the newest)")
+    group.add_argument("--sweep", help="a sweep's id (the end of its runs' names) or folder (default: the newest)")
+    parser.add_argument("--metric", help="what 'best' means (default: the runs' optimize_metric)")
     parser.add_argument("--uri", help="tracking URI (default: $MLFLOW_TRACKING_URI or the project's mlflow.db)")
     parser.add_argument("--tracking", default="mlflow", help="the backend to read runs from: a conf/tracking/ option")
     parser.add_argument("--out", type=Path, help="output folder (default: outputs/reports/<name>)")
     parser.add_argument("--no-log", action="store_true", help="do not log the report to MLflow")
+    parser.add_argument("--links", metavar="UI", help="only print the links that open each experiment's runs view in "
+                        "the UI served at UI (make ui: http://127.0.0.1:5000)")
     args = parser.parse_args(argv)
+    if args.sides and len(args.sides) != 2:
+        parser.error("compare takes two sides (A B), or none with --sweep / --experiment")
     try:
         backend = backend_named(args.tracking, project_root(), args.uri)
-        if args.experiment:
+        if args.links:
+            print("\n".join(backend.links(args.links)) or "no runs view yet: train a run or a sweep first")
+            return
+        if args.sides:
+            out = compare_two(backend, *args.sides, args.out, args.metric)
+        elif args.experiment:
             out = report_experiment(backend, args.experiment, args.out, not args.no_log)
         else:
             out = report_sweep(backend, args.sweep, args.out, not args.no_log)
     except (SetupError, FileNotFoundError) as err:
         raise SystemExit(f"error: {err}") from None
-    print(out / "report.html")
+    print(f"report: {out / 'report.html'}")
 
 
 if __name__ == "__main__":

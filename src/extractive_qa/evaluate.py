@@ -35,7 +35,8 @@ def evaluate(predictions: str, references: str, unanswerable: str = "error") -> 
     missing = [ex.id for ex in with_refs if ex.id not in answers]
     extra = sorted(set(answers) - {ex.id for ex in examples})
     unscored = [ex.id for ex in examples if not ex.answers and ex.id in answers]
-    return {**scores, "official": {"EM": round(100 * scores["em_cmrc2018"], 3), "F1": round(100 * scores["f1_cmrc2018"], 3),
+    return {**scores, "official": {"EM": round(100 * scores["em_cmrc2018"], 3),
+                                   "F1": round(100 * scores["f1_cmrc2018"], 3),
                                    "AVERAGE": round(50 * (scores["em_cmrc2018"] + scores["f1_cmrc2018"]), 3)},
             "questions": len(ids), "predictions": len(answers), "missing": len(missing), "extra": len(extra),
             "missing_ids": missing, "extra_ids": extra, "without_references": len(unscored),

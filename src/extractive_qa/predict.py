@@ -3,13 +3,15 @@ ensemble of several.
 
 Which models: ``run_dir=`` (one run), ``run_dirs=[a,b,c]``, ``top_k=3 sweep=<id>`` or ``top_k=3
 experiment=<name>`` (the k best finished runs in the tracking store, by ``optimize_metric`` with ties
-broken by EM then F1, named by their run names), ``model_uri=models:/<name>/<version>``
+broken by EM then F1), ``model_uri=models:/<name>/<version>``
 or ``runs:/<run id>/model`` (a logged or registered model), or -- with none of these -- the newest run
 that kept its ``best_model/``. Each model predicts with its run's own window and post-processing
 settings; several are combined by averaging logits when their windows line up, else by an n-best
-vote (:mod:`extractive_qa.engine.ensemble`). With several models (or ``dev_file=``), every member and
-the ensemble are also scored on the dev file, so the gain is measured, not assumed. The CSV has every
-test id exactly once, in file order; its path is the last line printed.
+vote (:mod:`extractive_qa.engine.ensemble`). Members are named as the MLflow UI names their runs. With
+several models (or ``dev_file=``), every member and the ensemble are also scored -- by default on the dev
+questions the runs were scored on while training, so the numbers match the UI -- and the gain is
+measured, not assumed. The CSV has every test id exactly once, in file order; the last line printed is
+``submission: <its path>``.
 """
 
 from __future__ import annotations
@@ -30,7 +32,8 @@ log = logging.getLogger(__name__)
 
 
 def newest_run(output_dir: Path) -> Path:
-    runs = [p.parent for p in output_dir.glob("**/best_model/config.json") if (p.parent.parent / "config_resolved.yaml").is_file()]
+    runs = [p.parent for p in output_dir.glob("**/best_model/config.json")
+            if (p.parent.parent / "config_resolved.yaml").is_file()]
     if not runs:
         raise FileNotFoundError(f"no trained run with a best_model/ under {output_dir}; train one first "
                                 "(make train) or pass run_dir=/path/to/run")
@@ -40,7 +43,8 @@ def newest_run(output_dir: Path) -> Path:
 def check_run_dir(run_dir: Path) -> Path:
     run_dir = Path(run_dir).expanduser().resolve()
     if not (run_dir / "best_model" / "config.json").is_file() or not (run_dir / "config_resolved.yaml").is_file():
-        raise FileNotFoundError(f"{run_dir} holds no trained model (best_model/ and config_resolved.yaml): it was trained "
+        raise FileNotFoundError(f"{run_dir} holds no trained model (best_model/ and config_resolved.yaml): it was "
+                                "trained "
                                 "with save_model=false and predict_test=false, or stopped before its first evaluation. "
                                 "Fix: run_dir=<a run that kept its best_model/>")
     return run_dir
@@ -68,7 +72,8 @@ def top_runs(cfg: DictConfig) -> list[tuple[str, Path]]:
     finished = [r for r in rows if r.status == "FINISHED" and best_metrics(r) and r.run_dir
                 and (Path(r.run_dir) / "best_model").is_dir()]
     if len(finished) < int(cfg.top_k):
-        raise FileNotFoundError(f"top_k={cfg.top_k} but only {len(finished)} finished runs with a best_model/ were found")
+        raise FileNotFoundError(f"top_k={cfg.top_k} but only {len(finished)} finished runs with a best_model/ "
+                                "were found")
     ranked = rank(finished, str(cfg.optimize_metric or optimize_metric_of(finished)))
     return [(r.name, Path(r.run_dir)) for r in ranked[: int(cfg.top_k)]]
 
@@ -87,8 +92,37 @@ def member_sources(cfg: DictConfig) -> list[tuple[str, Path]]:
         dirs = [Path(str(d)) for d in cfg.run_dirs]
     else:
         dirs = [Path(str(cfg.run_dir)) if cfg.run_dir else newest_run(Path(cfg.paths.output_dir))]
-    # A sweep's job dirs are numbered (0, 1, ...): such a member is named by its sweep too.
-    return [(f"{d.parent.name}/{d.name}" if d.name.isdigit() else d.name, check_run_dir(d)) for d in dirs]
+    return [(run_name(d), check_run_dir(d)) for d in dirs]
+
+
+def run_name(run_dir: Path) -> str:
+    """The run's name as the MLflow UI shows it (recorded in its ``run.json``); for runs from before names
+    were recorded, its folder (``<sweep>/<job>`` for a sweep's numbered job dirs)."""
+    from .core.runs import read_run_record
+
+    name = (read_run_record(run_dir) or {}).get("run_name")
+    return str(name) if name else f"{run_dir.parent.name}/{run_dir.name}" if run_dir.name.isdigit() else run_dir.name
+
+
+def dev_set(cfg: DictConfig, members: list) -> tuple[list, str] | None:
+    """The dev questions to score members on, and a label saying which they are: ``dev_file=auto`` (several
+    members) -- the questions the runs were scored on while training (their ``data.dev_file``, first
+    ``data.limit_dev``), so the numbers match the MLflow UI; ``dev_file=<path>`` -- that whole file."""
+    from .core.data import read_examples
+
+    if str(cfg.dev_file) == "none" or (cfg.dev_file in (None, "auto") and len(members) < 2):
+        return None
+    if cfg.dev_file not in (None, "auto"):
+        return read_examples(str(cfg.dev_file)).examples, f"{cfg.dev_file} (the whole file)"
+    data = members[0].run_cfg.data
+    limits = {(str(m.run_cfg.data.dev_file), m.run_cfg.data.get("limit_dev")) for m in members}
+    examples = read_examples(str(data.dev_file)).examples
+    limit = data.get("limit_dev")
+    examples = examples[: int(limit)] if limit else examples
+    label = f"{data.dev_file}" + (f" (first {limit} questions" if limit else " (all questions")
+    same = len(limits) == 1
+    label += ": the dev set the runs were scored on)" if same else ": the first member's dev set; members differ)"
+    return examples, label
 
 
 def _output_path(cfg: DictConfig, sources: list[tuple[str, Path]]) -> Path:
@@ -119,16 +153,19 @@ def run_predict(cfg: DictConfig) -> dict:
     first = members[0].run_cfg
     batch_tokens = cfg.eval_batch_tokens or first.get("eval_batch_tokens") or "auto"
     summary: dict = {"members": [m.name for m in members], "combine": None, "dev": {}}
-    dev_file = cfg.dev_file if cfg.dev_file not in (None, "auto") else (first.data.dev_file if len(members) > 1 else None)
-    if dev_file and str(dev_file) != "none":
-        dev = read_examples(str(dev_file)).examples
+    scored = dev_set(cfg, members)
+    if scored is not None:
+        dev, label = scored
+        summary["dev_set"] = label
         per_member, combined, _ = predict_members(members, dev, str(cfg.combine), batch_tokens, accelerator, "dev")
         for m, preds in zip(members, per_member, strict=True):
             summary["dev"][m.name] = score_answers({p.id: p.text for p in preds}, dev)[0]
-            print(json.dumps({"member": m.name, "dev_file": str(dev_file), **summary["dev"][m.name]}), flush=True)
+            print(json.dumps({"member": m.name, **summary["dev"][m.name], "dev": label}, ensure_ascii=False),
+                  flush=True)
         if len(members) > 1:
             summary["dev"]["ensemble"] = score_answers({p.id: p.text for p in combined}, dev)[0]
-            print(json.dumps({"ensemble": len(members), "dev_file": str(dev_file), **summary["dev"]["ensemble"]}), flush=True)
+            print(json.dumps({"ensemble": len(members), **summary["dev"]["ensemble"], "dev": label},
+                             ensure_ascii=False), flush=True)
     test = read_examples(str(cfg.test_file or first.data.test_file))
     _, preds, _ = predict_members(members, test.examples, str(cfg.combine), batch_tokens, accelerator, "test")
     summary["combine"] = combination(members, str(cfg.combine)) if len(members) > 1 else None
@@ -136,7 +173,8 @@ def run_predict(cfg: DictConfig) -> dict:
     strip = first.csv_strip_commas if cfg.csv_strip_commas is None else cfg.csv_strip_commas
     write_submission(out, test.examples, preds, bool(strip))
     if len(members) > 1:
-        write_json(out.parent / "ensemble.json", {**summary, "sources": [str(f) for _, f in sources], "test_file": test.path})
+        write_json(out.parent / "ensemble.json", {**summary, "sources": [str(f) for _, f in sources],
+                                                  "test_file": test.path})
         write_json(out.parent / "test_nbest.json", nbest_json(preds))
     summary["output"] = str(out)
     return summary
@@ -155,7 +193,7 @@ def main(cfg: DictConfig) -> None:
     except PermissionError as err:
         print(f"error: cannot write {err.filename}: {err.strerror}. Fix: output=/a/writable/path.csv", file=sys.stderr)
         sys.exit(2)
-    print(summary["output"])
+    print(f"submission: {summary['output']}")
 
 
 if __name__ == "__main__":

@@ -26,7 +26,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m extractive_qa.sync", description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dirs", nargs="+", type=Path)
     parser.add_argument("--uri", help="tracking URI (default: $MLFLOW_TRACKING_URI or the project's mlflow.db)")
-    parser.add_argument("--tracking", default="mlflow", help="the backend to send to: a conf/tracking/ option (default: mlflow)")
+    parser.add_argument("--tracking", default="mlflow",
+                        help="the backend to send to: a conf/tracking/ option (default: mlflow)")
     args = parser.parse_args(argv)
     try:
         backend = backend_named(args.tracking, project_root(), args.uri)

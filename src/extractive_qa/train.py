@@ -63,12 +63,13 @@ class Progress:
     step: int = 0  # optimizer steps taken
     epoch: int = 0  # the epoch in progress
     batches_done: int = 0  # batches of that epoch already trained on
-    best: dict = field(default_factory=dict)  # dev metrics of the best evaluation (by optimize_metric), its step and epoch
+    best: dict = field(default_factory=dict)  # dev metrics of the best evaluation (by optimize_metric), step, epoch
     wall_time_s: float = 0.0  # seconds trained before the last checkpoint, over every resumed part
 
     @classmethod
     def from_state(cls, state: dict) -> Progress:
-        return cls(step=state["step"], epoch=state["epoch"], batches_done=state["batches_done"], best=dict(state["best"]),
+        return cls(step=state["step"], epoch=state["epoch"], batches_done=state["batches_done"],
+                   best=dict(state["best"]),
                    wall_time_s=float(state.get("wall_time_s", 0.0)))
 
 
@@ -163,7 +164,8 @@ class TrainingRecipe:
         model = self._setup_model()
         optimizer = instantiate(self.cfg.optimizer)(parameter_groups(model, float(self.cfg.optimizer.weight_decay)))
         scheduler = self._setup_scheduler(optimizer, len(loader))
-        self.model, self.optimizer, self.loader, self.scheduler = self.accelerator.prepare(model, optimizer, loader, scheduler)
+        self.model, self.optimizer, self.loader, self.scheduler = self.accelerator.prepare(model, optimizer, loader,
+                                                                                           scheduler)
         if resume is not None:
             self._restore(resume)
         self.tracker.log_inputs(self.splits)
@@ -188,15 +190,17 @@ class TrainingRecipe:
         elif self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             OmegaConf.save(OmegaConf.create(to_plain(cfg)), self.run_dir / "config_resolved.yaml")
-            update_run_record(self.run_dir, identity=self.identity, experiment=str(cfg.experiment_name), status="RUNNING",
+            update_run_record(self.run_dir, identity=self.identity, experiment=str(cfg.experiment_name),
+                              status="RUNNING",
                               sweep=self.sweep)
         return point
 
     def _setup_tracking(self, resume: ResumePoint | None) -> Tracker:
         run_id = resume.state.get("mlflow_run_id") if resume else None
-        tracker = start_tracking(self.cfg, self.run_dir, self.is_main, run_id, resumed=resume is not None, sweep=self.sweep)
+        tracker = start_tracking(self.cfg, self.run_dir, self.is_main, run_id, resumed=resume is not None,
+                                 sweep=self.sweep)
         if self.is_main and resume is None:
-            update_run_record(self.run_dir, mlflow_run_id=tracker.run_id)
+            update_run_record(self.run_dir, mlflow_run_id=tracker.run_id, run_name=tracker.run_name)
         return tracker
 
     def _restore(self, resume: ResumePoint) -> None:
@@ -228,7 +232,8 @@ class TrainingRecipe:
     def _setup_train_loader(self) -> tuple[TrainWindowDataset, DataLoader]:
         train_set = TrainWindowDataset(self.encoded["train"], self.window, int(self.cfg.seed))
         return train_set, train_loader(train_set, self.batch_size, self.tokenizer.pad_token_id or 0,
-                                       group_by_length=bool(self.cfg.group_by_length), num_workers=int(self.cfg.num_workers))
+                                       group_by_length=bool(self.cfg.group_by_length),
+                                       num_workers=int(self.cfg.num_workers))
 
     def _setup_model(self) -> torch.nn.Module:
         model = load_model(self.cfg.model)
@@ -305,7 +310,8 @@ class TrainingRecipe:
             self.optimizer.step()
             self.scheduler.step()
             self.optimizer.zero_grad()
-        right = (out.start_logits.argmax(-1) == batch["start_positions"]) & (out.end_logits.argmax(-1) == batch["end_positions"])
+        right = ((out.start_logits.argmax(-1) == batch["start_positions"])
+                 & (out.end_logits.argmax(-1) == batch["end_positions"]))
         self._log_window.add(loss.item(), right.float().mean().item(), len(right), int(batch["attention_mask"].sum()))
 
     def _maybe_log(self, epoch_fraction: float, bar) -> None:
@@ -318,7 +324,8 @@ class TrainingRecipe:
         if step % self.logging_steps != 0 and 2 * (step - window.first_step) < self.logging_steps:
             return
         metrics = window.metrics()
-        self.tracker.log_metrics({**metrics, "train/lr": self.scheduler.get_last_lr()[0], "epoch": epoch_fraction}, step)
+        self.tracker.log_metrics({**metrics, "train/lr": self.scheduler.get_last_lr()[0], "epoch": epoch_fraction},
+                                 step)
         bar.set_postfix(loss=f"{metrics['train/loss']:.3f}", acc=f"{metrics['train/acc']:.3f}")
         self._log_window = LogWindow(first_step=step)
 
@@ -379,13 +386,15 @@ class TrainingRecipe:
             update_run_record(self.run_dir, best_dev_em=best.get("em"), optimize_metric=self.optimize_metric,
                               best={m: best.get(m) for m in METRICS})
             best_metrics = {f"best/dev_{m}": best.get(m, 0.0) for m in METRICS}
-            self.tracker.log_metrics({**best_metrics, "wall_time_s": summary["wall_time_s"]}, self.progress.step)
+            # At step 0, not the last step: MLflow's chart view then draws one bar per run to compare.
+            self.tracker.log_metrics({**best_metrics, "wall_time_s": summary["wall_time_s"]}, 0)
             self.tracker.log_run_files(self.run_dir)
             if self.cfg.tracking.get("log_model") and self.best_dir.is_dir():
                 first = self.splits["dev"].examples[0]
                 self.tracker.log_model(self.run_dir, {"question": first.question, "context": first.context},
-                                       self.cfg.tracking.get("register_model"), best_metrics)
-        log.info("done in %.0fs: best dev %s %.4f (step %s); outputs in %s", summary["wall_time_s"], self.optimize_metric,
+                                       self.cfg.tracking.get("register_model"))
+        log.info("done in %.0fs: best dev %s %.4f (step %s); outputs in %s", summary["wall_time_s"],
+                 self.optimize_metric,
                  best.get(self.optimize_metric, 0.0), best.get("step"), self.run_dir)
         return float(best.get(self.optimize_metric, 0.0))
 
@@ -400,7 +409,8 @@ class TrainingRecipe:
         except EvaluationStopped:
             raise Interrupted(self._save(), self.progress.step, "test prediction") from None
         if self.is_main:
-            write_submission(self.run_dir / "test_predictions.csv", enc.examples, preds, bool(self.cfg.csv_strip_commas))
+            write_submission(self.run_dir / "test_predictions.csv", enc.examples, preds,
+                             bool(self.cfg.csv_strip_commas))
             write_json(self.run_dir / "test_nbest.json", nbest_json(preds))
         return len(preds)
 
@@ -433,7 +443,8 @@ def run_dir_of_job() -> Path:
 
 def _error_text(err: BaseException) -> str:
     msg = str(err)
-    return msg if msg.startswith("error: ") else setup_message([err]) if isinstance(err, SetupError) else f"error: {msg}"
+    return msg if msg.startswith("error: ") else setup_message([err]) if isinstance(err,
+                                                                                    SetupError) else f"error: {msg}"
 
 
 @hydra.main(config_path=CONF_DIR, config_name="train", version_base="1.3")
@@ -447,7 +458,8 @@ def main(cfg: DictConfig) -> float | None:
         record_job_outcome(sweep, FINISHED, run_dir, best=best)
         return best
     except Interrupted as stopped:
-        where = f"resume={stopped.checkpoint.parent.parent}" if stopped.checkpoint else "nothing to resume: run it again"
+        where = (f"resume={stopped.checkpoint.parent.parent}" if stopped.checkpoint
+                 else "nothing to resume: run it again")
         print(f"stopped: {stopped}. The MLflow run is marked KILLED. Resume with the same command plus {where}",
               file=sys.stderr)
         record_job_outcome(sweep, KILLED, job_dir, error=str(stopped))
@@ -461,7 +473,8 @@ def main(cfg: DictConfig) -> float | None:
             sys.exit(2 if isinstance(err, SetupError) else 3)
         if sweep is None:
             raise
-        log.error("job %s failed: %s", sweep["job"], text, exc_info=not isinstance(err, (SetupError, FloatingPointError)))
+        log.error("job %s failed: %s", sweep["job"], text, exc_info=not isinstance(err, (SetupError,
+                                                                                         FloatingPointError)))
         record_job_outcome(sweep, FAILED, job_dir, error=text)
         return None
 

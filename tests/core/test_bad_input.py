@@ -67,8 +67,10 @@ def test_test_file_predictions_keep_every_id_exactly_once(tmp_path, char_tokeniz
     enc = encode_examples(examples.examples, char_tokenizer, window)
     windows = eval_windows(enc, window)
     rng = np.random.default_rng(0)
-    lengths = [len(enc.question_ids[int(i)]) + 3 + int(c) for i, c in zip(windows.example_index, windows.context_len, strict=True)]
-    preds = postprocess_predictions(enc, windows, [rng.normal(size=n) for n in lengths], [rng.normal(size=n) for n in lengths])
+    lengths = [enc.sequence_length(int(i), int(c))
+               for i, c in zip(windows.example_index, windows.context_len, strict=True)]
+    preds = postprocess_predictions(enc, windows, [rng.normal(size=n) for n in lengths],
+                                    [rng.normal(size=n) for n in lengths])
     out = write_submission(tmp_path / "sub.csv", examples.examples, preds)
     with open(out, newline="", encoding="utf-8") as f:
         ids = [row["ID"] for row in csv.DictReader(f)]
@@ -76,7 +78,8 @@ def test_test_file_predictions_keep_every_id_exactly_once(tmp_path, char_tokeniz
 
 
 def test_submission_refuses_to_drop_or_duplicate(tmp_path, char_tokenizer):
-    examples = read_examples(hw7_file(tmp_path / "t.json", ["台北"], [hw7_question(1, 0, "哪？"), hw7_question(2, 0, "哪？")]))
+    questions = [hw7_question(1, 0, "哪？"), hw7_question(2, 0, "哪？")]
+    examples = read_examples(hw7_file(tmp_path / "t.json", ["台北"], questions))
     _, _, preds = _oracle_texts(examples.examples, char_tokenizer)
     with pytest.raises(ValueError, match="1 questions have no prediction"):
         write_submission(tmp_path / "s.csv", examples.examples, preds[:1])
@@ -95,7 +98,8 @@ def test_submission_quotes_commas_and_newlines_or_strips_commas(tmp_path, char_t
 
 def test_non_bmp_and_unk_characters_round_trip(char_tokenizer, tmp_path):
     examples = read_examples(hw7_file(tmp_path / "u.json", ["他叫𠮷田ＡＢＣ，住在龘城。"],
-                                      [hw7_question(1, 0, "叫什麼？", "𠮷田ＡＢＣ", 3), hw7_question(2, 0, "住哪？", "龘城", 11)]))
+                                      [hw7_question(1, 0, "叫什麼？", "𠮷田ＡＢＣ", 3),
+                                       hw7_question(2, 0, "住哪？", "龘城", 11)]))
     assert examples.repairs[RepairKind.UTF16_OFFSET] == 1  # "龘城" at UTF-16 offset 11 is character 10
     _, _, preds = _oracle_texts(examples.examples, char_tokenizer)
     assert [p.text for p in preds] == ["𠮷田ＡＢＣ", "龘城"]
@@ -137,7 +141,8 @@ def test_squad_v2_unanswerable_questions_are_refused_or_dropped_and_counted(tmp_
     qas = [{"id": "a", "question": "哪？", "answers": [{"text": "台北", "answer_start": 0}]},
            {"id": "b", "question": "誰？", "answers": [], "is_impossible": True,
             "plausible_answers": [{"text": "台北", "answer_start": 0}]}]
-    path = write_json(tmp_path / "v2.json", {"version": "v2.0", "data": [{"paragraphs": [{"context": "台北", "qas": qas}]}]})
+    data = [{"paragraphs": [{"context": "台北", "qas": qas}]}]
+    path = write_json(tmp_path / "v2.json", {"version": "v2.0", "data": data})
     with pytest.raises(DataFormatError, match=r"id='b'.*unanswerable.*data.unanswerable=drop"):
         read_examples(path)
     kept = read_examples(path, unanswerable="drop")

@@ -75,9 +75,11 @@ def test_dirty_hw7_file_is_repaired_and_counted(tmp_path):
     [
         ('{"questions": [', "invalid JSON at line 1"),
         ("[1, 2]", "unknown top-level shape"),
-        ('{"questions": [{"id": 7, "paragraph_id": 0}], "paragraphs": ["p"]}', "record #0 (id=7): missing key(s) ['question_text']"),
+        ('{"questions": [{"id": 7, "paragraph_id": 0}], "paragraphs": ["p"]}',
+         "record #0 (id=7): missing key(s) ['question_text']"),
         ('{"questions": [{"id": 7, "paragraph_id": 3, "question_text": "q"}], "paragraphs": ["p"]}', "paragraph_id 3"),
-        ('{"questions": [{"id": 1, "paragraph_id": 0, "question_text": "q"}, {"id": 1, "paragraph_id": 0, "question_text": "r"}], "paragraphs": ["p"]}', "duplicate question id"),
+        ('{"questions": [{"id": 1, "paragraph_id": 0, "question_text": "q"}, '
+         '{"id": 1, "paragraph_id": 0, "question_text": "r"}], "paragraphs": ["p"]}', "duplicate question id"),
         ('{"questions": [], "paragraphs": []}', "holds no questions"),
         ('{"data": [{"paragraphs": [{"context": "c", "qas": [{"question": "q"}]}]}]}', "missing key(s) ['id']"),
     ],

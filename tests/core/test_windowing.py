@@ -59,7 +59,8 @@ def test_seed_settings_reproduce_the_seed_windows_exactly(bert_tokenizer):
     ours: dict[int, list[list[int]]] = {}
     for w in range(len(windows)):
         i = int(windows.example_index[w])
-        ours.setdefault(i, []).append(build_input_ids(enc, i, int(windows.context_start[w]), int(windows.context_len[w])))
+        ours.setdefault(i, []).append(build_input_ids(enc, i, int(windows.context_start[w]),
+                                                      int(windows.context_len[w])))
     for i in range(len(questions)):
         assert ours[i] == seed.eval_windows(i), f"question {i}"
 
@@ -93,7 +94,8 @@ def _synthetic_examples(n: int = 40, seed: int = 0) -> list[Example]:
         pos = int(rng.integers(0, len(body)))
         context = body[:pos] + answer + body[pos:]
         out.append(Example(id=str(k), question="".join(rng.choice(chars, size=int(rng.integers(1, 90)))),
-                           context=context, context_key=f"c{k}", answers=[answer], answer_start=pos, answer_text=answer))
+                           context=context, context_key=f"c{k}", answers=[answer], answer_start=pos,
+                           answer_text=answer))
     return out
 
 
@@ -122,7 +124,8 @@ def test_windowing_invariants(char_tokenizer, window):
             i = int(wins.example_index[w])
             ids = build_input_ids(enc, i, int(wins.context_start[w]), int(wins.context_len[w]))
             first = len(enc.question_ids[i]) + 2
-            s, e = wins.start_positions[w] - first + wins.context_start[w], wins.end_positions[w] - first + wins.context_start[w]
+            s = wins.start_positions[w] - first + wins.context_start[w]
+            e = wins.end_positions[w] - first + wins.context_start[w]
             offsets = enc.offsets_of(i)
             assert examples[i].context[offsets[s, 0] : offsets[e, 1]] == examples[i].answer_text
             assert first <= wins.start_positions[w] <= wins.end_positions[w] < len(ids) - 1

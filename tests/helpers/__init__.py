@@ -47,7 +47,8 @@ def _env(extra: dict | None) -> dict:
     return {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": path, **(extra or {})}
 
 
-def run_module(module: str, *overrides: str, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
+def run_module(module: str, *overrides: str, env: dict | None = None,
+               check: bool = True) -> subprocess.CompletedProcess:
     out = subprocess.run([sys.executable, "-m", module, *overrides], capture_output=True, text=True, cwd=ROOT,
                          env=_env(env), timeout=900)
     if check and out.returncode != 0:
@@ -59,7 +60,8 @@ def run_with_faults(faults: list[str], *overrides: str, env: dict | None = None,
                     module: str = "extractive_qa.train") -> subprocess.CompletedProcess:
     """``module``'s CLI with faults injected at exact points of the recipe (see fault_runner.py)."""
     args = [a for f in faults for a in ("--fault", f)]
-    out = subprocess.run([sys.executable, str(HELPERS / "fault_runner.py"), "--module", module, *args, "--", *overrides],
+    out = subprocess.run([sys.executable, str(HELPERS / "fault_runner.py"), "--module", module, *args, "--",
+                          *overrides],
                          capture_output=True, text=True, cwd=ROOT, env=_env(env), timeout=900)
     if check and out.returncode != 0:
         raise AssertionError(f"{module} failed ({out.returncode}):\n{out.stdout[-3000:]}\n{out.stderr[-5000:]}")

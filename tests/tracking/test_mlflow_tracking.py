@@ -40,7 +40,8 @@ def test_every_job_is_a_complete_run(seed_sweep):
     for job, run in enumerate(runs):
         tags, params, metrics = run.data.tags, run.data.params, run.data.metrics
         assert run.info.status == "FINISHED" and params["seed"] == str(job + 1)
-        assert tags["sweep.dir"] == str(sweep_dir.resolve()) and json.loads(tags["sweep.values"]) == {"seed": str(job + 1)}
+        assert tags["sweep.dir"] == str(sweep_dir.resolve())
+        assert json.loads(tags["sweep.values"]) == {"seed": str(job + 1)}
         assert len(tags["git.commit"]) in (40, 7) or tags["git.commit"] == "unknown"
         assert tags["git.dirty"] in ("true", "false", "unknown")
         assert tags["command"].startswith("python -m extractive_qa.train -m seed=1,2,3")
@@ -50,13 +51,20 @@ def test_every_job_is_a_complete_run(seed_sweep):
         run_dir = sweep_dir / str(job)
         logged = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()
                   if "train/loss" in line]
-        assert [m.step for m in sorted(client.get_metric_history(run.info.run_id, "train/loss"), key=lambda m: m.step)] == logged
+        assert [m.step for m in sorted(client.get_metric_history(run.info.run_id, "train/loss"),
+                                       key=lambda m: m.step)] == logged
         inputs = {(d.dataset.name, [t.value for t in d.tags][0]) for d in run.inputs.dataset_inputs}
         assert inputs == {("hw7_train.json", "train"), ("hw7_dev.json", "dev"), ("hw7_test.json", "test")}
         artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
         assert {"config_resolved.yaml", "dev_predictions.jsonl", "test_predictions.csv", "test_nbest.json", "run.json",
                 "dev_nbest.json", "data_report.json", "metrics.json", ".hydra"} <= artifacts
-        assert "model/MLmodel" in {a.path for a in client.list_artifacts(run.info.run_id, "model")}  # tracking.log_model
+        # tracking.log_model: an MLflow 3 logged model of this run, READY, linked to the run's best dev scores
+        (model,) = client.search_logged_models([exp.experiment_id],
+                                               filter_string=f"source_run_id = '{run.info.run_id}'")
+        assert model.name == "model" and str(model.status) in ("READY", "LoggedModelStatus.READY")
+        assert {m.key for m in model.metrics} >= {"best/dev_em", "best/dev_f1"}
+        assert {m.step for m in model.metrics} == {0}
+        assert [o.model_id for o in run.outputs.model_outputs] == [model.model_id]
 
 
 def test_a_run_that_raises_ends_failed_with_its_cause(synthetic, tmp_path):
@@ -80,7 +88,7 @@ def test_ctrl_c_marks_the_run_killed_and_secrets_stay_out(tmp_path, monkeypatch)
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     cfg = _compose_cfg(tmp_path, uri, "tracking.system_metrics=false")
     with pytest.raises(KeyboardInterrupt):
-        with MlflowTracker(uri, cfg, tmp_path) as tracker:
+        with MlflowTracker(uri, cfg, tmp_path, "ctrl-c") as tracker:
             tracker.log_metrics({"train/loss": 1.0}, 1)
             raise KeyboardInterrupt
     client = MlflowClient(uri)
@@ -97,7 +105,7 @@ def test_ctrl_c_marks_the_run_killed_and_secrets_stay_out(tmp_path, monkeypatch)
 
 def test_system_metrics_are_on_by_default_and_off_with_one_override(tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    with MlflowTracker(uri, _compose_cfg(tmp_path, uri), tmp_path) as tracker:
+    with MlflowTracker(uri, _compose_cfg(tmp_path, uri), tmp_path, "on") as tracker:
         monitor = tracker._monitor
         assert monitor is not None
         # One sample, published now instead of after the 10 s interval: no clock in the test.
@@ -105,27 +113,39 @@ def test_system_metrics_are_on_by_default_and_off_with_one_override(tmp_path):
         monitor.mlflow_logger.flush()
         run_id = tracker.run_id
     assert any(k.startswith("system/cpu") for k in MlflowClient(uri).get_run(run_id).data.metrics)
-    with MlflowTracker(uri, _compose_cfg(tmp_path, uri, "tracking.system_metrics=false"), tmp_path) as tracker:
+    with MlflowTracker(uri, _compose_cfg(tmp_path, uri, "tracking.system_metrics=false"), tmp_path, "off") as tracker:
         assert tracker._monitor is None
 
 
-def test_run_names_show_what_a_sweep_varies():
-    overrides = ["warmup_ratio=0.1", "experiment=offline_smoke", "data.dir=/a/b"]
-    sweep = {"id": "a1b2c3", "swept_keys": ["warmup_ratio"]}
-    assert run_name_from_overrides(overrides, sweep) == "a1b2c3 warmup_ratio=0.1"
-    assert run_name_from_overrides(overrides) == "warmup_ratio=0.1,experiment=offline_smoke"
+def test_run_names_lead_with_what_differs():
+    from extractive_qa.tracking.naming import short_keys
+
+    overrides = ["warmup_ratio=0.1", "seed=2", "experiment=offline_smoke", "data.dir=/a/b/hw7-drcd"]
+    sweep = {"id": "a1b2c3", "swept_keys": ["warmup_ratio", "seed"]}
+    assert run_name_from_overrides(overrides, sweep) == "wr=0.1 seed=2 · a1b2c3"  # fits ~18 characters
+    # A single run: what changes training, never tracking, paths, logging or checkpoint keys.
+    single = [*overrides, "tracking.log_model=true", "tracking.register_model=hw7-qa", "logging_steps=5",
+              "paths.output_dir=/x", "checkpoint_steps=100"]
+    assert run_name_from_overrides(single) == "warmup_ratio=0.1 seed=2 experiment=offline_smoke data.dir=hw7-drcd"
     assert run_name_from_overrides([]) == "defaults"
+    # a swept path by its file name
     assert run_name_from_overrides(["data.dev_file=/x/dev.json"], {"id": "f", "swept_keys": ["data.dev_file"]}) == \
-        "f data.dev_file=dev.json"
+        "df=dev.json · f"
+    assert short_keys(["window.doc_overlap", "lr", "max_grad_norm", "weight_decay", "warmup_ratio"]) == {
+        "window.doc_overlap": "do", "lr": "lr", "max_grad_norm": "mgn", "weight_decay": "wd", "warmup_ratio": "wr"}
+    # short forms that would collide keep their full keys
+    assert short_keys(["warmup_ratio", "weight_ratio"]) == {"warmup_ratio": "warmup_ratio",
+                                                            "weight_ratio": "weight_ratio"}
 
 
 def test_parallel_joblib_jobs_share_one_fresh_sqlite_store(synthetic, tmp_path):
     pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
     uri = f"sqlite:///{tmp_path}/fresh/mlflow.db"  # fresh: both jobs race on the schema migration
-    run_module("extractive_qa.train", "-m", "launcher=joblib", "warmup_ratio=0.1,0.5", *tiny_overrides(synthetic, tmp_path, uri),
+    run_module("extractive_qa.train", "-m", "launcher=joblib", "warmup_ratio=0.1,0.5", *tiny_overrides(synthetic,
+                                                                                                       tmp_path, uri),
                "max_steps=4", f"hydra.sweep.dir={tmp_path}/sweep")
     runs = children(uri, "tracking-test")
-    assert [r.info.run_name.split(" ", 1)[1] for r in runs] == ["warmup_ratio=0.1", "warmup_ratio=0.5"]
+    assert [r.info.run_name.split(" · ")[0] for r in runs] == ["wr=0.1", "wr=0.5"]
     client = MlflowClient(uri)
     lr = []
     for r in runs:
@@ -139,7 +159,8 @@ def test_parallel_joblib_jobs_share_one_fresh_sqlite_store(synthetic, tmp_path):
 def test_submitit_sweep_runs_jobs_in_their_own_processes_under_one_parent(synthetic, tmp_path):
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    run_module("extractive_qa.train", "-m", "launcher=submitit_local", "seed=1,2", *tiny_overrides(synthetic, tmp_path, uri),
+    run_module("extractive_qa.train", "-m", "launcher=submitit_local", "seed=1,2", *tiny_overrides(synthetic, tmp_path,
+                                                                                                   uri),
                "max_steps=2", "predict_test=false", f"hydra.sweep.dir={tmp_path}/sweep")
     runs = children(uri, "tracking-test")
     parents = {r.data.tags["mlflow.parentRunId"] for r in runs}
@@ -153,10 +174,12 @@ def test_optuna_study_survives_a_restart_by_replaying_finished_trials(synthetic,
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
     args = ["-m", "hparams_search=optuna", *tiny_overrides(synthetic, tmp_path, f"sqlite:///{tmp_path}/mlflow.db"),
             "max_steps=2", "predict_test=false"]
-    first = run_module("extractive_qa.train", *args, "hydra.sweeper.n_trials=2", f"hydra.sweep.dir={tmp_path}/outputs/s1")
+    first = run_module("extractive_qa.train", *args, "hydra.sweeper.n_trials=2",
+                       f"hydra.sweep.dir={tmp_path}/outputs/s1")
     assert "Best value" in first.stdout + first.stderr
     assert (tmp_path / "outputs" / "s1" / "optimization_results.yaml").is_file()
-    again = run_module("extractive_qa.train", *args, "hydra.sweeper.n_trials=3", f"hydra.sweep.dir={tmp_path}/outputs/s2")
+    again = run_module("extractive_qa.train", *args, "hydra.sweeper.n_trials=3",
+                       f"hydra.sweep.dir={tmp_path}/outputs/s2")
     # The seeded sampler proposes the same first two trials; their recorded EM is returned, only trial 3 trains.
     assert again.stdout.count("already finished") == 2
     assert len(list((tmp_path / "outputs").glob("s*/[0-9]*/metrics.json"))) == 3

@@ -23,10 +23,12 @@ def experiment_runs(uri: str, name: str) -> list:
     return client.search_runs([exp.experiment_id], max_results=1000) if exp else []
 
 
-def split(runs: list) -> tuple[object, list]:
+def split(runs: list, configurations: bool = False) -> tuple[object, list]:
+    """The sweep's parent and its jobs (or, ``configurations=True``, its configuration runs)."""
     parents = [r for r in runs if r.data.tags.get("sweep.parent") == "true"]
     assert len(parents) == 1, [r.info.run_name for r in runs]
-    return parents[0], [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
+    nested = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
+    return parents[0], [r for r in nested if ("sweep.configuration" in r.data.tags) == configurations]
 
 
 def test_a_seed_sweep_is_one_parent_with_its_jobs_nested_and_seed_statistics(seed_sweep):
@@ -36,13 +38,19 @@ def test_a_seed_sweep_is_one_parent_with_its_jobs_nested_and_seed_statistics(see
     assert len(sweep_id) == 6 and parent.info.run_name == f"sweep {sweep_id}: seed"
     assert parent.info.status == "FINISHED" and parent.data.tags["jobs.finished"] == "3"
     assert parent.data.tags["sweep.command"].startswith("python -m extractive_qa.train -m seed=1,2,3")
-    assert sorted(r.info.run_name for r in children) == [f"{sweep_id} seed={s}" for s in (1, 2, 3)]
+    assert sorted(r.info.run_name for r in children) == [f"seed={s} · {sweep_id}" for s in (1, 2, 3)]
     ems = [r.data.metrics["best/dev_em"] for r in children]
     mean = sum(ems) / 3
     std = math.sqrt(sum((x - mean) ** 2 for x in ems) / 2)
-    m = parent.data.metrics
-    assert m["seeds/n"] == 3 and m["seeds/dev_em_mean"] == pytest.approx(mean) and m["seeds/dev_em_std"] == pytest.approx(std)
-    assert m["best/dev_em"] == max(ems)
+    # The seeds' mean and std: a configuration run beside the jobs (all three seeds: one configuration).
+    _, (config,) = split(experiment_runs(uri, "seeds"), configurations=True)
+    m = config.data.metrics
+    assert config.info.run_name == f"all runs · 3 seeds · {sweep_id}" and m["seeds/n"] == 3
+    assert m["seeds/mean_dev_em"] == pytest.approx(mean) and m["seeds/std_dev_em"] == pytest.approx(std)
+    assert parent.data.metrics["sweep/best_dev_em"] == max(ems) and "best/dev_em" not in parent.data.metrics
+    client = MlflowClient(uri)
+    for run in children:  # comparison numbers at step 0: the chart view draws one bar per run
+        assert [h.step for h in client.get_metric_history(run.info.run_id, "best/dev_em")] == [0]
     # Params: what a user sets, once, no machine-local paths.
     params = children[0].data.params
     assert "lr" in params and "optimizer.lr" not in params and "max_answer_len" not in params
@@ -69,7 +77,8 @@ def test_report_goes_into_the_parent_and_replaces_itself(seed_sweep, tmp_path):
     parent, _ = split(experiment_runs(uri, "seeds"))
     client = MlflowClient(uri)
     assert {a.path for a in client.list_artifacts(parent.info.run_id, "report")} == {
-        "report/report.html", "report/report.md", "report/dev_em.png", "report/dev_em_steps.png", "report/train_loss.png"}
+        "report/report.html", "report/report.md", "report/dev_em.png", "report/dev_em_steps.png",
+        "report/train_loss.png"}
     page = (tmp_path / "report" / "report.html").read_text()
     assert page.count('src="data:image/png;base64,') == 3  # images travel inside the page: they show in the UI
     md = (tmp_path / "report" / "report.md").read_text()
@@ -84,8 +93,10 @@ def test_report_goes_into_the_parent_and_replaces_itself(seed_sweep, tmp_path):
 def test_an_interrupted_sweep_resumes_with_the_same_command(synthetic, tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     args = ["-m", "lr=1e-3,2e-3,3e-3", f"paths.output_dir={tmp_path}/outputs", f"paths.cache_dir={tmp_path}/cache",
-            f"tracking.uri={uri}", "experiment_name=resume-sweep", "model=tiny", f"model.name_or_path={synthetic['model']}",
-            f"data.dir={synthetic['data']}", "data.limit_train=80", "data.limit_dev=12", "predict_test=false", "epochs=2",
+            f"tracking.uri={uri}", "experiment_name=resume-sweep", "model=tiny",
+            f"model.name_or_path={synthetic['model']}",
+            f"data.dir={synthetic['data']}", "data.limit_train=80", "data.limit_dev=12", "predict_test=false",
+            "epochs=2",
             "batch_size=8", "logging_steps=5"]
     # Ctrl-C during job 1 (its 12th step): the sweep stops there; job 2 never starts.
     first = run_with_faults(["after:_maybe_log:12#2=SIGINT"], *args, f"hydra.sweep.dir={tmp_path}/outputs/s1")
@@ -121,3 +132,57 @@ def test_sweep_ids_survive_a_hydra_command_line():
     assert len(ids) > 2990  # distinct sweeps get distinct ids
     for sweep_id in ids:
         assert len(sweep_id) == 6 and parser.parse_override(f"sweep={sweep_id}").value() == sweep_id
+
+
+def test_a_two_by_two_sweep_reads_apart_and_says_whether_its_configurations_differ(synthetic, tmp_path):
+    """`-m warmup_ratio=0.1,0.3 seed=1,2`: job names lead with what differs; each configuration gets a run with
+    its mean and std over seeds, coloured like its jobs; the experiment's shared view shows them; `make report`
+    (twice: no new run) says whether the configurations differ; `compare A B` does the same for any two sides."""
+    import json as json_module
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    run_module("extractive_qa.train", "-m", "warmup_ratio=0.1,0.3", "seed=1,2", f"paths.output_dir={tmp_path}/outputs",
+               f"paths.cache_dir={tmp_path}/cache", f"tracking.uri={uri}", "experiment_name=two-by-two", "model=tiny",
+               f"model.name_or_path={synthetic['model']}", f"data.dir={synthetic['data']}", "data.limit_train=96",
+               "data.limit_dev=40", "predict_test=false", "max_steps=6", "batch_size=16", "logging_steps=3",
+               "tracking.system_metrics=false", f"hydra.sweep.dir={tmp_path}/sweep")
+    runs = experiment_runs(uri, "two-by-two")
+    parent, jobs = split(runs)
+    _, configurations = split(runs, configurations=True)
+    sweep_id = parent.data.tags["sweep.id"]
+    assert parent.info.run_name == f"sweep {sweep_id}: wr=warmup_ratio, seed"
+    names = [f"wr={w} seed={s} · {sweep_id}" for w in (0.1, 0.3) for s in (1, 2)]
+    assert sorted(r.info.run_name for r in jobs) == names
+    assert sorted(r.info.run_name for r in configurations) == [f"wr={w} · 2 seeds · {sweep_id}" for w in (0.1, 0.3)]
+    for config in configurations:
+        mine = [j for j in jobs if j.data.params["warmup_ratio"] == config.data.params["warmup_ratio"]]
+        ems = [j.data.metrics["best/dev_em"] for j in mine]
+        assert config.data.metrics["seeds/mean_dev_em"] == pytest.approx(sum(ems) / 2)
+        assert config.data.metrics["seeds/n"] == 2
+        assert {j.data.tags["mlflow.runColor"] for j in mine} == {config.data.tags["mlflow.runColor"]}
+    assert len({c.data.tags["mlflow.runColor"] for c in configurations}) == 2  # told apart by colour too
+    exp = MlflowClient(uri).get_experiment_by_name("two-by-two")
+    view = json_module.loads(exp.tags["mlflow.sharedViewState.extractive-qa"])
+    assert view["orderByKey"] == "metrics.`best/dev_em`" and view["runsExpanded"] == {parent.info.run_id: True}
+    assert {"metrics.`best/dev_em`", "params.`warmup_ratio`", "params.`seed`"} <= set(view["selectedColumns"])
+    assert [c["metricKey"] for c in view["compareRunCharts"]][0] == "best/dev_em"  # charts lead with dev EM
+
+    before = len(runs)
+    for _ in range(2):
+        report_main(["--uri", uri, "--out", str(tmp_path / "report")])
+    assert len(experiment_runs(uri, "two-by-two")) == before
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert md.index("## Is the difference real?") < md.index("## Runs")  # the answer first
+    assert "warmup_ratio=0.1 vs warmup_ratio=0.3: ΔEM" in md or "warmup_ratio=0.3 vs warmup_ratio=0.1: ΔEM" in md
+    assert "### EM by bucket" in md and "question word" in md
+    artifacts = {a.path for a in MlflowClient(uri).list_artifacts(parent.info.run_id, "report")}
+    assert {"report/differences.json", "report/em_by_bucket.json"} <= artifacts  # MLflow tables: shown as tables
+
+    # Any two sides: configurations of the sweep through the store, or run folders without any store.
+    report_main(["--uri", uri, f"sweep={sweep_id}:warmup_ratio=0.1", f"sweep={sweep_id}:warmup_ratio=0.3",
+                 "--out", str(tmp_path / "sides")])
+    assert "ΔEM" in (tmp_path / "sides" / "report.md").read_text()
+    report_main([str(tmp_path / "sweep" / "0"), str(tmp_path / "sweep" / "2"), "--tracking", "none",
+                 "--out", str(tmp_path / "dirs")])
+    text = (tmp_path / "dirs" / "report.md").read_text()
+    assert "## Is the difference real?" in text and "40 dev questions" in text

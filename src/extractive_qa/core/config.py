@@ -52,7 +52,8 @@ def writable_dir(path: str) -> str:
         probe.close()
     except OSError as err:
         raise OutputDirError(f"cannot create run folders under {target} ({err.strerror or err}). "
-                         "Fix: paths.output_dir=/a/writable/dir (or EXTRACTIVE_QA_OUTPUTS), or hydra.run.dir=...") from None
+                             "Fix: paths.output_dir=/a/writable/dir (or EXTRACTIVE_QA_OUTPUTS), or hydra.run.dir=..."
+                             ) from None
     return path
 
 

@@ -98,10 +98,6 @@ class ExampleSet:
     def __iter__(self) -> Iterator[Example]:
         return iter(self.examples)
 
-    @property
-    def num_contexts(self) -> int:
-        return len({e.context_key for e in self.examples})
-
 
 def _utf16_to_index(text: str, utf16_offset: int) -> int:
     """Character index of a UTF-16 code-unit offset (characters outside the BMP take two units)."""
@@ -172,10 +168,12 @@ def _check_text(example: Example, repairs: Counter) -> None:
 def _read_hw7(raw: dict, path: Path, repairs: Counter) -> list[Example]:
     questions, paragraphs = raw["questions"], raw["paragraphs"]
     if not isinstance(questions, list) or not isinstance(paragraphs, list):
-        raise DataFormatError(path, None, "'questions' and 'paragraphs' must be lists", "rewrite the file in the hw7 format")
+        raise DataFormatError(path, None, "'questions' and 'paragraphs' must be lists",
+                              "rewrite the file in the hw7 format")
     for i, p in enumerate(paragraphs):
         if not isinstance(p, str):
-            raise DataFormatError(path, f"paragraphs[{i}]", "paragraph is not a string", "make every paragraph a string")
+            raise DataFormatError(path, f"paragraphs[{i}]", "paragraph is not a string",
+                                  "make every paragraph a string")
     fix = "each question needs id, paragraph_id and question_text (answer_* may be null in test files)"
     examples = []
     for i, q in enumerate(questions):
@@ -234,10 +232,12 @@ def _read_squad(raw: dict, path: Path, repairs: Counter, unanswerable: str) -> l
                 _check_text(example, repairs)
                 answers = qa.get("answers") or []
                 if not isinstance(answers, list):
-                    raise DataFormatError(path, rid, "'answers' is not a list", "make 'answers' a list of {text, answer_start}")
+                    raise DataFormatError(path, rid, "'answers' is not a list",
+                                          "make 'answers' a list of {text, answer_start}")
                 refs = []
                 for j, ans in enumerate(answers):
-                    _require(ans, ("text",), path, f"{rid}.answers[{j}]", "each answer needs 'text' (and 'answer_start')")
+                    _require(ans, ("text",), path, f"{rid}.answers[{j}]",
+                             "each answer needs 'text' (and 'answer_start')")
                     start = ans.get("answer_start")
                     refs.append((ans["text"], start if isinstance(start, int) else None))
                 _add_label(example, refs, repairs)
@@ -270,11 +270,13 @@ def _load_json(path: Path) -> Any:
         data = gzip.decompress(data)
     for magic, kind in _COMPRESSED.items():
         if data.startswith(magic):
-            raise DataFormatError(path, None, f"the file is {kind}, not JSON", "unpack it and point the config at the JSON file")
+            raise DataFormatError(path, None, f"the file is {kind}, not JSON",
+                                  "unpack it and point the config at the JSON file")
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as err:
-        raise DataFormatError(path, None, f"not UTF-8 text ({err.reason} at byte {err.start})", "save the file as UTF-8") from err
+        raise DataFormatError(path, None, f"not UTF-8 text ({err.reason} at byte {err.start})",
+                              "save the file as UTF-8") from err
     try:
         return json.loads(text, parse_constant=_reject_constant)
     except json.JSONDecodeError as err:
@@ -306,7 +308,8 @@ def read_examples(path: str | Path, require_questions: bool = True, unanswerable
         raise DataFormatError(path, None, f"unknown top-level shape {shape}",
                               "use the hw7 format {questions, paragraphs} or the SQuAD format {data: [...]}")
     if require_questions and not examples:
-        dropped = f" ({repairs[RepairKind.UNANSWERABLE]} unanswerable ones were dropped)" if repairs[RepairKind.UNANSWERABLE] else ""
+        dropped = repairs[RepairKind.UNANSWERABLE]
+        dropped = f" ({dropped} unanswerable ones were dropped)" if dropped else ""
         raise DataFormatError(path, None, f"the file holds no questions{dropped}",
                               "point the data config at a file with (answerable) questions")
     seen: dict[str, int] = {}

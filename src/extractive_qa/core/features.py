@@ -27,7 +27,8 @@ def _tokenizer_fingerprint(tokenizer) -> str:
     return hashlib.sha256(tokenizer.backend_tokenizer.to_str().encode()).hexdigest()[:16]
 
 
-def encode_cached(examples: ExampleSet, tokenizer, window: WindowConfig, cache_dir: str | Path | None) -> EncodedExamples:
+def encode_cached(examples: ExampleSet, tokenizer, window: WindowConfig,
+                  cache_dir: str | Path | None) -> EncodedExamples:
     """:func:`encode_examples`, memoised on disk by (file digest, question count, tokenizer, question length).
 
     Only tokenization is cached: window placement is cheap and depends on settings a sweep varies.

@@ -154,7 +154,8 @@ class PostprocessSettings:
                                        n_best=self.n_best, span_score=self.span_score, cleanup=self.answer_cleanup)
 
 
-def oracle_logits(enc: EncodedExamples, windows: Windows, high: float = 10.0) -> tuple[list[np.ndarray], list[np.ndarray]]:
+def oracle_logits(enc: EncodedExamples, windows: Windows, high: float = 10.0) -> tuple[list[np.ndarray],
+                                                                                       list[np.ndarray]]:
     """Perfect logits: ``high`` at each window's gold start/end, 0 elsewhere (and at [CLS]-labelled windows).
 
     Pushed through :func:`postprocess_predictions`, they measure what the windowing, post-processing

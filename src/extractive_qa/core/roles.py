@@ -30,7 +30,8 @@ class Role:
 
 
 TRAJECTORY = Role("trajectory", True, True, True, "decides the weights: what trains, on what, how")
-INSTANTIATION = Role("instantiation", True, False, True, "Hydra's flag of a trajectory component: part of it, not a choice")
+INSTANTIATION = Role("instantiation", True, False, True,
+                     "Hydra's flag of a trajectory component: part of it, not a choice")
 SETTING = Role("setting", False, True, True, "changes what the run scores, keeps or writes, not the weights")
 RUNTIME = Role("runtime", False, True, True, "how the run runs (speed, logging, checkpoints); free to change on resume")
 RECORD = Role("record", False, True, False, "written by the run about itself, not chosen")

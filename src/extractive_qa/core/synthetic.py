@@ -63,7 +63,8 @@ def make_split(n_paragraphs: int, seed: int, people_per_paragraph: int = 1, with
         names = rng.sample([s + g for s in SURNAMES for g in GIVEN], people_per_paragraph + 1)
         facts = []
         for name in names[:-1]:
-            values = {"name": name, "city": rng.choice(CITIES), "age": str(rng.randint(18, 99)), "job": rng.choice(JOBS),
+            values = {"name": name, "city": rng.choice(CITIES), "age": str(rng.randint(18, 99)),
+                      "job": rng.choice(JOBS),
                       "friend": names[-1]}
             for kind, (_, sentence) in QUESTIONS.items():
                 facts.append((name, kind, values[kind], sentence.format(**values)))

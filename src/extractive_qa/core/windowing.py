@@ -218,7 +218,8 @@ def encode_examples(examples: Sequence[Example], tokenizer, window: WindowConfig
             contexts.append(ex.context)
         context_index.append(keys[ex.context_key])
     stats: Counter = Counter()
-    q_enc = tokenizer([ex.question for ex in examples], add_special_tokens=False, verbose=False)["input_ids"] if examples else []
+    q_enc = tokenizer([ex.question for ex in examples], add_special_tokens=False,
+                      verbose=False)["input_ids"] if examples else []
     question_ids = []
     for ids in q_enc:
         if len(ids) > window.max_question_len:

@@ -129,7 +129,8 @@ class PadCollator:
             attention_mask[r, :k] = 1
             if typed:
                 token_type_ids[r, :k] = torch.tensor(it["token_type_ids"])
-        batch = {"input_ids": input_ids, "attention_mask": attention_mask, "index": torch.tensor([it["index"] for it in items])}
+        batch = {"input_ids": input_ids, "attention_mask": attention_mask,
+                 "index": torch.tensor([it["index"] for it in items])}
         if typed:
             batch["token_type_ids"] = token_type_ids
         if "start_positions" in items[0]:

@@ -114,14 +114,16 @@ def vote(per_member: Sequence[Sequence[Prediction]], examples: Sequence[Example]
         mass: dict[tuple[int, int], float] = defaultdict(float)
         for preds in per_member:
             p = preds[q]
-            for entry in p.nbest or ([{"start": p.start, "end": p.end, "probability": 1.0}] if p.start is not None else []):
+            for entry in p.nbest or ([{"start": p.start, "end": p.end,
+                                       "probability": 1.0}] if p.start is not None else []):
                 mass[(entry["start"], entry["end"])] += entry["probability"] / len(per_member)
         if not mass:
             combined.append(Prediction(id=ex.id, text="", score=float("-inf")))
             continue
         ranked = sorted(mass.items(), key=lambda kv: (-kv[1], kv[0]))
         (start, end), prob = ranked[0]
-        combined.append(Prediction(id=ex.id, text=ex.context[start:end], score=float(np.log(prob)), start=start, end=end,
+        combined.append(Prediction(id=ex.id, text=ex.context[start:end], score=float(np.log(prob)), start=start,
+                                   end=end,
                                    nbest=[{"text": ex.context[a:b], "start": a, "end": b, "score": float(np.log(v)),
                                            "probability": v} for (a, b), v in ranked[:20]]))
     return combined

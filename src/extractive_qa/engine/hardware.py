@@ -22,7 +22,8 @@ PRECISIONS = ("auto", "bf16", "fp16", "no")
 CPU_FLAGS_OF_INTEREST = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_fp16", "avx512_vnni", "amx_bf16", "amx_tile",
                          "bf16", "asimd", "sve")
 # oneDNN ISA caps (ONEDNN_MAX_CPU_ISA) that still allow its native bf16 kernels.
-_ONEDNN_BF16_ISAS = ("AVX512_CORE_BF16", "AVX512_CORE_FP16", "AVX512_CORE_AMX", "AVX512_CORE_AMX_FP16", "ALL", "DEFAULT")
+_ONEDNN_BF16_ISAS = ("AVX512_CORE_BF16", "AVX512_CORE_FP16", "AVX512_CORE_AMX", "AVX512_CORE_AMX_FP16", "ALL",
+                     "DEFAULT")
 
 
 @dataclass(frozen=True)
@@ -123,10 +124,12 @@ def choose_precision(requested: str, hw: Hardware) -> PrecisionChoice:
         cc = ".".join(map(str, hw.cuda_capability or ()))
         if requested == "auto":
             return (PrecisionChoice("bf16", requested, f"{hw.name} (compute capability {cc}) computes in bf16")
-                    if ampere else PrecisionChoice("fp16", requested, f"{hw.name} (compute capability {cc}) has no fast "
+                    if ampere else PrecisionChoice("fp16", requested,
+                                                   f"{hw.name} (compute capability {cc}) has no fast "
                                                    "bf16: fp16 with gradient scaling"))
         warning = None if ampere or requested != "bf16" else (
-            f"precision=bf16 on {hw.name} (compute capability {cc} < 8.0) is emulated and slow; use precision=auto (fp16)")
+            f"precision=bf16 on {hw.name} (compute capability {cc} < 8.0) is emulated and slow; "
+            "use precision=auto (fp16)")
         return PrecisionChoice(requested, requested, "explicit", warning)
     if requested == "fp16":
         raise ValueError(f"precision=fp16 needs a CUDA GPU (none found; this is {hw.device}); "

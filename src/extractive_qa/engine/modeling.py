@@ -98,7 +98,8 @@ def load_qa_model(name_or_path: str | Path, *, init: str = "pretrained", revisio
     path = str(name_or_path)
     overrides = dict(config_overrides or {})
     if init == "pretrained":
-        model = AutoModelForQuestionAnswering.from_pretrained(path, trust_remote_code=trust_remote_code, revision=revision,
+        model = AutoModelForQuestionAnswering.from_pretrained(path, trust_remote_code=trust_remote_code,
+                                                              revision=revision,
                                                               **overrides)
     elif init == "random":
         config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code, revision=revision, **overrides)

@@ -102,7 +102,8 @@ def _auto(output_dir: Path, identity: dict, current: Path) -> ResumePoint | None
     if finished:
         run_dir, record = max(finished, key=lambda r: r[1].get("updated", ""))
         raise AlreadyFinished(run_dir, record)
-    log.info("resume=auto: no unfinished run of this identity (%s) under %s; starting fresh", identity["digest"], output_dir)
+    log.info("resume=auto: no unfinished run of this identity (%s) under %s; starting fresh", identity["digest"],
+             output_dir)
     return None
 
 
@@ -122,10 +123,12 @@ def _explicit(path: Path, identity: dict, allow_changes: bool) -> ResumePoint:
     saved = state.get("identity", {}).get("trajectory")
     changes = trajectory_changes(saved, identity["trajectory"]) if saved is not None else []
     if saved is None:
-        log.warning("checkpoint %s records no identity (an older version wrote it): its config cannot be checked", checkpoint)
+        log.warning("checkpoint %s records no identity (an older version wrote it): its config cannot be checked",
+                    checkpoint)
     if changes and not allow_changes:
         raise ResumeError(f"resume={path}: this config would train a different run than {run_dir} did:\n  "
-                          + "\n  ".join(changes) + "\nFix: resume with the run's own settings (its config_resolved.yaml), "
+                          + "\n  ".join(changes)
+                          + "\nFix: resume with the run's own settings (its config_resolved.yaml), "
                           "start a new run (resume=fresh), or continue anyway with resume_allow_changes=true "
                           "(recorded in the run).")
     return ResumePoint(run_dir, checkpoint, state, record, changes)

@@ -32,6 +32,7 @@ class Tracker:
     """
 
     run_id: str | None = None
+    run_name: str | None = None
 
     def __enter__(self) -> Tracker:
         return self
@@ -51,7 +52,8 @@ class Tracker:
 
     def log_run_files(self, run_dir: Path) -> None: ...
 
-    def log_model(self, run_dir: Path, example: dict, register: str | None, metrics: dict[str, float]) -> None: ...
+    def log_model(self, run_dir: Path, example: dict, register: str | None) -> None:
+        """The run's best model (``run_dir/best_model``), after its best dev scores were logged at step 0."""
 
     def reopen(self) -> None:
         """A resumed run's state is restored: mark it RUNNING again (never before: a resume that fails
@@ -78,6 +80,11 @@ class MultiTracker(Tracker):
     def run_id(self) -> str | None:
         return next((t.run_id for t in self.trackers if getattr(t, "run_id", None)), None)
 
+    @property
+    def run_name(self) -> str | None:
+        """The store's name of the run (a resumed run keeps the one it has there), else the run dir's."""
+        return next((t.run_name for t in reversed(self.trackers) if t.run_name), None)
+
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         for t in self.trackers:
             t.log_metrics(metrics, step)
@@ -98,9 +105,9 @@ class MultiTracker(Tracker):
         for t in self.trackers:
             t.log_run_files(run_dir)
 
-    def log_model(self, run_dir: Path, example: dict, register: str | None, metrics: dict[str, float]) -> None:
+    def log_model(self, run_dir: Path, example: dict, register: str | None) -> None:
         for t in self.trackers:
-            t.log_model(run_dir, example, register, metrics)
+            t.log_model(run_dir, example, register)
 
     def reopen(self) -> None:
         for t in self.trackers:
@@ -144,8 +151,8 @@ class TrackingBackend:
         self.cfg, self.root = tracking_cfg or {}, Path(root) if root else None
 
     # -- a job
-    def start_run(self, cfg: DictConfig, run_dir: Path, run_id: str | None = None, resumed: bool = False,
-                  sweep: dict | None = None) -> Tracker:
+    def start_run(self, cfg: DictConfig, run_dir: Path, run_name: str, run_id: str | None = None,
+                  resumed: bool = False, sweep: dict | None = None) -> Tracker:
         return Tracker()
 
     # -- a sweep (called by the sweep callback, in the launching process)
@@ -160,10 +167,10 @@ class TrackingBackend:
 
     # -- reading runs back
     def unsupported(self, what: str) -> TrackingUnsupported:
-        return TrackingUnsupported(f"{what} reads runs back from a tracking store, and tracking={self.name} keeps "
-                                   "none. Fix: tracking=mlflow (the default; runs trained with tracking=none can be sent "
-                                   "there with `python -m extractive_qa.sync RUN_DIR`), or name run folders directly "
-                                   "(run_dir=..., run_dirs=[...]).")
+        return TrackingUnsupported(
+            f"{what} reads runs back from a tracking store, and tracking={self.name} keeps none. Fix: tracking=mlflow "
+            "(the default; runs trained with tracking=none can be sent there with `python -m extractive_qa.sync "
+            "RUN_DIR`), or name run folders directly (run_dir=..., run_dirs=[...]).")
 
     def find_sweep(self, sweep: str | None) -> SweepRecord:
         raise self.unsupported("finding a sweep")
@@ -174,17 +181,42 @@ class TrackingBackend:
     def experiment_runs(self, experiment: str) -> list[RunRow]:
         raise self.unsupported("listing an experiment's runs")
 
-    def metric_history(self, run_id: str, key: str) -> list[tuple[int, float]]:
-        raise self.unsupported("a metric's history")
+    def metric_history(self, run: RunRow, key: str) -> list[tuple[int, float]]:
+        """``[(step, value)]`` of ``key``: from the run dir's ``metrics.jsonl`` (whatever the backend)."""
+        import json
 
-    def attach_report(self, folder: Path, files: list[str], sweep: SweepRecord | None, experiment: str | None) -> None:
+        path = Path(run.run_dir) / "metrics.jsonl" if run.run_dir else None
+        if path is None or not path.is_file():
+            return []
+        rows = []
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                entry = json.loads(line)
+            except ValueError:  # a torn last line
+                continue
+            if key in entry:
+                rows.append((int(entry.get("step", 0)), float(entry[key])))
+        return sorted(rows)
+
+    def attach_report(self, folder: Path, files: list[str], sweep: SweepRecord | None, experiment: str | None,
+                      tables: dict[str, list[dict]] | None = None) -> None:
         raise self.unsupported("attaching a report")
+
+    def run_file(self, run: RunRow, name: str) -> Path | None:
+        """A file a run wrote (``dev_predictions.jsonl``): from its run dir when that is here, else from the
+        store; ``None`` when neither has it."""
+        path = Path(run.run_dir) / name if run.run_dir else None
+        return path if path is not None and path.is_file() else None
 
     def model_folder(self, model_uri: str) -> Path:
         raise self.unsupported(f"loading {model_uri}")
 
     def sync(self, run_dir: Path) -> dict:
         raise self.unsupported("sync")
+
+    def links(self, ui: str) -> list[str]:
+        """Links into the store's UI served at ``ui`` that open this project's views (none without a UI)."""
+        return []
 
 
 class NoTracking(TrackingBackend):
@@ -225,13 +257,15 @@ def start_tracking(cfg: DictConfig, run_dir: Path, is_main: bool, run_id: str | 
                    resumed: bool = False, sweep: dict | None = None) -> Tracker:
     """The trackers this job's config asks for (none on non-main processes): always the run dir's record,
     plus the configured backend's run; ``resumed`` continues a run (its tracker run ``run_id``, when it has one)."""
+    from .naming import hydra_overrides, run_name_from_overrides
     from .rundir import RunDirTracker
 
     if not is_main:
         return Tracker()
-    trackers: list[Tracker] = [RunDirTracker(run_dir, resumed=run_id is not None or resumed)]
+    name = str(cfg.tracking.get("run_name") or run_name_from_overrides(hydra_overrides(), sweep))
+    trackers: list[Tracker] = [RunDirTracker(run_dir, name, resumed=run_id is not None or resumed)]
     backend = backend_for(cfg.tracking, cfg.paths.root)
-    run = backend.start_run(cfg, run_dir, run_id, resumed, sweep)
+    run = backend.start_run(cfg, run_dir, name, run_id, resumed, sweep)
     if type(run) is not Tracker:
         trackers.append(run)
     return MultiTracker(trackers)

@@ -37,11 +37,11 @@ class MlflowBackend(TrackingBackend):
         return self._client
 
     # -- a job
-    def start_run(self, cfg: DictConfig, run_dir: Path, run_id: str | None = None, resumed: bool = False,
-                  sweep: dict | None = None) -> Tracker:
+    def start_run(self, cfg: DictConfig, run_dir: Path, run_name: str, run_id: str | None = None,
+                  resumed: bool = False, sweep: dict | None = None) -> Tracker:
         from .mlflow_tracker import MlflowTracker
 
-        return MlflowTracker(self.uri, cfg, run_dir, run_id, resumed, sweep)
+        return MlflowTracker(self.uri, cfg, run_dir, run_name, run_id, resumed, sweep)
 
     # -- a sweep
     def open_sweep(self, config: DictConfig, info: dict) -> dict:
@@ -67,7 +67,8 @@ class MlflowBackend(TrackingBackend):
         parent = find_sweep(self.client, sweep)
         tags = parent.data.tags
         return SweepRecord(id=tags.get("sweep.id", parent.info.run_id[:6]), run_id=parent.info.run_id,
-                           keys=[k for k in tags.get("sweep.keys", "").split(", ") if k], command=tags.get("sweep.command", ""))
+                           keys=[k for k in tags.get("sweep.keys", "").split(", ") if k],
+                           command=tags.get("sweep.command", ""))
 
     def sweep_runs(self, sweep: SweepRecord) -> list[RunRow]:
         from .parents import children_of, row_of
@@ -84,36 +85,64 @@ class MlflowBackend(TrackingBackend):
             raise FileNotFoundError(f"no MLflow experiment named {experiment!r} at {self.uri} (have: {names})")
         return [row_of(r) for r in training_runs(self.client, exp.experiment_id)]
 
-    def metric_history(self, run_id: str, key: str) -> list[tuple[int, float]]:
-        history = with_retry(lambda: self.client.get_metric_history(run_id, key), "history")
+    def metric_history(self, run: RunRow, key: str) -> list[tuple[int, float]]:
+        if not run.run_id:
+            return super().metric_history(run, key)
+        history = with_retry(lambda: self.client.get_metric_history(run.run_id, key), "history")
         return sorted((m.step, m.value) for m in history)
 
-    def attach_report(self, folder: Path, files: list[str], sweep: SweepRecord | None, experiment: str | None) -> None:
+    def attach_report(self, folder: Path, files: list[str], sweep: SweepRecord | None, experiment: str | None,
+                      tables: dict[str, list[dict]] | None = None) -> None:
         """The report's files as ``report/*`` artifacts (same paths: a new report replaces the old) of the
-        sweep's parent run, or of the experiment's one run in the separate ``reports`` experiment."""
+        sweep's parent run, or of the experiment's one run in the separate ``reports`` experiment; ``tables``
+        as MLflow tables (``report/<name>.json``, which the UI's artifact view shows as tables)."""
         client = self.client
         if sweep is not None:
             run_id = sweep.run_id
         else:
             reports_id = get_or_create_experiment(client, self.uri, REPORTS_EXPERIMENT)
             found = with_retry(lambda: client.search_runs(
-                [reports_id], filter_string=f"tags.`report.experiment` = '{experiment}'", max_results=1), "find report run")
+                [reports_id], filter_string=f"tags.`report.experiment` = '{experiment}'", max_results=1),
+                "find report run")
             run_id = found[0].info.run_id if found else with_retry(lambda: client.create_run(
-                reports_id, run_name=experiment, tags={"report.experiment": experiment}), "create report run").info.run_id
+                reports_id, run_name=experiment, tags={"report.experiment": experiment}),
+                "create report run").info.run_id
         for name in files:
             with_retry(lambda n=name: client.log_artifact(run_id, str(folder / n), "report"), f"log {name}")
+        for name, rows in (tables or {}).items():
+            if rows:
+                import pandas as pd
+
+                frame = pd.DataFrame(rows)
+                with_retry(lambda f=frame, n=name: client.log_table(run_id, data=f, artifact_file=f"report/{n}.json"),
+                           f"log table {name}")
         if sweep is None:
             with_retry(lambda: client.set_terminated(run_id, "FINISHED"), "end report run")
 
+    def run_file(self, run: RunRow, name: str) -> Path | None:
+        local = super().run_file(run, name)
+        if local is not None or not run.run_id:
+            return local
+        try:
+            return Path(with_retry(lambda: self.client.download_artifacts(run.run_id, name), f"download {name}"))
+        except Exception as err:  # noqa: BLE001 - a run without the file: the caller says so
+            log.warning("run %s (%s) has no %s: %s", run.name, run.run_id, name, str(err)[:200])
+            return None
+
+    def links(self, ui: str) -> list[str]:
+        from .mlflow_view import view_links
+
+        return view_links(self.client, ui)
+
     def model_folder(self, model_uri: str) -> Path:
         """The run-dir-shaped folder (``best_model/`` + ``config_resolved.yaml``) of a logged model."""
-        import mlflow
         from mlflow.artifacts import download_artifacts
 
         from .registry import open_downloaded_model
+        from .store import fluent_uri
 
-        mlflow.set_registry_uri(self.uri)  # models:/ URIs resolve in the registry, which defaults elsewhere
-        return open_downloaded_model(Path(download_artifacts(artifact_uri=model_uri, tracking_uri=self.uri)))
+        with fluent_uri(self.uri):  # models:/ URIs resolve in the registry, which defaults elsewhere
+            return open_downloaded_model(Path(download_artifacts(artifact_uri=model_uri, tracking_uri=self.uri)))
 
     def sync(self, run_dir: Path) -> dict:
         """Send what the store lacks of ``run_dir`` (see :mod:`extractive_qa.sync`)."""

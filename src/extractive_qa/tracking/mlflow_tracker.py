@@ -24,7 +24,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from .base import Tracker
-from .naming import command_line, git_state, hydra_overrides, run_name_from_overrides, swept_values
+from .naming import command_line, git_state, hydra_overrides, swept_values
 from .params import param_batches, safe_params
 from .store import connect, with_retry
 
@@ -65,8 +65,8 @@ class MlflowTracker(Tracker):
     """One MLflow run per Hydra job (see the module docstring). ``run_id`` continues an existing run
     (resume), which stays as it was until :meth:`reopen`."""
 
-    def __init__(self, uri: str, cfg: DictConfig, run_dir: Path, run_id: str | None = None, resumed: bool = False,
-                 sweep: dict | None = None):
+    def __init__(self, uri: str, cfg: DictConfig, run_dir: Path, run_name: str, run_id: str | None = None,
+                 resumed: bool = False, sweep: dict | None = None):
         self.uri = uri
         self.run_dir = run_dir
         name = str(cfg.tracking.get("experiment_name") or cfg.experiment_name)
@@ -78,7 +78,7 @@ class MlflowTracker(Tracker):
         self._reopened = False
         if self._resumed:
             self.run_id = str(run_id)
-            run_name = with_retry(lambda: self.client.get_run(self.run_id), "get run").info.run_name
+            run_name = with_retry(lambda: self.client.get_run(self.run_id), "get run").info.run_name or run_name
         else:
             overrides = hydra_overrides()
             tags = {"run_dir": str(run_dir), "command": command_line(), "mlflow.source.name": "extractive_qa.train",
@@ -88,10 +88,13 @@ class MlflowTracker(Tracker):
                              "sweep.values": json.dumps(swept_values(overrides, sweep), ensure_ascii=False)})
                 if sweep.get("parent_run_id"):
                     tags["mlflow.parentRunId"] = sweep["parent_run_id"]
-            run_name = cfg.tracking.get("run_name") or run_name_from_overrides(overrides, sweep)
-            run = with_retry(lambda: self.client.create_run(self.experiment_id, run_name=run_name, tags=tags), "create run")
+            run = with_retry(lambda: self.client.create_run(self.experiment_id, run_name=run_name, tags=tags),
+                             "create run")
             self.run_id = run.info.run_id
             self._log_params(safe_params(cfg))
+        self.run_name = run_name
+        self._in_sweep = sweep is not None
+        self._optimize_metric = str(cfg.get("optimize_metric") or "em")
         self._monitor = None
         self._system_metrics = bool(cfg.tracking.get("system_metrics", False))
         if not self._resumed:
@@ -185,11 +188,11 @@ class MlflowTracker(Tracker):
         for path, folder in run_file_artifacts(run_dir):
             self._send(f"log {path.name}", lambda p=path, f=folder: self.client.log_artifact(self.run_id, str(p), f))
 
-    def log_model(self, run_dir: Path, example: dict, register: str | None, metrics: dict[str, float]) -> None:
+    def log_model(self, run_dir: Path, example: dict, register: str | None) -> None:
         """The best model as the run's pyfunc ``model`` artifact, registered as ``register`` (tracking/registry.py)."""
         from .registry import log_qa_model
 
-        self._send("log model", lambda: log_qa_model(self.client, self.run_id, run_dir, example, register))
+        self._send("log model", lambda: log_qa_model(self.uri, self.run_id, run_dir, example, register))
 
     def reopen(self) -> None:
         self._reopened = True
@@ -202,7 +205,12 @@ class MlflowTracker(Tracker):
         if self._monitor is not None:
             self._monitor.finish()
         self._send("end run", lambda: self.client.set_terminated(self.run_id, status))
+        if not self._in_sweep:  # a sweep publishes its view once, when it ends (tracking/parents.py)
+            from .mlflow_view import publish_view
+
+            self._send("publish view", lambda: publish_view(self.client, self.experiment_id, self._optimize_metric))
         if not self._drain():
-            log.error("MLflow at %s is still unreachable: %d tracking calls were not sent (the run's metrics are in %s). "
+            log.error("MLflow at %s is still unreachable: %d tracking calls were not sent "
+                      "(the run's metrics are in %s). "
                       "Send them when it is back: python -m extractive_qa.sync %s", self.uri, len(self._queue),
                       self.run_dir / "metrics.jsonl", self.run_dir)

@@ -8,10 +8,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+from ..core.roles import role_of_override
+
 
 def git_state(root: Path) -> dict[str, str]:
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10).stdout.strip()
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                                timeout=10).stdout.strip()
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True,
                                text=True, timeout=10).stdout.strip()
         return {"git.commit": commit or "unknown", "git.dirty": str(bool(dirty)).lower()}
@@ -29,16 +32,46 @@ def hydra_overrides() -> list[str]:
         return []
 
 
+def short_key(key: str) -> str:
+    """``warmup_ratio`` -> ``wr``, ``window.doc_overlap`` -> ``do``, ``scheduler`` -> ``sched``; keys of up to
+    6 characters stay as they are."""
+    if len(key) <= 6:
+        return key
+    last = key.rsplit(".", 1)[-1]
+    words = [w for w in last.split("_") if w]
+    return "".join(w[0] for w in words) if len(words) > 1 else last[:5]
+
+
+def short_keys(keys: list[str]) -> dict[str, str]:
+    """How a sweep's job names spell its keys (:func:`short_key`), so what differs fits the MLflow UI's
+    run-name column (about 18 characters). Keys whose short forms would collide, with each other or with
+    another swept key, keep their full names. The sweep's parent run lists the short forms."""
+    short = {k: short_key(k) for k in keys}
+    taken = [*short.values(), *keys]
+    return {k: s if s == k or taken.count(s) == 1 else k for k, s in short.items()}
+
+
 def run_name_from_overrides(overrides: list[str], sweep: dict | None = None, limit: int = 200) -> str:
-    """A readable run name: in a sweep its short id and the swept values (``a1b2c3 warmup_ratio=0.1``),
-    else every override a person chose; never paths (long, and the same across a sweep) or Hydra's keys."""
-    keep = [o for o in overrides if not o.startswith(("hydra.", "paths.", "+hydra"))]
+    """A run name that leads with what differs, so runs can be told apart at the UI's default column width.
+
+    In a sweep: the swept values, long keys short (:func:`short_keys`), then the sweep's short id
+    (``wr=0.1 seed=2 · vbaxpx``). A single run: the overrides that change what it trains or keeps (roles
+    ``trajectory`` and ``setting`` in :mod:`extractive_qa.core.roles`, group choices such as
+    ``experiment=``), never tracking, paths, logging or checkpoint keys; a path value is named by its last
+    component."""
     if sweep:
-        swept = set(sweep.get("swept_keys") or [])
-        chosen = [short_value(o) for o in keep if o.split("=", 1)[0].lstrip("+~") in swept] or \
-            [o for o in keep if "/" not in o.split("=", 1)[-1]]
-        return f"{sweep['id']} {','.join(chosen) or 'defaults'}"[:limit]
-    return (",".join(o for o in keep if "/" not in o.split("=", 1)[-1]) or "defaults")[:limit]
+        values = swept_values(overrides, sweep)
+        keys = [k for k in sweep.get("swept_keys") or [] if k in values]
+        short = short_keys(list(sweep.get("swept_keys") or []))
+        shown = " ".join(short_value(f"{short.get(k, k)}={values[k]}") for k in keys) or "defaults"
+        return f"{shown} · {sweep['id']}"[:limit]
+    chosen = [short_value(o) for o in overrides if _names_the_run(o)]
+    return (" ".join(chosen) or "defaults")[:limit]
+
+
+def _names_the_run(override: str) -> bool:
+    role = role_of_override(override)
+    return role.kind in ("trajectory", "setting") and "=" in override
 
 
 def swept_values(overrides: list[str], sweep: dict) -> dict[str, str]:
@@ -49,9 +82,9 @@ def swept_values(overrides: list[str], sweep: dict) -> dict[str, str]:
 
 
 def short_value(override: str) -> str:
-    """``data.dev_file=/a/b/dev.json`` -> ``data.dev_file=dev.json``: a swept path, named by its file."""
+    """``data.dev_file=/a/b/dev.json`` -> ``data.dev_file=dev.json``: a path, named by its last component."""
     key, _, value = override.partition("=")
-    return f"{key}={Path(value).name}" if "/" in value else override
+    return f"{key.lstrip('+~')}={Path(value.rstrip('/')).name}" if "/" in value else override.lstrip("+~")
 
 
 def command_line() -> str:

@@ -21,6 +21,11 @@ from .store import client_for, connect, with_retry
 log = logging.getLogger(__name__)
 
 PARENT_TAG = "sweep.parent"
+CONFIGURATION_TAG = "sweep.configuration"  # a configuration's run: its mean and std over seeds
+RUN_COLOR_TAG = "mlflow.runColor"  # the colour the UI draws a run in (tables, bars, curves, legends)
+# Okabe & Ito's colour-blind-safe palette: one colour per configuration, shared by its seeds.
+PALETTE = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000")
+PARENT_COLOR = "#999999"
 
 
 def find_parent_run(client, experiment_id: str, digest: str):
@@ -44,8 +49,12 @@ def open_parent_run(uri: str, config: DictConfig, info: dict) -> str:
         with_retry(lambda: client.update_run(run_id, status="RUNNING"), "reopen parent run")
         log.info("continuing sweep %s: parent run %s", info["id"], run_id)
     else:
-        name = f"sweep {info['id']}: {', '.join(info['swept_keys']) or 'one job'}"
-        run_id = with_retry(lambda: client.create_run(experiment_id, run_name=name, tags=tags), "create parent run").info.run_id
+        from .naming import short_keys
+
+        spelled = [f"{s}={k}" if s != k else k for k, s in short_keys(info["swept_keys"]).items()]
+        name = f"sweep {info['id']}: {', '.join(spelled) or 'one job'}"
+        run_id = with_retry(lambda: client.create_run(experiment_id, run_name=name, tags=tags),
+                            "create parent run").info.run_id
         tags["sweep.dirs"] = info["dir"]
     _set_tags(client, run_id, tags)
     return run_id
@@ -61,19 +70,23 @@ def _set_tags(client, run_id: str, tags: dict[str, str]) -> None:
 def _note(info: dict) -> str:
     keys = ", ".join(info["swept_keys"]) or "nothing"
     return (f"Sweep `{info['id']}` over {keys}.\n\n`{info['command']}`\n\nIts jobs are the runs nested under this one; "
-            "`make report` writes the comparison into this run's artifacts (report/).")
+            "when seeds are swept, each configuration also has a run (`… · N seeds · id`) with the mean and std of "
+            "its jobs' best dev scores (`seeds/*`: compare configurations side by side in the chart view). "
+            "`make report` writes the comparison, with intervals and p-values, into this run's artifacts (report/).")
 
 
-def children_of(client, parent) -> list:
-    return with_retry(lambda: client.search_runs(
+def children_of(client, parent, configurations: bool = False) -> list:
+    """The runs nested under ``parent``: its jobs, or (``configurations=True``) its configuration runs."""
+    runs = with_retry(lambda: client.search_runs(
         [parent.info.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'",
         max_results=5000), "find child runs")
+    return [r for r in runs if (CONFIGURATION_TAG in r.data.tags) == configurations]
 
 
 def training_runs(client, experiment_id: str) -> list:
-    """The experiment's training runs: every run but the sweeps' parents."""
+    """The experiment's training runs: every run but the sweeps' parents and configuration runs."""
     runs = with_retry(lambda: client.search_runs([experiment_id], max_results=5000), "find runs")
-    return [r for r in runs if PARENT_TAG not in r.data.tags]
+    return [r for r in runs if PARENT_TAG not in r.data.tags and CONFIGURATION_TAG not in r.data.tags]
 
 
 def row_of(run) -> RunRow:
@@ -88,24 +101,98 @@ def row_of(run) -> RunRow:
 
 
 def close_parent_run(info: dict, counts: dict[str, int]) -> None:
-    """End the parent: FINISHED only when every job finished; the counts become tags, and the best dev
-    scores (mean / std / n over seeds when seeds are swept) its metrics."""
-    from mlflow.entities import Metric
-
+    """End the parent: FINISHED only when every job finished; the counts become tags, the best job's dev
+    scores its metrics, and -- when seeds are swept -- each configuration gets its run (:func:`configuration_runs`)."""
     from .summary import parent_metrics
 
     client = client_for(info["tracking_uri"])
     run_id = info["parent_run_id"]
     parent = with_retry(lambda: client.get_run(run_id), "get parent run")
     _set_tags(client, run_id, {f"jobs.{s.lower()}": str(n) for s, n in counts.items()})
-    metrics = parent_metrics([row_of(r) for r in children_of(client, parent)], info.get("optimize_metric") or "em")
-    if metrics:
-        stamp = int(time.time() * 1000)
-        batch = [Metric(k, float(v), stamp, 0) for k, v in metrics.items()]
-        with_retry(lambda: client.log_batch(run_id, metrics=batch), "log parent metrics")
+    jobs = [row_of(r) for r in children_of(client, parent)]
+    metric = info.get("optimize_metric") or "em"
+    _log_at_step_0(client, run_id, parent_metrics(jobs, metric))
+    configuration_runs(client, parent, jobs, info)
+    colour_by_configuration(client, parent, jobs)
+    from .mlflow_view import publish_view
+
+    publish_view(client, parent.info.experiment_id, metric)
     status = "FINISHED" if not counts.get("FAILED") and not counts.get("KILLED") else (
         "FAILED" if counts.get("FAILED") else "KILLED")
     with_retry(lambda: client.set_terminated(run_id, status), "end parent run")
+
+
+def _log_at_step_0(client, run_id: str, metrics: dict[str, float]) -> None:
+    """Comparison numbers at step 0: MLflow's chart view draws a metric that every run logs at step 0 as one
+    bar per run (logged at a run's last step, it is a dot on a step axis)."""
+    from mlflow.entities import Metric
+
+    if metrics:
+        stamp = int(time.time() * 1000)
+        batch = [Metric(k, float(v), stamp, 0) for k, v in metrics.items()]
+        with_retry(lambda: client.log_batch(run_id, metrics=batch), "log metrics")
+
+
+def colour_by_configuration(client, parent, jobs: list[RunRow]) -> None:
+    """One colour per configuration for its jobs and its configuration run (seeds of one configuration
+    share it), grey for the parent: in the chart view the bars of a configuration read as a group, and
+    configurations never come out in two shades of red. MLflow's own colours are drawn at random."""
+    from .summary import group_by_config
+
+    groups = group_by_config(jobs)
+    colour = {r.run_id: PALETTE[i % len(PALETTE)] for i, g in enumerate(groups) for r in g.runs}
+    for config in children_of(client, parent, configurations=True):
+        values = json.loads(config.data.tags.get("sweep.values") or "{}")
+        match = next((i for i, g in enumerate(groups) if g.values == values), None)
+        if match is not None:
+            colour[config.info.run_id] = PALETTE[match % len(PALETTE)]
+    colour[parent.info.run_id] = PARENT_COLOR
+    for run_id, value in colour.items():
+        _set_tags(client, run_id, {RUN_COLOR_TAG: value})
+
+
+def configuration_runs(client, parent, jobs: list[RunRow], info: dict) -> list[str]:
+    """One run per configuration of a sweep that swept seeds, nested under its parent beside the jobs:
+    named by what differs (``warmup_ratio=0.1 · 2 seeds · vbaxpx``), its swept values as params, the mean and
+    std over its seeds as ``seeds/*`` metrics. In the chart view the configurations then stand side by
+    side in one chart per score. A re-run sweep updates them instead of adding more."""
+    from mlflow.entities import Param
+
+    from .summary import configuration_metrics, group_by_config, seeds_swept
+
+    finished = [j for j in jobs if j.status == "FINISHED"]
+    if not seeds_swept(finished):
+        return []
+    existing = {r.data.tags.get("sweep.values"): r.info.run_id
+                for r in children_of(client, parent, configurations=True)}
+    metric = info.get("optimize_metric") or "em"
+    experiment = parent.info.experiment_id
+    made = []
+    for group in group_by_config(finished):
+        values = json.dumps(group.values, sort_keys=True, ensure_ascii=False)
+        n = len(group.runs)
+        names = ", ".join(sorted(r.name for r in group.runs))
+        tags = {"mlflow.parentRunId": parent.info.run_id, CONFIGURATION_TAG: "true", "sweep.id": info["id"],
+                "sweep.values": values, "mlflow.note.content": f"Mean and std over {n} seeds of: {names}."}
+        run_id = existing.get(values)
+        if run_id is None:
+            from .naming import short_keys, short_value
+
+            short = short_keys(list(info.get("swept_keys") or group.values))
+            label = " ".join(short_value(f"{short.get(k, k)}={v}") for k, v in group.values.items()) or group.label
+            name = f"{label} · {n} seeds · {info['id']}"
+            run = with_retry(lambda nm=name, t=tags: client.create_run(experiment, run_name=nm, tags=t),
+                             "create configuration run")
+            run_id = run.info.run_id
+            params = [Param(k, str(v)) for k, v in group.values.items()]
+            if params:
+                with_retry(lambda r=run_id, p=params: client.log_batch(r, params=p), "log configuration params")
+        else:
+            _set_tags(client, run_id, tags)
+        _log_at_step_0(client, run_id, configuration_metrics(group, metric))
+        with_retry(lambda r=run_id: client.set_terminated(r, "FINISHED"), "end configuration run")
+        made.append(run_id)
+    return made
 
 
 def end_parent_killed(sweep: dict | None) -> None:
@@ -128,10 +215,12 @@ def find_sweep(client, sweep: str | None):
     elif sweep:
         condition += f" and tags.`sweep.id` = '{sweep}'"
     found = with_retry(lambda: client.search_runs(experiments, filter_string=condition,
-                                                  order_by=["attributes.start_time DESC"], max_results=100), "find sweep")
+                                                  order_by=["attributes.start_time DESC"], max_results=100),
+                                                  "find sweep")
     if folder:
         found = [r for r in found if folder in r.data.tags.get("sweep.dirs", "").split("\n")]
     if not found:
         raise SystemExit(f"error: no sweep {sweep!r} in the store" if sweep else
-                         "error: no sweep in the store; run one (python -m extractive_qa.train -m ...) or pass --experiment NAME")
+                         "error: no sweep in the store; run one (python -m extractive_qa.train -m ...) "
+                         "or pass --experiment NAME")
     return found[0]

@@ -14,7 +14,6 @@ pandas.DataFrame({"question": [...], "context": [...]}))`` returns one answer pe
 from __future__ import annotations
 
 import logging
-import tempfile
 from pathlib import Path
 
 import mlflow.pyfunc
@@ -48,31 +47,25 @@ class ExtractiveQAModel(mlflow.pyfunc.PythonModel):
         return [p.text for p in predictions]
 
 
-def log_qa_model(client, run_id: str, run_dir: Path, example: dict, register: str | None) -> str | None:
-    """Save ``run_dir``'s best model as a pyfunc model, log it as the run's ``model`` artifact, register it
-    as ``register`` when given; the new model version (or ``None``)."""
+def log_qa_model(uri: str, run_id: str, run_dir: Path, example: dict, register: str | None) -> tuple[str, str | None]:
+    """``run_dir``'s best model as an MLflow 3 **logged model** of the run (``name="model"``): listed in the
+    run's "Logged models" and the experiment's Models tab, linked to the run's step-0 metrics (its best dev
+    scores), registered as ``register`` when given. ``(model id, registered version or None)``."""
     import pandas as pd
+    from mlflow.models import Model
 
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "model"
-        mlflow.pyfunc.save_model(
-            path, python_model=str(Path(__file__).with_name("pyfunc_model.py")), code_paths=[str(PACKAGE_DIR)],
-            artifacts={"model": str(run_dir / "best_model"), "config": str(run_dir / "config_resolved.yaml")},
-            input_example=pd.DataFrame([example]))
-        client.log_artifacts(run_id, str(path), "model")
-    if not register:
-        return None
-    from mlflow.exceptions import MlflowException
+    from .store import fluent_uri
 
-    try:
-        client.create_registered_model(register)
-    except MlflowException as err:
-        if "RESOURCE_ALREADY_EXISTS" not in str(err.error_code):
-            raise
-    source = f"{client.get_run(run_id).info.artifact_uri}/model"
-    version = client.create_model_version(register, source, run_id=run_id)
-    log.info("registered model %s version %s (%s)", register, version.version, source)
-    return str(version.version)
+    experiment_id = mlflow.MlflowClient(uri).get_run(run_id).info.experiment_id
+    with fluent_uri(uri, experiment_id):
+        info = Model.log(artifact_path=None, name="model", flavor=mlflow.pyfunc, run_id=run_id, step=0,
+                         python_model=str(Path(__file__).with_name("pyfunc_model.py")), code_paths=[str(PACKAGE_DIR)],
+                         artifacts={"model": str(run_dir / "best_model"),
+                                    "config": str(run_dir / "config_resolved.yaml")},
+                         input_example=pd.DataFrame([example]), registered_model_name=register)
+    version = str(info.registered_model_version) if register and info.registered_model_version else None
+    log.info("logged model %s%s", info.model_id, f", registered as {register} version {version}" if version else "")
+    return info.model_id, version
 
 
 def open_downloaded_model(folder: Path) -> Path:

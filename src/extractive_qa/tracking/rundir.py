@@ -6,17 +6,18 @@ import json
 import time
 from pathlib import Path
 
+from ..core.metrics import METRICS
 from ..core.outputs import write_json
-from ..core.runs import RUNNING, update_run_record
-from .base import Tracker
+from ..core.runs import RUNNING, read_run_record, update_run_record
+from .base import RunRow, Tracker
 
 
 class RunDirTracker(Tracker):
     """``{"step": s, name: value, ...}`` lines in ``metrics.jsonl``, dicts as JSON files, the status and
     error in ``run.json``. A resumed run's record keeps its status until :meth:`reopen`."""
 
-    def __init__(self, run_dir: Path, resumed: bool = False):
-        self.run_dir, self.path = run_dir, run_dir / "metrics.jsonl"
+    def __init__(self, run_dir: Path, run_name: str | None = None, resumed: bool = False):
+        self.run_dir, self.path, self.run_name = run_dir, run_dir / "metrics.jsonl", run_name
         self._resumed, self._reopened = resumed, False
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
@@ -38,3 +39,14 @@ class RunDirTracker(Tracker):
     def finish(self, status: str) -> None:
         if self._reopened or not self._resumed:
             update_run_record(self.run_dir, status=status)
+
+
+def run_dir_row(run_dir: Path) -> RunRow:
+    """A run as its folder records it (``run.json``, ``metrics.json``): a :class:`RunRow` without a store."""
+    record = read_run_record(run_dir) or {}
+    summary = json.loads((run_dir / "metrics.json").read_text()) if (run_dir / "metrics.json").is_file() else {}
+    metrics = {f"best/dev_{m}": float(summary[f"best_dev_{m}"]) for m in METRICS
+               if summary.get(f"best_dev_{m}") is not None}
+    params = {"optimize_metric": str(record.get("optimize_metric") or summary.get("optimize_metric") or "em")}
+    return RunRow(name=str(record.get("run_name") or run_dir.name), values={}, status=str(record.get("status", "")),
+                  metrics=metrics, run_id="", params=params, run_dir=str(run_dir))

@@ -12,7 +12,8 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
 
@@ -64,7 +65,8 @@ def with_retry(fn: Callable[[], T], what: str, attempts: int = 8) -> T:
             return fn()
         except Exception as err:  # noqa: BLE001 - only lock errors are retried, others re-raised
             text = str(err).lower()
-            if attempt == attempts - 1 or not any(s in text for s in ("database is locked", "busy", "unique constraint")):
+            if attempt == attempts - 1 or not any(s in text for s in ("database is locked", "busy",
+                                                                      "unique constraint")):
                 raise
             delay = 0.2 * 2**attempt
             log.warning("mlflow %s: %s; retrying in %.1fs", what, err.__class__.__name__, delay)
@@ -124,3 +126,32 @@ def connect(uri: str, experiment: str, artifact_root: str | None = None) -> tupl
             "Fix: start it (e.g. `mlflow server --backend-store-uri sqlite:///mlflow.db`), point tracking.uri=... or "
             "MLFLOW_TRACKING_URI at a reachable store, or train without it: tracking=none (metrics stay in the run "
             "dir's metrics.jsonl; `python -m extractive_qa.sync RUN_DIR` sends them later)") from err
+
+
+@contextmanager
+def fluent_uri(uri: str, experiment_id: str | None = None) -> Iterator[None]:
+    """MLflow's process-global tracking and registry URI (and experiment) set to ``uri`` for the calls that
+    only read them (``Model.log``, ``models:/`` downloads), then put back exactly. ``mlflow.set_tracking_uri``
+    also writes ``$MLFLOW_TRACKING_URI`` (and the registry's ``$MLFLOW_REGISTRY_URI``) for subprocesses: left
+    behind, it would send the next job of an in-process sweep, or a later command, to this store. Without
+    ``experiment_id``, ``Model.log`` files a logged model under the Default experiment, not its run's."""
+    import mlflow
+    from mlflow.tracking._model_registry import utils as registry_utils
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    env = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MLFLOW_EXPERIMENT_ID")}
+    before = (tracking_utils._tracking_uri, registry_utils._registry_uri)  # what was set, not the defaults
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    if experiment_id is not None:
+        os.environ["MLFLOW_EXPERIMENT_ID"] = str(experiment_id)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(before[0])
+        mlflow.set_registry_uri(before[1])
+        for key, value in env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value

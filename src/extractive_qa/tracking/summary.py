@@ -4,7 +4,6 @@ parent run show. Pure functions over plain rows, so the sweep callback and ``mak
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
 
 from ..core.metrics import METRICS, selection_key
@@ -19,8 +18,8 @@ def best_metrics(row: RunRow) -> dict[str, float]:
 
 
 def rank(rows: list[RunRow], optimize_metric: str = "em") -> list[RunRow]:
-    """``rows`` best first: by ``optimize_metric``, ties by EM then F1 (:func:`~extractive_qa.core.metrics.selection_key`),
-    then by name, so equal runs always come in the same order."""
+    """``rows`` best first: by ``optimize_metric``, ties by EM then F1
+    (:func:`~extractive_qa.core.metrics.selection_key`), then by name, so equal runs always come in the same order."""
     return sorted(sorted(rows, key=lambda r: r.name), key=lambda r: selection_key(best_metrics(r), optimize_metric),
                   reverse=True)
 
@@ -40,7 +39,7 @@ class Group:
 
     @property
     def label(self) -> str:
-        return ", ".join(f"{k}={v}" for k, v in self.values.items()) or "all runs"
+        return " ".join(f"{k}={v}" for k, v in self.values.items()) or "all runs"
 
     def stats(self, metric: str) -> tuple[float, float, int]:
         """``(mean, std, n)`` over the group's runs that have ``metric``; std is the sample std (0 for n=1)."""
@@ -73,26 +72,24 @@ def seeds_swept(rows: list[RunRow]) -> bool:
     return any(len({r.values.get(k) for r in rows}) > 1 for k in SEED_KEYS)
 
 
-def metric_key(label: str) -> str:
-    """A group label as part of an MLflow metric name (letters, digits, _ - . / and spaces only)."""
-    return re.sub(r"[^\w\-./ ]", "_", label)
-
-
 def parent_metrics(rows: list[RunRow], optimize_metric: str = "em") -> dict[str, float]:
     """What a sweep's parent run records: the best dev scores of its best job (by ``optimize_metric``,
-    :func:`rank`) and, when seeds are swept, mean / std / n of each configuration's best dev EM and F1."""
-    finished = [r for r in rows if r.status == "FINISHED"]
+    :func:`rank`) -- that job's own scores -- as ``sweep/best_dev_*``: under ``best/*`` the parent would
+    stand beside its best job as a second, identical bar in every chart."""
+    finished = [r for r in rows if r.status == "FINISHED" and best_metrics(r)]
+    if not finished:
+        return {}
+    return {f"sweep/best_dev_{m}": v for m, v in best_metrics(rank(finished, optimize_metric)[0]).items()}
+
+
+def configuration_metrics(group: Group, optimize_metric: str = "em") -> dict[str, float]:
+    """What a configuration's run records: mean and std over its seeds of the best dev EM, F1 (and the
+    ``optimize_metric``), and the number of seeds. The names lead with what differs between charts
+    (``seeds/mean_dev_em`` beside ``seeds/std_dev_em``), so truncated chart titles stay apart."""
     out: dict[str, float] = {}
-    if finished:
-        out.update({f"best/dev_{m}": v for m, v in best_metrics(rank(finished, optimize_metric)[0]).items()})
-    if not seeds_swept(finished):
-        return out
-    groups = group_by_config(finished)
-    for group in groups:
-        prefix = "seeds" if len(groups) == 1 else f"seeds/{metric_key(group.label)}"
-        for metric, name in (("best/dev_em", "dev_em"), ("best/dev_f1", "dev_f1")):
-            mean, std, n = group.stats(metric)
-            if n:
-                out.update({f"{prefix}/{name}_mean": mean, f"{prefix}/{name}_std": std})
-        out[f"{prefix}/n"] = float(group.stats("best/dev_em")[2])
+    for metric in dict.fromkeys(("em", "f1", optimize_metric)):
+        mean, std, n = group.stats(f"best/dev_{metric}")
+        if n:
+            out.update({f"seeds/mean_dev_{metric}": mean, f"seeds/std_dev_{metric}": std})
+    out["seeds/n"] = float(group.stats("best/dev_em")[2])
     return out

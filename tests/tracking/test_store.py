@@ -1,0 +1,39 @@
+"""Connecting to the MLflow store, in-process: the default URI, retries while sqlite is locked, an
+experiment created once with an absolute artifact location and opened on its runs."""
+
+from pathlib import Path
+
+import pytest
+
+from extractive_qa.tracking.store import EXPERIMENT_KIND, MODEL_TRAINING, connect, resolve_uri, with_retry
+
+
+def test_the_uri_comes_from_the_config_then_the_environment_then_the_project(monkeypatch, tmp_path):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert resolve_uri(None, tmp_path) == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5")
+    assert resolve_uri(None, tmp_path) == "http://127.0.0.1:5" and resolve_uri("sqlite:///x.db", tmp_path) == "sqlite:///x.db"
+
+
+def test_retries_only_while_the_store_is_locked(monkeypatch):
+    monkeypatch.setattr("extractive_qa.tracking.store.time.sleep", lambda s: None)
+    calls = []
+
+    def locked_twice():
+        calls.append(1)
+        if len(calls) < 3:
+            raise RuntimeError("(sqlite3.OperationalError) database is locked")
+        return "ok"
+
+    assert with_retry(locked_twice, "x") == "ok" and len(calls) == 3
+    with pytest.raises(ValueError, match="refused"):
+        with_retry(lambda: (_ for _ in ()).throw(ValueError("refused")), "y")
+
+
+def test_an_experiment_is_created_once_with_an_absolute_artifact_root(tmp_path):
+    uri = f"sqlite:///{tmp_path}/fresh/mlflow.db"
+    client, first = connect(uri, "exp")
+    _, again = connect(uri, "exp")
+    exp = client.get_experiment(first)
+    assert first == again and exp.tags[EXPERIMENT_KIND] == MODEL_TRAINING
+    assert exp.artifact_location == (Path(tmp_path) / "fresh" / "mlartifacts" / "exp").resolve().as_uri()
