@@ -109,3 +109,12 @@ def test_top_k_members_are_ranked_by_optimize_metric_and_named_as_their_runs(mon
     assert top(1) == ["s c"] and top(1, "f1") == ["s a"]  # one override, another member
     with pytest.raises(FileNotFoundError, match="top_k=4 but only 3 finished runs"):
         top(4)
+
+
+def test_without_a_store_reading_runs_back_is_one_clear_message(tmp_path):
+    """tracking=none keeps no store: top_k and reports say so, naming the way out, instead of calling MLflow."""
+    res = run_module("extractive_qa.predict", "top_k=2", "sweep=abcdef", "tracking=none", check=False)
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert "tracking=none keeps none" in res.stderr and "tracking=mlflow" in res.stderr and "run_dirs=" in res.stderr
+    res = run_module("extractive_qa.compare", "--tracking", "none", "--sweep", "abcdef", check=False)
+    assert res.returncode != 0 and "tracking=none keeps none" in res.stderr and "Traceback" not in res.stderr

@@ -31,7 +31,7 @@ from .core.analysis import data_report
 from .core.config import CONF_DIR, to_plain
 from .core.errors import SetupError, run_cli, setup_message
 from .core.features import encode_cached, window_config
-from .core.metrics import METRICS, check_metric
+from .core.metrics import METRIC_LABELS, METRICS, check_metric
 from .core.outputs import nbest_json, share_files, write_json, write_jsonl, write_submission
 from .core.postprocess import PostprocessSettings
 from .core.runs import FAILED, FINISHED, KILLED, update_run_record
@@ -393,9 +393,9 @@ class TrainingRecipe:
                 first = self.splits["dev"].examples[0]
                 self.tracker.log_model(self.run_dir, {"question": first.question, "context": first.context},
                                        self.cfg.tracking.get("register_model"))
+        metric = self.optimize_metric
         log.info("done in %.0fs: best dev %s %.4f (step %s); outputs in %s", summary["wall_time_s"],
-                 self.optimize_metric,
-                 best.get(self.optimize_metric, 0.0), best.get("step"), self.run_dir)
+                 METRIC_LABELS[metric], best.get(metric, 0.0), best.get("step"), self.run_dir)
         return float(best.get(self.optimize_metric, 0.0))
 
     def _predict_test(self) -> int:
