@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import shutil
 
 import pytest
 
@@ -118,3 +120,27 @@ def test_without_a_store_reading_runs_back_is_one_clear_message(tmp_path):
     assert "tracking=none keeps none" in res.stderr and "tracking=mlflow" in res.stderr and "run_dirs=" in res.stderr
     res = run_module("extractive_qa.compare", "--tracking", "none", "--sweep", "abcdef", check=False)
     assert res.returncode != 0 and "tracking=none keeps none" in res.stderr and "Traceback" not in res.stderr
+
+
+@needs_shared
+def test_predict_says_when_the_weights_are_not_the_ones_the_run_saved(shared_run, tmp_path):
+    """best_model/ carries a manifest (written last, swapped in whole): changed weights are named, an old run
+    without a manifest is said to be unverifiable, and the newest-run default passes over an incomplete one."""
+    run = tmp_path / "run"
+    shutil.copytree(shared_run, run)
+    ok = run_module("extractive_qa.predict", f"run_dir={run}", f"output={tmp_path}/a.csv")
+    assert "warning" not in ok.stderr
+    weights = run / "best_model" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-8] + b"\0" * 8)  # same size, other bytes
+    changed = run_module("extractive_qa.predict", f"run_dir={run}", f"output={tmp_path}/b.csv")
+    assert "are not the ones the run saved (model.safetensors does not match its checksum)" in changed.stderr
+    (run / "best_model" / "manifest.json").unlink()
+    old = run_module("extractive_qa.predict", f"run_dir={run}", f"output={tmp_path}/c.csv")
+    assert "unverified: saved without a manifest" in old.stderr
+    # The newest run by default: one whose best model was cut short by a kill is passed over, and named.
+    newer = tmp_path / "newer"
+    shutil.copytree(shared_run, newer)
+    (newer / "best_model" / "model.safetensors").write_bytes(b"")
+    os.utime(newer / "best_model")  # the newest (copies keep their times)
+    picked = run_module("extractive_qa.predict", f"paths.output_dir={tmp_path}", f"output={tmp_path}/d.csv")
+    assert f"skipped {newer}: its best_model/ is incomplete (model.safetensors has 0 bytes" in picked.stderr

@@ -116,3 +116,39 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(synthetic, tmp_path):
     runs = client.search_runs([client.get_experiment_by_name("killed").experiment_id])
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"  # the same MLflow run, continued
     assert len(list((killed / "checkpoints").glob("step_*"))) == 2  # keep_checkpoints
+
+
+def test_out_of_memory_halves_the_micro_batch_and_keeps_the_trajectory(synthetic, tmp_path):
+    """A GPU too small for 8 windows at once (injected: every forward pass of more than 4 windows raises CUDA's
+    out-of-memory error) trains on: the micro-batch is halved, accumulation doubled, and the run is exactly a run
+    started with batch_size=4 grad_accum_steps=2 -- same losses, same weights. Evaluation halves its token budget
+    the same way. Both are recorded with the run."""
+    import torch
+    from safetensors.torch import load_file
+
+    from helpers import read_metrics
+
+    common = [*tiny(synthetic, tmp_path), "data.limit_train=96", "epochs=1", "logging_steps=2", "tracking=none",
+              "predict_test=false", "eval_batch_tokens=4096"]
+    small = run_with_faults(["before:_micro_step=oom_rows>4",
+                             "before:extractive_qa.engine.evaluation._forward=oom_tokens>600"],
+                            *common, "batch_size=8", f"hydra.run.dir={tmp_path}/small_gpu")
+    assert small.returncode == 0, small.stderr[-3000:]
+    log = small.stdout + small.stderr
+    assert "8 -> 4 windows per micro-batch at step 1" in log and "eval_batch_tokens 4096 -> 2048" in log
+    start = run_module("extractive_qa.train", *common, "batch_size=4", "grad_accum_steps=2",
+                       f"hydra.run.dir={tmp_path}/started_small")
+    assert start.returncode == 0
+    losses = [[m["train/loss"] for m in read_metrics(tmp_path / d) if "train/loss" in m]
+              for d in ("small_gpu", "started_small")]
+    assert len(losses[0]) >= 3 and losses[0] == pytest.approx(losses[1], abs=1e-6)
+    a, b = (load_file(tmp_path / d / "best_model" / "model.safetensors") for d in ("small_gpu", "started_small"))
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    record = json.loads((tmp_path / "small_gpu" / "run.json").read_text())
+    assert record["oom_fallback"][0] == "micro_batch: 8 -> 4 windows per micro-batch at step 1"
+    assert record["oom_fallback"][1].startswith("eval_batch_tokens: 4096 -> 2048")
+    # Nothing smaller than one window: one clear error, the run FAILED.
+    none = run_with_faults(["before:_micro_step=oom_rows>0"], *common, "batch_size=8", f"hydra.run.dir={tmp_path}/none")
+    assert none.returncode == 2 and "Traceback" not in none.stderr
+    assert "out of GPU memory at step 1 even with one window per micro-batch" in none.stderr
+    assert json.loads((tmp_path / "none" / "run.json").read_text())["status"] == "FAILED"

@@ -31,22 +31,46 @@ from .core.errors import run_cli
 log = logging.getLogger(__name__)
 
 
+def _warn(text: str) -> None:
+    print(f"warning: {text}", file=sys.stderr, flush=True)
+
+
 def newest_run(output_dir: Path) -> Path:
-    runs = [p.parent for p in output_dir.glob("**/best_model/config.json")
-            if (p.parent.parent / "config_resolved.yaml").is_file()]
-    if not runs:
-        raise FileNotFoundError(f"no trained run with a best_model/ under {output_dir}; train one first "
-                                "(make train) or pass run_dir=/path/to/run")
-    return max(runs, key=lambda p: p.stat().st_mtime).parent
+    """The newest run under ``output_dir`` whose ``best_model/`` is complete (its manifest verifies); runs
+    passed over on the way -- a kill while their best model was written -- are named."""
+    from .engine.checkpointing import model_folder_problem
+
+    found = [p.parent for p in output_dir.glob("**/best_model")
+             if p.is_dir() and (p.parent / "config_resolved.yaml").is_file()]
+    skipped = []
+    for run in sorted(found, key=lambda p: (p / "best_model").stat().st_mtime, reverse=True):
+        problem = model_folder_problem(run / "best_model")
+        if problem is None or problem.startswith("unverified"):
+            for line in skipped:
+                _warn(f"skipped {line}")
+            return run
+        skipped.append(f"{run}: its best_model/ is incomplete ({problem})")
+    raise FileNotFoundError(f"no trained run with a complete best_model/ under {output_dir}"
+                            + (f" (skipped: {'; '.join(skipped)})" if skipped else "")
+                            + "; train one first (make train) or pass run_dir=/path/to/run")
 
 
 def check_run_dir(run_dir: Path) -> Path:
+    """``run_dir``, after checking it holds a trained model; says so when the weights in its ``best_model/`` are
+    not the ones the run saved (changed, truncated, or unverifiable for a run from an older version)."""
+    from .engine.checkpointing import model_folder_problem
+
     run_dir = Path(run_dir).expanduser().resolve()
-    if not (run_dir / "best_model" / "config.json").is_file() or not (run_dir / "config_resolved.yaml").is_file():
+    problem = model_folder_problem(run_dir / "best_model") if (run_dir / "best_model").is_dir() else "missing"
+    no_model = problem in ("missing", "no config.json (no model was saved there)")
+    if no_model or not (run_dir / "config_resolved.yaml").is_file():
         raise FileNotFoundError(f"{run_dir} holds no trained model (best_model/ and config_resolved.yaml): it was "
-                                "trained "
-                                "with save_model=false and predict_test=false, or stopped before its first evaluation. "
-                                "Fix: run_dir=<a run that kept its best_model/>")
+                                "trained with save_model=false and predict_test=false, or stopped before its first "
+                                "evaluation. Fix: run_dir=<a run that kept its best_model/>")
+    if problem is not None:
+        _warn(f"{run_dir}/best_model: {problem}" if problem.startswith("unverified") else
+              f"the weights in {run_dir}/best_model are not the ones the run saved ({problem}); predicting with "
+              "them as they are")
     return run_dir
 
 

@@ -24,7 +24,7 @@ from .engine.setup import load_data_and_tokenizer
 @hydra.main(config_path=CONF_DIR, config_name="report", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     try:
-        splits, tokenizer = load_data_and_tokenizer(cfg, (cfg.split,))
+        splits, tokenizer, _ = load_data_and_tokenizer(cfg, (cfg.split,))
     except SetupError as err:
         print(err, file=sys.stderr)
         sys.exit(2)

@@ -11,8 +11,8 @@ stands is one :class:`Progress`, saved whole in every checkpoint. Returns the be
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import math
 import shutil
 import sys
 import time
@@ -23,7 +23,7 @@ from pathlib import Path
 import hydra
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
@@ -32,13 +32,13 @@ from .core.config import CONF_DIR, to_plain
 from .core.errors import SetupError, run_cli, setup_message
 from .core.features import encode_cached, window_config
 from .core.metrics import METRIC_LABELS, METRICS, check_metric
-from .core.outputs import nbest_json, share_files, write_json, write_jsonl, write_submission
+from .core.outputs import nbest_json, write_json, write_jsonl, write_submission
 from .core.postprocess import PostprocessSettings
-from .core.runs import FAILED, FINISHED, KILLED, update_run_record
+from .core.runs import FAILED, FINISHED, KILLED, read_run_record, update_run_record
 from .core.windowing import eval_windows
 from .engine.batching import TrainWindowDataset, train_loader
-from .engine.checkpointing import Interrupted, StopRequest, save_checkpoint
-from .engine.evaluation import EvaluationStopped, model_inputs, predict, score
+from .engine.checkpointing import Interrupted, StopRequest, recover_model_folder, save_checkpoint, save_model_folder
+from .engine.evaluation import OOM_ERRORS, EvaluationStopped, TokenBudget, model_inputs, predict, score
 from .engine.modeling import load_model, load_qa_model
 from .engine.resume import AlreadyFinished, ResumeError, ResumePoint, find_resume_point, run_identity
 from .engine.setup import (
@@ -56,6 +56,18 @@ from .tracking.sweep import record_job_outcome, sweep_of_job
 log = logging.getLogger(__name__)
 
 
+def _rng_state() -> tuple:
+    return torch.random.get_rng_state(), torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+
+
+def _set_rng_state(state: tuple) -> None:
+    """Undo the draws of a step that ran out of memory (dropout), so its retry draws exactly what a run
+    started with the smaller micro-batch would."""
+    torch.random.set_rng_state(state[0])
+    if state[1] is not None:
+        torch.cuda.set_rng_state_all(state[1])
+
+
 @dataclass
 class Progress:
     """Where training stands: saved whole in every checkpoint, restored whole on resume."""
@@ -65,12 +77,13 @@ class Progress:
     batches_done: int = 0  # batches of that epoch already trained on
     best: dict = field(default_factory=dict)  # dev metrics of the best evaluation (by optimize_metric), step, epoch
     wall_time_s: float = 0.0  # seconds trained before the last checkpoint, over every resumed part
+    micro_batch: int | None = None  # windows per forward pass after out-of-memory halving (None: batch_size)
 
     @classmethod
     def from_state(cls, state: dict) -> Progress:
         return cls(step=state["step"], epoch=state["epoch"], batches_done=state["batches_done"],
-                   best=dict(state["best"]),
-                   wall_time_s=float(state.get("wall_time_s", 0.0)))
+                   best=dict(state["best"]), wall_time_s=float(state.get("wall_time_s", 0.0)),
+                   micro_batch=state.get("micro_batch"))
 
 
 @dataclass
@@ -86,13 +99,18 @@ class LogWindow:
     started: float = field(default_factory=time.time)
 
     def add(self, loss: float, acc: float, windows: int, tokens: int) -> None:
-        self.loss, self.acc = self.loss + loss * windows, self.acc + acc * windows
+        """A batch's mean loss and accuracy over its ``windows``."""
+        self.add_sums(loss * windows, acc * windows, windows, tokens)
+
+    def add_sums(self, loss_sum, acc_sum, windows: int, tokens) -> None:
+        """Window-weighted sums -- numbers, or tensors left on the device until :meth:`metrics` reads them."""
+        self.loss, self.acc = self.loss + loss_sum, self.acc + acc_sum
         self.windows, self.tokens = self.windows + windows, self.tokens + tokens
 
     def metrics(self) -> dict[str, float]:
         elapsed = max(time.time() - self.started, 1e-9)
-        return {"train/loss": self.loss / self.windows, "train/acc": self.acc / self.windows,
-                "train/tokens_per_s": self.tokens / elapsed}
+        return {"train/loss": float(self.loss) / self.windows, "train/acc": float(self.acc) / self.windows,
+                "train/tokens_per_s": float(self.tokens) / elapsed}
 
 
 class TrainingRecipe:
@@ -109,6 +127,10 @@ class TrainingRecipe:
         self.sweep = sweep_of_job()  # the sweep this job belongs to (None for a single run)
         self.hydra_dir: Path | None = None  # Hydra's own job dir when the job continues another run's dir
         self.tracker: Tracker = Tracker()
+        self._first_bad_step: torch.Tensor | None = None  # the first step with a non-finite loss, on the device
+        # Padded tokens per evaluation batch: halved for good if evaluation runs out of memory.
+        self.eval_budget = TokenBudget(cfg.get("eval_batch_tokens", "auto"))
+        self._eval_halvings_recorded = 0
         self._started, self._wall_before = time.time(), 0.0
         self._exit = ExitStack()
 
@@ -153,9 +175,13 @@ class TrainingRecipe:
         set_seed(int(self.cfg.seed))
         self.accelerator = make_accelerator(self.cfg)
         self.is_main = self.accelerator.is_main_process
+        # Reading a loss on the host waits for the device; on a CPU there is nothing to wait for.
+        self._check_every_step = self.accelerator.device.type == "cpu"
         self.run_dir = agree_on_run_dir(self.accelerator, self.run_dir)
         split_names = ("train", "dev", "test") if self.cfg.predict_test else ("train", "dev")
-        self.splits, self.tokenizer = load_data_and_tokenizer(self.cfg, split_names)
+        self.splits, self.tokenizer, self.model_source = load_data_and_tokenizer(self.cfg, split_names, with_model=True)
+        with open_dict(self.cfg):  # which weights, recorded with the run (config_resolved.yaml, params, run.json)
+            self.cfg.model.commit = self.model_source.commit
         resume = self._setup_resume()
         self.tracker = self._exit.enter_context(self._setup_tracking(resume))
         self._stop.check("start-up")
@@ -191,8 +217,8 @@ class TrainingRecipe:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             OmegaConf.save(OmegaConf.create(to_plain(cfg)), self.run_dir / "config_resolved.yaml")
             update_run_record(self.run_dir, identity=self.identity, experiment=str(cfg.experiment_name),
-                              status="RUNNING",
-                              sweep=self.sweep)
+                              status="RUNNING", sweep=self.sweep,
+                              model={"name_or_path": str(cfg.model.name_or_path), "commit": self.model_source.commit})
         return point
 
     def _setup_tracking(self, resume: ResumePoint | None) -> Tracker:
@@ -206,6 +232,8 @@ class TrainingRecipe:
     def _restore(self, resume: ResumePoint) -> None:
         """Model, optimizer, schedule and RNG states from the checkpoint, then the progress; only now is
         the run marked RUNNING again (a resume that fails before this leaves its status alone)."""
+        if self.is_main:
+            recover_model_folder(self.best_dir)  # a kill while the best model was swapped in
         self.accelerator.load_state(str(resume.checkpoint))
         self.progress = Progress.from_state(resume.state)
         self._wall_before = self.progress.wall_time_s
@@ -230,18 +258,21 @@ class TrainingRecipe:
         self.data_report["train_repairs"] = dict(self.splits["train"].repairs)
 
     def _setup_train_loader(self) -> tuple[TrainWindowDataset, DataLoader]:
+        """Batches of one optimizer step each (``batch_size x grad_accum_steps`` windows, split by the step into
+        micro-batches): the data order then depends on the windows per step alone, not on how a step is
+        split -- which out-of-memory halving changes."""
         train_set = TrainWindowDataset(self.encoded["train"], self.window, int(self.cfg.seed))
-        return train_set, train_loader(train_set, self.batch_size, self.tokenizer.pad_token_id or 0,
+        return train_set, train_loader(train_set, self.batch_size * self.grad_accum, self.tokenizer.pad_token_id or 0,
                                        group_by_length=bool(self.cfg.group_by_length),
                                        num_workers=int(self.cfg.num_workers))
 
     def _setup_model(self) -> torch.nn.Module:
-        model = load_model(self.cfg.model)
+        model = load_model(self.cfg.model, self.model_source)
         return torch.compile(model) if self.cfg.get("compile") else model
 
     def _setup_scheduler(self, optimizer, batches_per_epoch: int):
         """The learning-rate schedule over the run's optimizer steps (``max_steps`` caps them)."""
-        self.steps_per_epoch = math.ceil(batches_per_epoch / self.grad_accum)
+        self.steps_per_epoch = batches_per_epoch  # a loader batch is one optimizer step
         self.total_steps = self.steps_per_epoch * self.epochs
         if self.cfg.max_steps:
             self.total_steps = min(self.total_steps, int(self.cfg.max_steps))
@@ -268,10 +299,10 @@ class TrainingRecipe:
         bar = tqdm(batches, desc=f"epoch {epoch + 1}/{self.epochs}", disable=not self.accelerator.is_local_main_process,
                    mininterval=2, initial=skip, total=len(self.loader))
         for batch_no, batch in enumerate(bar, start=skip + 1):
-            self._loss_step(batch)
-            if not self.accelerator.sync_gradients:
-                continue
+            self._optimizer_step(batch)
             p.step, p.epoch, p.batches_done = p.step + 1, epoch, batch_no
+            if self._check_every_step:
+                self._check_finite()
             epoch_fraction = epoch + batch_no / len(self.loader)
             self._maybe_log(epoch_fraction, bar)
             if self.eval_steps and p.step % self.eval_steps == 0:
@@ -292,27 +323,105 @@ class TrainingRecipe:
         if self._stop.agreed(self.accelerator):
             raise Interrupted(self._save(), p.step)
 
-    def _loss_step(self, batch: dict) -> None:
-        """Forward, backward and (when gradients are accumulated) one optimizer step; adds the batch's
-        loss and span accuracy to the log window."""
-        with self.accelerator.accumulate(self.model):
-            out = self.model(**model_inputs(batch), start_positions=batch["start_positions"],
-                             end_positions=batch["end_positions"])
-            loss = out.loss
-            if not torch.isfinite(loss):
-                hint = (" (fp16 overflow? try precision=bf16 or precision=fp32)"
-                        if self.cfg.precision.mixed_precision == "fp16" else "")
-                raise FloatingPointError(f"non-finite training loss {loss.item()} at step {self.progress.step}{hint}; "
-                                         "no checkpoint was written from this state")
-            self.accelerator.backward(loss)
-            if self.accelerator.sync_gradients and self.cfg.max_grad_norm:
-                self.accelerator.clip_grad_norm_(self.model.parameters(), float(self.cfg.max_grad_norm))
-            self.optimizer.step()
-            self.scheduler.step()
-            self.optimizer.zero_grad()
-        right = ((out.start_logits.argmax(-1) == batch["start_positions"])
-                 & (out.end_logits.argmax(-1) == batch["end_positions"]))
-        self._log_window.add(loss.item(), right.float().mean().item(), len(right), int(batch["attention_mask"].sum()))
+    def _optimizer_step(self, batch: dict) -> None:
+        """One optimizer step over ``batch`` (``batch_size x grad_accum_steps`` windows): forward and backward in
+        micro-batches of :attr:`Progress.micro_batch` windows, their losses weighted by their windows, then
+        clipping, the optimizer and the schedule. Out of GPU memory, the micro-batch is halved and the step
+        redone from the same state (same RNG draws): see :meth:`_halve_micro_batch`."""
+        rng = _rng_state()
+        while True:
+            try:
+                sums = self._forward_backward(batch)
+                break
+            except OOM_ERRORS:
+                self.optimizer.zero_grad(set_to_none=True)
+                self._halve_micro_batch()
+                _set_rng_state(rng)
+        self._log_window.add_sums(*sums)
+        if self.cfg.max_grad_norm:
+            self.accelerator.clip_grad_norm_(self.model.parameters(), float(self.cfg.max_grad_norm))
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad()
+
+    def _forward_backward(self, batch: dict) -> tuple:
+        """Gradients of ``batch``'s mean loss, accumulated over micro-batches; the window-weighted sums of loss
+        and span accuracy, the windows and the tokens, left on the device (read at log points, not per step)."""
+        total = len(batch["input_ids"])
+        size = self.progress.micro_batch or self.batch_size
+        chunks = [{k: v[i : i + size] for k, v in batch.items()} for i in range(0, total, size)]
+        loss_sum = acc_sum = tokens = 0
+        for n, chunk in enumerate(chunks):
+            last = n == len(chunks) - 1
+            # Gradients are exchanged between processes once, after the last micro-batch.
+            with contextlib.nullcontext() if last else self.accelerator.no_sync(self.model):
+                loss, right = self._micro_step(chunk, len(chunk["input_ids"]) / total)
+            windows = len(right)
+            loss_sum = loss_sum + loss * windows
+            acc_sum = acc_sum + right.float().sum()
+            tokens = tokens + chunk["attention_mask"].sum()
+        return loss_sum, acc_sum, total, tokens
+
+    def _micro_step(self, chunk: dict, weight: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """Forward and backward of one micro-batch, its loss weighted by its share of the step's windows; the
+        (detached) mean loss and which windows had both span ends right. A non-finite loss is recorded on the
+        device at the step that made it (:meth:`_check_finite` reads it)."""
+        out = self.model(**model_inputs(chunk), start_positions=chunk["start_positions"],
+                         end_positions=chunk["end_positions"])
+        loss = out.loss
+        self._note_finite(loss)
+        self.accelerator.backward(loss * weight)
+        right = (out.start_logits.argmax(-1) == chunk["start_positions"]) & (out.end_logits.argmax(-1) ==
+                                                                              chunk["end_positions"])
+        return loss.detach(), right
+
+    def _note_finite(self, loss: torch.Tensor) -> None:
+        """Record, without a host sync, the first step whose loss was not finite."""
+        if self._first_bad_step is None:
+            self._first_bad_step = torch.full((), -1, dtype=torch.long, device=loss.device)
+        step = torch.full((), self.progress.step + 1, dtype=torch.long, device=loss.device)
+        unseen = (~torch.isfinite(loss)) & (self._first_bad_step < 0)
+        self._first_bad_step = torch.where(unseen, step, self._first_bad_step)
+
+    def _check_finite(self) -> None:
+        """Stop with a clear error when a step's loss was not finite (read from the device: a host sync). Called
+        after every step where that costs nothing (CPU), else at log points and before every evaluation and
+        checkpoint -- so nothing is ever evaluated, kept or saved from a non-finite state."""
+        if self._first_bad_step is None or int(self._first_bad_step) < 0:
+            return
+        hint = (" (fp16 overflow? try precision=bf16 or precision=fp32)"
+                if self.cfg.precision.mixed_precision == "fp16" else "")
+        raise FloatingPointError(f"non-finite training loss at step {int(self._first_bad_step)}{hint}; "
+                                 "no checkpoint was written from this state")
+
+    def _halve_micro_batch(self) -> None:
+        """Out of GPU memory: half the windows per micro-batch, twice the micro-batches per step -- the same
+        windows per optimizer step, so the same schedule and trajectory -- recorded with the run and saved
+        in checkpoints. At one window per micro-batch there is nothing smaller: one error says what to do."""
+        import gc
+
+        old = self.progress.micro_batch or self.batch_size
+        if old <= 1:
+            raise SetupError(f"out of GPU memory at step {self.progress.step + 1} even with one window per micro-batch "
+                             f"({self.window.max_total_len()} tokens). Fix: shorter windows (window.max_seq_len=256), "
+                             "precision=bf16 or fp16, a smaller model, or a larger GPU.")
+        new = max(1, old // 2)
+        self.progress.micro_batch = new
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        change = f"{old} -> {new} windows per micro-batch at step {self.progress.step + 1}"
+        log.warning("out of GPU memory: %s (%d micro-batches per optimizer step: the same %d windows per step, so "
+                    "the same training); recorded in the run", change, -(-self.batch_size * self.grad_accum // new),
+                    self.batch_size * self.grad_accum)
+        self._record_fallback("micro_batch", change)
+
+    def _record_fallback(self, what: str, change: str) -> None:
+        """An out-of-memory fallback, as a tag of the tracker's run and in ``run.json`` (``oom_fallback``)."""
+        self.tracker.set_tags({f"oom.{what}": change})
+        if self.is_main:
+            record = read_run_record(self.run_dir) or {}
+            update_run_record(self.run_dir, oom_fallback=[*record.get("oom_fallback", []), f"{what}: {change}"])
 
     def _maybe_log(self, epoch_fraction: float, bar) -> None:
         """``train/*`` every ``logging_steps`` steps: means over the windows of those steps. The last, partial
@@ -321,6 +430,7 @@ class TrainingRecipe:
         step, window = self.progress.step, self._log_window
         if step % self.logging_steps != 0 and step != self.total_steps:
             return
+        self._check_finite()
         if step % self.logging_steps != 0 and 2 * (step - window.first_step) < self.logging_steps:
             return
         metrics = window.metrics()
@@ -331,6 +441,7 @@ class TrainingRecipe:
 
     def _save(self) -> Path:
         """A checkpoint of where :attr:`progress` stands, with the run's identity and MLflow run."""
+        self._check_finite()
         self.progress.wall_time_s = self._wall_time()
         state = {**asdict(self.progress), "mlflow_run_id": self.tracker.run_id,
                  "experiment_name": str(self.cfg.experiment_name), "identity": self.identity}
@@ -343,12 +454,17 @@ class TrainingRecipe:
     # ---------------------------------------------------------------- evaluation
     def evaluate(self, epoch_fraction: float) -> dict[str, float]:
         """Dev scores now; a new best (by ``optimize_metric``) keeps its predictions and the model (``best_model/``)."""
+        self._check_finite()
         p = self.progress
         try:
-            preds = predict(self.model, self.encoded["dev"], self.dev_windows, self.post, self.cfg.eval_batch_tokens,
+            preds = predict(self.model, self.encoded["dev"], self.dev_windows, self.post, self.eval_budget,
                             self.accelerator, "dev", stop=self._stop)
         except EvaluationStopped:
             raise Interrupted(self._save(), p.step, "evaluation") from None
+        halvings = len(self.eval_budget.halvings)
+        if halvings > self._eval_halvings_recorded:
+            self._record_fallback("eval_batch_tokens", ", ".join(self.eval_budget.halvings) + f" at step {p.step}")
+            self._eval_halvings_recorded = halvings
         metrics, rows = score(preds, self.encoded["dev"])
         self.tracker.log_metrics({f"dev/{k}": v for k, v in metrics.items()} | {"epoch": epoch_fraction}, p.step)
         log.info("step %d (epoch %.2f): dev EM %.4f F1 %.4f", p.step, epoch_fraction, metrics["em"], metrics["f1"])
@@ -358,9 +474,8 @@ class TrainingRecipe:
                 write_jsonl(self.run_dir / "dev_predictions.jsonl", rows)
                 write_json(self.run_dir / "dev_nbest.json", nbest_json(preds))
                 if self.cfg.save_model or self.cfg.predict_test:
-                    self.accelerator.unwrap_model(self.model).save_pretrained(self.best_dir, safe_serialization=True)
-                    self.tokenizer.save_pretrained(self.best_dir)
-                    share_files(self.best_dir)
+                    save_model_folder(self.accelerator.unwrap_model(self.model), self.tokenizer, self.best_dir,
+                                      {"step": p.step, "epoch": epoch_fraction, "dev": metrics})
             self.accelerator.wait_for_everyone()
         return metrics
 
@@ -404,7 +519,7 @@ class TrainingRecipe:
         best_model = load_qa_model(self.best_dir).to(self.accelerator.device)
         enc = self.encoded["test"]
         try:
-            preds = predict(best_model, enc, eval_windows(enc, self.window), self.post, self.cfg.eval_batch_tokens,
+            preds = predict(best_model, enc, eval_windows(enc, self.window), self.post, self.eval_budget,
                             self.accelerator, "test", stop=self._stop)
         except EvaluationStopped:
             raise Interrupted(self._save(), self.progress.step, "test prediction") from None

@@ -7,8 +7,11 @@ A fault is ``WHEN:METHOD[:STEP][#N]=ACTION``: ``before`` or ``after`` a call of 
 the recipe's optimizer step equals STEP (any step when left out); in a sweep, the N-th call may fall
 in a later job. ACTION is a signal name sent to this process
 (``SIGINT``, ``SIGTERM``, ``SIGKILL``: exactly what a user's Ctrl-C, a scheduler or the OOM killer
-does), ``raise`` (a RuntimeError from inside the recipe), or ``call:module:function`` (a test's
-helper, e.g. stopping a tracking server). Several ``--fault`` options may be given.
+does), ``raise`` (a RuntimeError from inside the recipe), ``call:module:function`` (a test's
+helper, e.g. stopping a tracking server), or ``oom_rows>N`` / ``oom_tokens>N``: a CUDA-style
+``torch.OutOfMemoryError`` whenever the call's batch (its first dict argument with ``input_ids``) has
+more than N rows / padded tokens -- at every such call, not only the N-th, as a GPU that is too small
+would. Several ``--fault`` options may be given.
 """
 
 from __future__ import annotations
@@ -21,6 +24,26 @@ import signal
 import sys
 
 _recipe = {"step": lambda: None}
+
+
+def _batch_of(args) -> dict | None:
+    return next((a for a in args if isinstance(a, dict) and "input_ids" in a), None)
+
+
+def _out_of_memory(action: str, args) -> bool:
+    """``oom_rows>N`` / ``oom_tokens>N``: raise if this call's batch is bigger; ``False`` for other actions."""
+    if not action.startswith("oom_"):
+        return False
+    kind, limit = action[len("oom_"):].split(">")
+    batch = _batch_of(args)
+    if batch is None:
+        return True
+    size = batch["input_ids"].shape[0] if kind == "rows" else batch["input_ids"].numel()
+    if size > int(limit):
+        import torch
+
+        raise torch.OutOfMemoryError(f"CUDA out of memory (injected by fault_runner: {size} {kind} > {limit})")
+    return True
 
 
 def _act(action: str) -> None:
@@ -62,6 +85,8 @@ def _inject(spec: str) -> None:
         if args and hasattr(args[0], "progress"):
             recipe = args[0]
             _recipe["step"] = lambda: recipe.progress.step
+        if when == "before" and (step_at is None or _recipe["step"]() == step_at) and _out_of_memory(action, args):
+            return original(*args, **kwargs)  # the batch fits: it runs
         if when == "before" and due():
             _act(action)
         result = original(*args, **kwargs)

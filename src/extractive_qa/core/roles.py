@@ -56,6 +56,7 @@ ROLES: dict[str, Role] = {
     "model.revision": TRAJECTORY,
     "model.config_overrides.": TRAJECTORY,  # dropout, sizes of a random-init model
     "model.trust_remote_code": SETTING,     # allows a model's own code; the weights are named above
+    "model.commit": RECORD,                 # the commit (or folder digest) the weights were loaded from
     "window.": TRAJECTORY,                  # what the model is trained on
     "optimizer.": TRAJECTORY,
     "optimizer._partial_": INSTANTIATION,

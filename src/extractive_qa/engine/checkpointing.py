@@ -108,6 +108,52 @@ def save_checkpoint(accelerator, run_dir: Path, state: dict, keep: int) -> Path:
     return final
 
 
+def save_model_folder(model, tokenizer, folder: Path, info: dict) -> Path:
+    """Write a model folder (``best_model/``: safetensors weights, config, tokenizer) the way checkpoints are
+    written: into ``.tmp_<name>/``, with ``saved.json`` (``info``: the step and scores it was kept for) and,
+    last, ``manifest.json``; then swapped in for the previous one. A kill at any moment leaves a complete
+    folder -- the new one or the previous one -- that :func:`recover_model_folder` puts back in place."""
+    tmp, previous = folder.with_name(f".tmp_{folder.name}"), folder.with_name(f".previous_{folder.name}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    (tmp / "saved.json").write_text(json.dumps(info, indent=1, default=str))
+    share_files(tmp)
+    write_manifest(tmp)  # last: a folder without a manifest is unfinished
+    if folder.exists():
+        shutil.rmtree(previous, ignore_errors=True)
+        os.replace(folder, previous)  # killed here: no folder, two complete ones beside it
+    os.replace(tmp, folder)
+    shutil.rmtree(previous, ignore_errors=True)
+    return folder
+
+
+def recover_model_folder(folder: Path) -> None:
+    """Finish a :func:`save_model_folder` a kill interrupted between its two renames: the newest complete
+    folder (the new one, else the previous) becomes ``folder`` again; an unfinished one is removed."""
+    tmp, previous = folder.with_name(f".tmp_{folder.name}"), folder.with_name(f".previous_{folder.name}")
+    if not folder.exists():
+        for candidate in (tmp, previous):
+            if candidate.is_dir() and verify_checkpoint(candidate) is None:
+                os.replace(candidate, folder)
+                log.warning("restored %s from %s (a save was interrupted)", folder, candidate.name)
+                break
+    for leftover in (tmp, previous):
+        if leftover.exists() and folder.exists():
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
+def model_folder_problem(folder: Path) -> str | None:
+    """``None`` when ``folder`` holds every file its manifest lists, unchanged; else what is wrong. A folder
+    saved before manifests existed has none: that is said (``unverified``), but it is usable."""
+    recover_model_folder(folder)
+    if not (folder / "config.json").is_file():
+        return "no config.json (no model was saved there)"
+    if not (folder / MANIFEST).is_file():
+        return "unverified: saved without a manifest (by an older version), its weights cannot be checked"
+    return verify_checkpoint(folder)
+
+
 def load_trainer_state(checkpoint: Path) -> dict:
     return json.loads((checkpoint / STATE_FILE).read_text())
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import logging
+from collections import deque
 from collections.abc import Sequence
 
 import numpy as np
@@ -10,11 +12,16 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from ..core.errors import SetupError
 from ..core.metrics import score_answers
 from ..core.postprocess import PostprocessSettings, Prediction
 from ..core.windowing import EncodedExamples, Windows
 from .batching import PadCollator, WindowDataset, token_budget_batches, window_lengths
 from .hardware import eval_batch_tokens
+
+log = logging.getLogger(__name__)
+# Out of accelerator memory: torch.OutOfMemoryError (CUDA, and what tests inject on a CPU).
+OOM_ERRORS = (torch.OutOfMemoryError,)
 
 MODEL_INPUTS = ("input_ids", "token_type_ids", "attention_mask")  # token_type_ids only where the template has them
 
@@ -28,37 +35,97 @@ class EvaluationStopped(Exception):
     """A stop was requested (SIGINT / SIGTERM) between two evaluation batches."""
 
 
-def window_logits(model, enc: EncodedExamples, windows: Windows, batch_tokens: int | str, accelerator=None,
-                  desc: str = "eval", stop=None) -> tuple[list[np.ndarray], list[np.ndarray]]:
+class TokenBudget:
+    """Padded tokens per evaluation batch (``eval_batch_tokens``; ``auto``: the device's default). Out of
+    device memory it halves -- and stays halved for the rest of the run, every later evaluation starting
+    there."""
+
+    def __init__(self, value: int | str | None):
+        self.tokens = eval_batch_tokens(value)
+        self.halvings: list[str] = []  # what was halved and when, for the run's record
+
+    def halve(self, longest_window: int) -> None:
+        if self.tokens <= longest_window:
+            raise SetupError(f"out of GPU memory evaluating a single window of {longest_window} tokens. Fix: "
+                             "shorter windows (window.max_seq_len=256), precision=bf16 or fp16, a smaller model, or a "
+                             "larger GPU.")
+        old, self.tokens = self.tokens, max(self.tokens // 2, 1)
+        self.halvings.append(f"{old} -> {self.tokens}")
+        log.warning("out of GPU memory in evaluation: eval_batch_tokens %d -> %d (the same windows, smaller batches)",
+                    old, self.tokens)
+
+
+class BatchQueue:
+    """A loader's batch sampler whose batches not yet taken can be cut again (smaller) while it is read:
+    the loader asks for one batch at a time (no workers), so a re-cut takes effect from the next batch."""
+
+    def __init__(self, batches: list[list[int]]):
+        self.batches = deque(batches)
+
+    def __iter__(self):
+        while self.batches:
+            yield self.batches.popleft()
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def recut(self, batches: list[list[int]], cut) -> None:
+        """Replace what is left with ``cut(windows)`` over the windows of ``batches`` (as index lists)."""
+        left = np.array([w for b in batches for w in b])
+        self.batches = deque([left[b].tolist() for b in cut(left)])
+
+
+def _forward(model, batch: dict, device):
+    """The model over one evaluation batch (start and end logits)."""
+    return model(**{k: v.to(device) for k, v in model_inputs(batch).items()})
+
+
+def window_logits(model, enc: EncodedExamples, windows: Windows, batch_tokens: int | str | TokenBudget,
+                  accelerator=None, desc: str = "eval", stop=None) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Start and end logits of every window (each cut to its own length), in window order.
 
     Batches hold up to ``batch_tokens`` padded tokens (``"auto"``: the device's default, see
-    :func:`~extractive_qa.engine.hardware.eval_batch_tokens`) of windows sorted by length
-    (:func:`~extractive_qa.engine.batching.token_budget_batches`). With several processes each rank
-    runs every N-th batch and the ranks exchange their logits, so every window is computed once and
-    every rank gets them all (no padded duplicates to drop). ``stop`` (a
-    :class:`~extractive_qa.engine.checkpointing.StopRequest`) ends a single-process evaluation between
-    batches with :class:`EvaluationStopped`; several processes finish it (they must agree on when to stop).
+    :func:`~extractive_qa.engine.hardware.eval_batch_tokens`; a :class:`TokenBudget` keeps what an
+    out-of-memory error halved it to) of windows sorted by length
+    (:func:`~extractive_qa.engine.batching.token_budget_batches`). Out of device memory, the budget is
+    halved and the batches not yet done are cut again. With several processes each rank runs every N-th
+    batch and the ranks exchange their logits, so every window is computed once and every rank gets them
+    all (no padded duplicates to drop). ``stop`` (a :class:`~extractive_qa.engine.checkpointing.StopRequest`)
+    ends a single-process evaluation between batches with :class:`EvaluationStopped`; several processes
+    finish it (they must agree on when to stop).
     """
+    budget = batch_tokens if isinstance(batch_tokens, TokenBudget) else TokenBudget(batch_tokens)
     lengths = window_lengths(enc, windows)
-    batches = token_budget_batches(lengths, eval_batch_tokens(batch_tokens))
     rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator is not None else (0, 1)
-    loader = DataLoader(WindowDataset(enc, windows, with_labels=False), batch_sampler=batches[rank::world],
-                        collate_fn=PadCollator(enc.pad_id))
+    queue = BatchQueue(token_budget_batches(lengths, budget.tokens)[rank::world])
+    # A generator of its own: a loader draws a seed from torch's global one each time it is read, and that draw
+    # would shift every later dropout mask -- the training trajectory would depend on the evaluation cadence.
+    loader = DataLoader(WindowDataset(enc, windows, with_labels=False), batch_sampler=queue,
+                        collate_fn=PadCollator(enc.pad_id), generator=torch.Generator())
     device = next(model.parameters()).device
     autocast = accelerator.autocast if accelerator is not None else contextlib.nullcontext
     mine: list[tuple[int, np.ndarray, np.ndarray]] = []
     was_training = model.training
     model.eval()
-    with torch.inference_mode():
-        show = accelerator is None or accelerator.is_local_main_process
-        for batch in tqdm(loader, desc=desc, disable=not show, leave=False, mininterval=2):
+    show = accelerator is None or accelerator.is_local_main_process
+    with torch.inference_mode(), tqdm(total=len(windows) // world, desc=desc, disable=not show, leave=False,
+                                      mininterval=2) as bar:
+        for batch in loader:
             if stop is not None and world == 1 and stop.requested:
                 raise EvaluationStopped
-            with autocast():
-                out = model(**{k: v.to(device) for k, v in model_inputs(batch).items()})
+            indices = batch["index"].tolist()
+            try:
+                with autocast():
+                    out = _forward(model, batch, device)
+            except OOM_ERRORS:
+                budget.halve(int(lengths[indices].max()))
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+                queue.recut([indices, *queue.batches], lambda left: token_budget_batches(lengths[left], budget.tokens))
+                continue
             s, e = out.start_logits.float().cpu().numpy(), out.end_logits.float().cpu().numpy()
-            mine.extend((int(w), s[r, : lengths[w]], e[r, : lengths[w]]) for r, w in enumerate(batch["index"].tolist()))
+            mine.extend((int(w), s[r, : lengths[w]], e[r, : lengths[w]]) for r, w in enumerate(indices))
+            bar.update(len(indices))
     model.train(was_training)
     if world > 1:
         from accelerate.utils import gather_object
@@ -74,7 +141,8 @@ def window_logits(model, enc: EncodedExamples, windows: Windows, batch_tokens: i
     return starts, ends  # type: ignore[return-value]
 
 
-def predict(model, enc: EncodedExamples, windows: Windows, settings: PostprocessSettings, batch_tokens: int | str,
+def predict(model, enc: EncodedExamples, windows: Windows, settings: PostprocessSettings,
+            batch_tokens: int | str | TokenBudget,
             accelerator=None, desc: str = "eval", stop=None) -> list[Prediction]:
     starts, ends = window_logits(model, enc, windows, batch_tokens, accelerator, desc, stop)
     return settings.apply(enc, windows, starts, ends)

@@ -18,7 +18,7 @@ from ..core.data import DataFormatError, ExampleSet
 from ..core.datafiles import load_split
 from ..core.errors import SetupError, setup_message
 from .hardware import resolve_precision
-from .modeling import load_tokenizer
+from .modeling import Source, load_tokenizer, resolve_source
 
 log = logging.getLogger(__name__)
 
@@ -55,15 +55,17 @@ def make_accelerator(cfg: DictConfig):
     # Accelerate only forms a gloo process group over CPUs when told to use the CPU.
     multi_cpu = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
     # A seedable sampler makes each epoch's order a function of (seed, epoch): resuming mid-epoch
-    # replays exactly the batches the interrupted run would have seen.
+    # replays exactly the batches the interrupted run would have seen. Gradient accumulation is the recipe's
+    # own (each loader batch is one optimizer step, split into micro-batches): Accelerate's stays at 1.
     return Accelerator(cpu=multi_cpu, mixed_precision=mixed,
-                       dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
-                       gradient_accumulation_steps=int(cfg.get("grad_accum_steps", 1)))
+                       dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True))
 
 
-def load_data_and_tokenizer(cfg: DictConfig, split_names: tuple[str, ...]) -> tuple[dict[str, ExampleSet], object]:
-    """The splits and the tokenizer, or one SetupError listing everything that could not be fetched."""
-    errors, splits, tokenizer = [], {}, None
+def load_data_and_tokenizer(cfg: DictConfig, split_names: tuple[str, ...],
+                            with_model: bool = False) -> tuple[dict[str, ExampleSet], object, Source | None]:
+    """The splits, the tokenizer and (``with_model``) where the model's weights come from and their commit,
+    resolved before any weight is downloaded -- or one SetupError listing everything that could not be fetched."""
+    errors, splits, tokenizer, model = [], {}, None, None
     for name in split_names:
         try:
             splits[name] = load_split(cfg.data, name)
@@ -73,11 +75,13 @@ def load_data_and_tokenizer(cfg: DictConfig, split_names: tuple[str, ...]) -> tu
             errors.append(SetupError(str(err)))
     try:
         tokenizer = load_tokenizer(cfg.model)
+        if with_model:
+            model = resolve_source(str(cfg.model.name_or_path), cfg.model.get("revision"))
     except SetupError as err:
         errors.append(err)
     if errors:
         raise SetupError(setup_message(errors))
-    return splits, tokenizer
+    return splits, tokenizer, model
 
 
 def agree_on_run_dir(accelerator, run_dir: Path) -> Path:
