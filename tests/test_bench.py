@@ -54,3 +54,23 @@ def test_feature_cache_tokenizes_once(tmp_path, char_tokenizer, monkeypatch):
     # Another question length is another key (and would tokenize again).
     with pytest.raises(AssertionError, match="tokenized again"):
         encode_cached(examples, char_tokenizer, WindowConfig(max_question_len=8), tmp_path / "cache")
+
+
+def test_gpu_check_runs_end_to_end_and_writes_its_json(tmp_path):
+    """``make gpu-check --quick`` on this machine: the script a GPU machine runs, with tiny sizes (its numbers
+    mean nothing here; the GPU tests skip). Also the bench's profile part: shares of a step that add up."""
+    res = run_module("extractive_qa.gpu_check", "--quick", "--steps", "2", "--batch-size", "2", "--seq-len", "64",
+                     "--out", str(tmp_path))
+    written = sorted(tmp_path.glob("gpu_check_*.json"))
+    assert res.stdout.strip().splitlines()[-1] == str(written[-1]) and len(written) == 1
+    result = json.loads(written[0].read_text())
+    assert result["tests"]["tests"] >= 8 and result["tests"]["failures"] == 0 and result["tests"]["errors"] == 0
+    rows = result["bench_auto"]
+    assert "error" not in [r["bench"] for r in rows]
+    profiles = [r for r in rows if r["bench"] == "profile"]
+    assert [p["phase"] for p in profiles] == ["train_step", "eval_batch"]
+    for p in profiles:
+        assert p["ms"] > 0 and abs(sum(p["shares"].values()) - 1) < 0.02, p
+        assert p["shares"]["gemm"] > 0
+    assert result["throughput"]["tokens_per_s"] > 0 and result["throughput"]["steps"] == 2
+    assert not list(tmp_path.glob("work_*")), "the synthetic inputs live in a temporary folder"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from helpers import run_module, run_with_faults
+from helpers import read_metrics, run_module, run_with_faults
 
 
 def tiny(synthetic, tmp: Path) -> list[str]:
@@ -35,6 +36,25 @@ def test_non_finite_loss_stops_fails_the_run_and_keeps_the_finite_checkpoint(syn
 
     weights = load_file(run_dir / "best_model" / "model.safetensors")  # saved at step 1, before the blow-up
     assert all(bool(t.isfinite().all()) for t in weights.values())
+
+
+def test_a_non_finite_loss_read_only_at_log_points_still_names_the_step_that_made_it(synthetic, tmp_path):
+    """On a GPU the loss is not read on the host after every step (that would wait for the GPU each time): it is
+    checked on the device and read at log points. The run must still stop there, before any logging, evaluation or
+    checkpoint, naming the step whose loss first went non-finite -- the same step the every-step check names."""
+    args = [*tiny(synthetic, tmp_path), "lr=1e25", "warmup_ratio=0", "logging_steps=4", "eval_steps=null",
+            "tracking=none", "predict_test=false"]
+    every = run_module("extractive_qa.train", *args, f"hydra.run.dir={tmp_path}/every", check=False)
+    deferred = run_with_faults(["before:_train_epoch=set:_check_every_step=False"], *args,
+                               f"hydra.run.dir={tmp_path}/deferred")
+    named = []
+    for res in (every, deferred):
+        assert res.returncode == 3 and "Traceback" not in res.stderr, res.stderr[-2000:]
+        named.append(re.search(r"non-finite training loss at step (\d+)", res.stderr).group(1))
+    assert named[0] == named[1] and int(named[0]) < 4  # the step that made it, not the log point that read it
+    assert not (tmp_path / "deferred" / "best_model").exists()  # nothing evaluated or kept from that state
+    metrics = tmp_path / "deferred" / "metrics.jsonl"
+    assert not metrics.exists() or not [m for m in read_metrics(tmp_path / "deferred") if "train/loss" in m]
 
 
 @pytest.mark.slow

@@ -91,10 +91,12 @@ def test_the_training_trajectory_does_not_depend_on_the_evaluation_cadence(synth
     losses = []
     for eval_steps in ("null", "3"):
         run_dir = tmp_path / f"eval_{eval_steps}"
-        run_module("extractive_qa.train", *common(tmp_path), "model=tiny", f"model.name_or_path={synthetic['model']}",
-                   f"data.dir={synthetic['data']}", "data.limit_train=200", "epochs=1", "batch_size=16",
-                   "logging_steps=2", "predict_test=false", f"eval_steps={eval_steps}", f"hydra.run.dir={run_dir}")
+        res = run_module("extractive_qa.train", *common(tmp_path), "model=tiny",
+                         f"model.name_or_path={synthetic['model']}", f"data.dir={synthetic['data']}",
+                         "data.limit_train=200", "epochs=1", "batch_size=16", "logging_steps=2", "predict_test=false",
+                         f"eval_steps={eval_steps}", f"hydra.run.dir={run_dir}")
         losses.append([m["train/loss"] for m in read_metrics(run_dir) if "train/loss" in m])
+        assert "attention: eager for training, sdpa for evaluation (attention=auto on cpu)" in res.stdout + res.stderr
     assert len(losses[0]) >= 5 and losses[0] == losses[1]
 
 

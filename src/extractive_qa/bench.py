@@ -179,9 +179,11 @@ def eval_naive(cfg: dict) -> dict:
 
     from .core.windowing import build_input_ids
     from .engine.batching import window_lengths
+    from .engine.setup import make_accelerator
 
     c, tokenizer, window, enc, windows = _setup(cfg, "seed", "dev", int(cfg["bench"]["naive_questions"]))
-    model = _model(c)
+    device = make_accelerator(c).device  # the same device as ours, in fp32
+    model = _model(c).to(device)
     max_len = window.max_total_len(enc.template.num_special)
     per_question = [np.flatnonzero(windows.example_index == i) for i in range(len(enc.examples))]
     start = time.perf_counter()
@@ -196,8 +198,9 @@ def eval_naive(cfg: dict) -> dict:
                 types[r, : len(seq)] = torch.tensor(enc.template.token_types(len(enc.question_ids[i]),
                                                                              int(windows.context_len[w])) or 0)
                 mask[r, : len(seq)] = 1
-            typed = {"token_type_ids": types} if enc.template.type_ids is not None else {}
-            out = model(input_ids=ids, attention_mask=mask, **typed)
+            typed = {"token_type_ids": types.to(device)} if enc.template.type_ids is not None else {}
+            ids = ids.to(device)
+            out = model(input_ids=ids, attention_mask=mask.to(device), **typed)
             answer, best = "", float("-inf")
             for r in range(len(mine)):
                 sp, si = torch.max(out.start_logits[r], dim=0)
@@ -206,6 +209,7 @@ def eval_naive(cfg: dict) -> dict:
                     best = float(sp + ep)
                     answer = tokenizer.decode(ids[r][si : ei + 1])
             answer.replace(" ", "")  # the seed's last step; the text itself is not scored here
+    _sync(device)
     seconds = time.perf_counter() - start
     n = len(enc.examples)
     return {"bench": "eval_naive", "windows_preset": "seed", "precision": "no", "questions": n, "windows": len(windows),
@@ -214,45 +218,75 @@ def eval_naive(cfg: dict) -> dict:
             "padded_tokens_per_s": len(windows) * max_len / seconds, "peak_rss_mb": _peak_rss_mb()}
 
 
-def _train_steps(c: DictConfig, enc, window, naive: bool) -> dict:
-    """Timed optimizer steps: naive (fixed padding, fp32, plain AdamW) or as the recipe trains."""
+def _naive_trainer(c: DictConfig, enc, window):
+    """The seed's training step: every window padded to the full length, fp32, a plain AdamW."""
     import torch
-    from hydra.utils import instantiate
 
     from .engine.batching import TrainWindowDataset, train_loader
     from .engine.evaluation import model_inputs
-    from .engine.setup import make_accelerator, parameter_groups
+    from .engine.setup import make_accelerator
 
-    steps, batch_size = int(c.bench.train_steps), int(c.bench.train_batch_size)
-    dataset = TrainWindowDataset(enc, window, 0)
-    loader = train_loader(dataset, batch_size, enc.pad_id, group_by_length=bool(c.group_by_length) and not naive,
-                          num_workers=0 if naive else int(c.num_workers),
-                          fixed_length=window.max_total_len(enc.template.num_special) if naive else None)
-    model = _model(c).train()
-    if naive:
-        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
-    else:
-        if c.get("compile"):
-            model = torch.compile(model)
-        optimizer = instantiate(c.optimizer)(parameter_groups(model, float(c.optimizer.weight_decay)))
-        accelerator = make_accelerator(c)
-        model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    loader = train_loader(TrainWindowDataset(enc, window, 0), int(c.bench.train_batch_size), enc.pad_id,
+                          group_by_length=False, fixed_length=window.max_total_len(enc.template.num_special))
+    device = make_accelerator(c).device  # the same device as ours, in fp32
+    model = _model(c).to(device).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
+
+    def step(batch: dict) -> None:
+        batch = {k: v.to(device) for k, v in batch.items()}
+        out = model(**model_inputs(batch), start_positions=batch["start_positions"],
+                    end_positions=batch["end_positions"])
+        out.loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+
+    return model, loader, step
+
+
+def recipe_trainer(c: DictConfig, enc, window, tokenizer):
+    """The training recipe's own loader, model (attention kernel, compile), optimizer and optimizer step --
+    :meth:`~extractive_qa.train.TrainingRecipe._optimizer_step`, exactly what ``make train`` runs per step,
+    with its device-side loss bookkeeping and its non-finite check -- at ``bench.train_batch_size``."""
+    import torch
+
+    from .engine.modeling import resolve_source
+    from .engine.setup import make_accelerator
+    from .train import LogWindow, TrainingRecipe
+
+    c = OmegaConf.merge(c, {"batch_size": int(c.bench.train_batch_size), "max_steps": None})
+    recipe = TrainingRecipe(c, Path(tempfile.gettempdir()))
+    recipe.accelerator = make_accelerator(c)
+    recipe._check_every_step = recipe.accelerator.device.type == "cpu"
+    recipe.model_source = resolve_source(str(c.model.name_or_path), c.model.get("revision"))
+    recipe.encoded, recipe.window, recipe.tokenizer = {"train": enc}, window, tokenizer
+    torch.manual_seed(0)
+    recipe._setup_training()
+    recipe._log_window = LogWindow()
+    recipe.model.train()
+
+    def step(batch: dict) -> None:
+        recipe._optimizer_step(batch)
+        recipe.progress.step += 1
+        if recipe._check_every_step:
+            recipe._check_finite()
+
+    return recipe, step
+
+
+def _timed_steps(model, loader, step, steps: int) -> dict:
+    """``steps`` optimizer steps after one untimed warm-up step (allocations, compilation)."""
     device = next(model.parameters()).device
     it = iter(loader)
     timed_lengths: list[np.ndarray] = []
     padded = 0
     start = None
-    for step in range(steps + 1):  # the first step warms up (allocations, compilation) and is not timed
-        if step == 1:
+    for n in range(steps + 1):
+        if n == 1:
             _sync(device)
             start = time.perf_counter()
             timed_lengths, padded = [], 0
         batch = next(it)
-        out = model(**model_inputs(batch), start_positions=batch["start_positions"],
-                    end_positions=batch["end_positions"])
-        (accelerator.backward(out.loss) if not naive else out.loss.backward())
-        optimizer.step()
-        optimizer.zero_grad()
+        step(batch)
         timed_lengths.append(batch["attention_mask"].sum(dim=1).cpu().numpy())
         padded += batch["input_ids"].numel()
     _sync(device)
@@ -260,21 +294,126 @@ def _train_steps(c: DictConfig, enc, window, naive: bool) -> dict:
     # Counted after the timer stops: the FLOPs of the timed steps' real tokens, forward + backward.
     lengths = np.concatenate(timed_lengths)
     real = int(lengths.sum())
-    flops = 3 * forward_flops(model if naive else accelerator.unwrap_model(model), lengths)
-    return {"steps": steps, "batch_size": batch_size, "seconds": seconds, "windows_per_s": steps * batch_size / seconds,
+    flops = 3 * forward_flops(model, lengths)
+    batch_size = len(timed_lengths[0])
+    return {"steps": steps, "batch_size": batch_size, "seconds": seconds, "windows_per_s": len(lengths) / seconds,
             "tokens_per_s": real / seconds, "padded_tokens_per_s": padded / seconds,
             "model_gflops_per_s": flops / seconds / 1e9}
 
 
 def train_bench(cfg: dict, naive: bool) -> dict:
-    c, _, window, enc, _ = _setup(cfg, "seed", "train", int(cfg["bench"]["train_questions"]))
+    c, tokenizer, window, enc, _ = _setup(cfg, "seed", "train", int(cfg["bench"]["train_questions"]))
+    steps = int(c.bench.train_steps)
     if naive:
         c = OmegaConf.merge(c, {"precision": {"mixed_precision": "no", "requested": "no"}})
-    result = _train_steps(c, enc, window, naive)
+        result = _timed_steps(*_naive_trainer(c, enc, window), steps)
+    else:
+        recipe, step = recipe_trainer(c, enc, window, tokenizer)
+        base = recipe.accelerator.unwrap_model(recipe.model)
+        result = _timed_steps(base, recipe.loader, step, steps)
+        result["attention"] = base.config._attn_implementation
     return {"bench": "train_naive" if naive else "train", "windows_preset": "seed",
             "precision": "no" if naive else c.precision.mixed_precision,
             "compile": bool(c.get("compile")) and not naive,
             **result, "peak_rss_mb": _peak_rss_mb()}
+
+
+# Where a profiled op's time goes (by its name; ops under the optimizer's step count as optimizer).
+_SHARES = {
+    "gemm": ("aten::mm", "aten::addmm", "aten::_addmm_activation", "aten::mkldnn_linear", "aten::linear",
+             "aten::matmul", "aten::_mkldnn_matmul"),
+    # bmm / baddbmm only appear in attention's two T x T products here
+    "attention": ("aten::_scaled_dot_product", "aten::_flash_attention", "aten::_efficient_attention",
+                  "aten::_cudnn_attention", "aten::bmm", "aten::baddbmm", "aten::_softmax", "aten::_safe_softmax",
+                  "aten::_softmax_backward_data", "aten::isneginf", "aten::masked_fill"),
+    "dropout_random_numbers": ("aten::bernoulli", "aten::uniform_", "aten::rand", "aten::native_dropout"),
+    "casts_and_copies": ("aten::copy_", "aten::_to_copy", "aten::to", "aten::clone", "aten::contiguous"),
+}
+
+
+def _category(name: str, in_optimizer: bool) -> str:
+    if in_optimizer:
+        return "optimizer"
+    for category, prefixes in _SHARES.items():
+        if name.startswith(prefixes):
+            return category
+    return "elementwise_and_norm"
+
+
+def time_shares(prof, wall_s: float, on_cuda: bool) -> dict:
+    """Shares of ``wall_s`` by :data:`_SHARES` category from a ``torch.profiler`` run: each op's self time (its
+    own, not its children's; on CUDA, its kernels' time), and what no op accounts for as ``outside_torch``
+    (Python, the data loader, waiting)."""
+    totals: dict[str, float] = {}
+    for event in prof.events():
+        parent, in_optimizer = event, False
+        while parent is not None and not in_optimizer:
+            in_optimizer = parent.name.startswith("Optimizer.step")
+            parent = parent.cpu_parent
+        us = event.self_device_time_total if on_cuda else event.self_cpu_time_total
+        if us > 0 and (event.name.startswith("aten::") or in_optimizer):
+            category = _category(event.name, in_optimizer)
+            totals[category] = totals.get(category, 0.0) + us / 1e6
+    accounted = sum(totals.values())
+    shares = {k: round(v / wall_s, 4) for k, v in sorted(totals.items(), key=lambda kv: -kv[1])}
+    shares["outside_torch"] = round(max(0.0, 1 - accounted / wall_s), 4)
+    return shares
+
+
+def profile_bench(cfg: dict) -> list[dict]:
+    """Where the time goes: one steady-state training step (the recipe's own, after two warm-up steps) and one
+    evaluation batch of the default windows (after a warm-up batch), under ``torch.profiler``."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    from .engine.attention import attention_kernel, use_attention
+    from .engine.batching import PadCollator, WindowDataset, token_budget_batches, window_lengths
+    from .engine.evaluation import _forward
+    from .engine.hardware import eval_batch_tokens
+
+    c, tokenizer, window, enc, _ = _setup(cfg, "seed", "train", int(cfg["bench"]["train_questions"]))
+    recipe, step = recipe_trainer(c, enc, window, tokenizer)
+    device = recipe.accelerator.device
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    batches = iter(recipe.loader)
+    for _ in range(2):
+        step(next(batches))
+    batch = next(batches)
+    _sync(device)
+    with profile(activities=activities) as prof:
+        start = time.perf_counter()
+        step(batch)
+        _sync(device)
+        wall = time.perf_counter() - start
+    base = recipe.accelerator.unwrap_model(recipe.model)
+    rows = [{"bench": "profile", "phase": "train_step", "precision": c.precision.mixed_precision,
+             "attention": base.config._attn_implementation, "windows": int(batch["input_ids"].shape[0]),
+             "tokens": int(batch["attention_mask"].sum()), "ms": round(wall * 1000, 1),
+             "shares": time_shares(prof, wall, device.type == "cuda")}]
+
+    _, _, _, dev, dev_windows = _setup(cfg, "default", "dev", int(cfg["bench"]["eval_questions"]))
+    lengths = window_lengths(dev, dev_windows)
+    first = token_budget_batches(lengths, eval_batch_tokens(c.eval_batch_tokens))[0]
+    data = WindowDataset(dev, dev_windows, with_labels=False)
+    eval_batch = PadCollator(dev.pad_id)([data[w] for w in first])
+    model = recipe.model.eval()
+    use_attention(base, attention_kernel(recipe.attention, device.type, training=False))
+
+    def forward() -> None:
+        with torch.inference_mode(), recipe.accelerator.autocast():
+            _forward(model, eval_batch, device)
+        _sync(device)
+
+    forward()
+    with profile(activities=activities) as prof:
+        start = time.perf_counter()
+        forward()
+        wall = time.perf_counter() - start
+    rows.append({"bench": "profile", "phase": "eval_batch", "precision": c.precision.mixed_precision,
+                 "attention": base.config._attn_implementation, "windows": len(first),
+                 "tokens": int(eval_batch["attention_mask"].sum()), "ms": round(wall * 1000, 1),
+                 "shares": time_shares(prof, wall, device.type == "cuda")})
+    return rows
 
 
 def bf16_agreement(cfg: dict) -> dict:
@@ -397,6 +536,8 @@ def main(cfg: DictConfig) -> None:
         out["train"] = _emit(in_fresh_process(train_bench, plain, False))
     if "bf16" in parts:
         out["bf16"] = _emit(in_fresh_process(bf16_agreement, plain))
+    if "profile" in parts:
+        out["profile"] = _emit(in_fresh_process(profile_bench, plain))
     _emit(summarize(cfg, out))
     if any("error" in r for r in out.values() if isinstance(r, dict)):
         sys.exit(1)

@@ -36,7 +36,8 @@ from .core.outputs import nbest_json, write_json, write_jsonl, write_submission
 from .core.postprocess import PostprocessSettings
 from .core.runs import FAILED, FINISHED, KILLED, read_run_record, update_run_record
 from .core.windowing import eval_windows
-from .engine.batching import TrainWindowDataset, train_loader
+from .engine.attention import attention_kernel, use_attention
+from .engine.batching import TrainWindowDataset, pad_multiple, train_loader
 from .engine.checkpointing import Interrupted, StopRequest, recover_model_folder, save_checkpoint, save_model_folder
 from .engine.evaluation import OOM_ERRORS, EvaluationStopped, TokenBudget, model_inputs, predict, score
 from .engine.modeling import load_model, load_qa_model
@@ -131,6 +132,8 @@ class TrainingRecipe:
         # Padded tokens per evaluation batch: halved for good if evaluation runs out of memory.
         self.eval_budget = TokenBudget(cfg.get("eval_batch_tokens", "auto"))
         self._eval_halvings_recorded = 0
+        self.attention = str(cfg.get("attention") or "auto")  # the kernel setting (engine/attention.py)
+        self.pad_multiple = pad_multiple(cfg.get("pad_to_multiple_of", "auto"), bool(cfg.get("compile")))
         self._started, self._wall_before = time.time(), 0.0
         self._exit = ExitStack()
 
@@ -186,12 +189,7 @@ class TrainingRecipe:
         self.tracker = self._exit.enter_context(self._setup_tracking(resume))
         self._stop.check("start-up")
         self._setup_features()
-        self.train_set, loader = self._setup_train_loader()
-        model = self._setup_model()
-        optimizer = instantiate(self.cfg.optimizer)(parameter_groups(model, float(self.cfg.optimizer.weight_decay)))
-        scheduler = self._setup_scheduler(optimizer, len(loader))
-        self.model, self.optimizer, self.loader, self.scheduler = self.accelerator.prepare(model, optimizer, loader,
-                                                                                           scheduler)
+        self._setup_training()
         if resume is not None:
             self._restore(resume)
         self.tracker.log_inputs(self.splits)
@@ -200,6 +198,15 @@ class TrainingRecipe:
         log.info("%d training windows, %d optimizer steps (%d per epoch), %d dev windows, %d process(es)",
                  len(self.train_set), self.total_steps, self.steps_per_epoch, len(self.dev_windows),
                  self.accelerator.num_processes)
+
+    def _setup_training(self) -> None:
+        """The loader, model, optimizer and schedule, prepared by Accelerate (also what ``make bench`` times)."""
+        self.train_set, loader = self._setup_train_loader()
+        model = self._setup_model()
+        optimizer = instantiate(self.cfg.optimizer)(parameter_groups(model, float(self.cfg.optimizer.weight_decay)))
+        scheduler = self._setup_scheduler(optimizer, len(loader))
+        self.model, self.optimizer, self.loader, self.scheduler = self.accelerator.prepare(model, optimizer, loader,
+                                                                                           scheduler)
 
     def _setup_resume(self) -> ResumePoint | None:
         """The run this job continues (its run dir, checkpoint and MLflow run), else a fresh run dir with
@@ -264,11 +271,23 @@ class TrainingRecipe:
         train_set = TrainWindowDataset(self.encoded["train"], self.window, int(self.cfg.seed))
         return train_set, train_loader(train_set, self.batch_size * self.grad_accum, self.tokenizer.pad_token_id or 0,
                                        group_by_length=bool(self.cfg.group_by_length),
-                                       num_workers=int(self.cfg.num_workers))
+                                       num_workers=int(self.cfg.num_workers), multiple_of=self.pad_multiple,
+                                       pin_memory=self.accelerator.device.type == "cuda")
 
     def _setup_model(self) -> torch.nn.Module:
+        """The model, running the attention kernel measured fastest for training on this device (evaluation
+        switches to its own: :mod:`~extractive_qa.engine.attention`), compiled when ``compile`` says so."""
         model = load_model(self.cfg.model, self.model_source)
-        return torch.compile(model) if self.cfg.get("compile") else model
+        compiled = bool(self.cfg.get("compile"))
+        setting = str(self.cfg.get("attention") or "auto")
+        # A compiled graph is traced for one kernel: switching it at each evaluation would compile it again.
+        self.attention = "sdpa" if compiled and setting == "auto" else setting
+        device = self.accelerator.device.type
+        use_attention(model, attention_kernel(self.attention, device, training=True))
+        log.info("attention: %s for training, %s for evaluation (attention=%s on %s)",
+                 model.config._attn_implementation, attention_kernel(self.attention, device, training=False),
+                 self.attention, device)
+        return torch.compile(model) if compiled else model
 
     def _setup_scheduler(self, optimizer, batches_per_epoch: int):
         """The learning-rate schedule over the run's optimizer steps (``max_steps`` caps them)."""
@@ -458,7 +477,8 @@ class TrainingRecipe:
         p = self.progress
         try:
             preds = predict(self.model, self.encoded["dev"], self.dev_windows, self.post, self.eval_budget,
-                            self.accelerator, "dev", stop=self._stop)
+                            self.accelerator, "dev", stop=self._stop, attention=self.attention,
+                            pad_multiple=self.pad_multiple)
         except EvaluationStopped:
             raise Interrupted(self._save(), p.step, "evaluation") from None
         halvings = len(self.eval_budget.halvings)
@@ -520,7 +540,8 @@ class TrainingRecipe:
         enc = self.encoded["test"]
         try:
             preds = predict(best_model, enc, eval_windows(enc, self.window), self.post, self.eval_budget,
-                            self.accelerator, "test", stop=self._stop)
+                            self.accelerator, "test", stop=self._stop, attention=self.attention,
+                            pad_multiple=self.pad_multiple)
         except EvaluationStopped:
             raise Interrupted(self._save(), self.progress.step, "test prediction") from None
         if self.is_main:

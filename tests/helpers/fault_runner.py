@@ -8,7 +8,9 @@ the recipe's optimizer step equals STEP (any step when left out); in a sweep, th
 in a later job. ACTION is a signal name sent to this process
 (``SIGINT``, ``SIGTERM``, ``SIGKILL``: exactly what a user's Ctrl-C, a scheduler or the OOM killer
 does), ``raise`` (a RuntimeError from inside the recipe), ``call:module:function`` (a test's
-helper, e.g. stopping a tracking server), or ``oom_rows>N`` / ``oom_tokens>N``: a CUDA-style
+helper, e.g. stopping a tracking server), ``set:ATTR=VALUE`` (sets the recipe's attribute to a Python
+literal, e.g. ``set:_check_every_step=False``: the GPU's cadence of host reads on a CPU), or
+``oom_rows>N`` / ``oom_tokens>N``: a CUDA-style
 ``torch.OutOfMemoryError`` whenever the call's batch (its first dict argument with ``input_ids``) has
 more than N rows / padded tokens -- at every such call, not only the N-th, as a GPU that is too small
 would. Several ``--fault`` options may be given.
@@ -46,7 +48,13 @@ def _out_of_memory(action: str, args) -> bool:
     return True
 
 
-def _act(action: str) -> None:
+def _act(action: str, args: tuple = ()) -> None:
+    if action.startswith("set:"):
+        import ast
+
+        name, value = action[len("set:"):].split("=", 1)
+        setattr(args[0], name, ast.literal_eval(value))
+        return
     if action.startswith("SIG"):
         os.kill(os.getpid(), getattr(signal, action))
         return
@@ -88,10 +96,10 @@ def _inject(spec: str) -> None:
         if when == "before" and (step_at is None or _recipe["step"]() == step_at) and _out_of_memory(action, args):
             return original(*args, **kwargs)  # the batch fits: it runs
         if when == "before" and due():
-            _act(action)
+            _act(action, args)
         result = original(*args, **kwargs)
         if when == "after" and due():
-            _act(action)
+            _act(action, args)
         return result
 
     setattr(owner, name, wrapper)

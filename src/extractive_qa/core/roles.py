@@ -50,6 +50,9 @@ ROLES: dict[str, Role] = {
     "max_grad_norm": TRAJECTORY,
     "group_by_length": TRAJECTORY,          # another batch order
     "compile": TRAJECTORY,                  # another kernel order: last-bit differences
+    "attention": TRAJECTORY,                # another attention kernel: last-bit differences
+    "tf32": TRAJECTORY,                     # fp32 matmuls at TF32 precision on a GPU
+    "pad_to_multiple_of": TRAJECTORY,       # other padded shapes: last-bit differences
     "model.name_or_path": TRAJECTORY,
     "model.init": TRAJECTORY,
     "model.tokenizer": TRAJECTORY,

@@ -16,6 +16,7 @@ from ..core.errors import SetupError
 from ..core.metrics import score_answers
 from ..core.postprocess import PostprocessSettings, Prediction
 from ..core.windowing import EncodedExamples, Windows
+from .attention import attention_kernel, use_attention
 from .batching import PadCollator, WindowDataset, token_budget_batches, window_lengths
 from .hardware import eval_batch_tokens
 
@@ -75,13 +76,31 @@ class BatchQueue:
         self.batches = deque([left[b].tolist() for b in cut(left)])
 
 
+@contextlib.contextmanager
+def _evaluating(model, accelerator, kernel: str):
+    """``model`` in eval mode with the evaluation's attention ``kernel``; its mode and kernel are put back after,
+    however the evaluation ends."""
+    base = accelerator.unwrap_model(model) if accelerator is not None else model
+    kernel_before = getattr(getattr(base, "config", None), "_attn_implementation", None)
+    was_training = model.training
+    model.eval()
+    use_attention(base, kernel)
+    try:
+        yield
+    finally:
+        model.train(was_training)
+        if kernel_before is not None:
+            use_attention(base, kernel_before)
+
+
 def _forward(model, batch: dict, device):
     """The model over one evaluation batch (start and end logits)."""
     return model(**{k: v.to(device) for k, v in model_inputs(batch).items()})
 
 
 def window_logits(model, enc: EncodedExamples, windows: Windows, batch_tokens: int | str | TokenBudget,
-                  accelerator=None, desc: str = "eval", stop=None) -> tuple[list[np.ndarray], list[np.ndarray]]:
+                  accelerator=None, desc: str = "eval", stop=None, attention: str = "auto",
+                  pad_multiple: int = 8) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Start and end logits of every window (each cut to its own length), in window order.
 
     Batches hold up to ``batch_tokens`` padded tokens (``"auto"``: the device's default, see
@@ -92,7 +111,9 @@ def window_logits(model, enc: EncodedExamples, windows: Windows, batch_tokens: i
     batch and the ranks exchange their logits, so every window is computed once and every rank gets them
     all (no padded duplicates to drop). ``stop`` (a :class:`~extractive_qa.engine.checkpointing.StopRequest`)
     ends a single-process evaluation between batches with :class:`EvaluationStopped`; several processes
-    finish it (they must agree on when to stop).
+    finish it (they must agree on when to stop). ``attention`` (``auto``: the device's evaluation kernel, see
+    :mod:`~extractive_qa.engine.attention`) is switched to for the evaluation and back after it. Batches are
+    padded to a multiple of ``pad_multiple`` tokens (64 with ``compile``: a few shapes to compile).
     """
     budget = batch_tokens if isinstance(batch_tokens, TokenBudget) else TokenBudget(batch_tokens)
     lengths = window_lengths(enc, windows)
@@ -101,22 +122,22 @@ def window_logits(model, enc: EncodedExamples, windows: Windows, batch_tokens: i
     # A generator of its own: a loader draws a seed from torch's global one each time it is read, and that draw
     # would shift every later dropout mask -- the training trajectory would depend on the evaluation cadence.
     loader = DataLoader(WindowDataset(enc, windows, with_labels=False), batch_sampler=queue,
-                        collate_fn=PadCollator(enc.pad_id), generator=torch.Generator())
+                        collate_fn=PadCollator(enc.pad_id, multiple_of=pad_multiple), generator=torch.Generator())
     device = next(model.parameters()).device
     autocast = accelerator.autocast if accelerator is not None else contextlib.nullcontext
     mine: list[tuple[int, np.ndarray, np.ndarray]] = []
-    was_training = model.training
-    model.eval()
     show = accelerator is None or accelerator.is_local_main_process
-    with torch.inference_mode(), tqdm(total=len(windows) // world, desc=desc, disable=not show, leave=False,
-                                      mininterval=2) as bar:
+    # One autocast around every batch, not one per batch: autocast keeps the low-precision copy of each weight
+    # until its outermost context ends, so the weights are cast once per evaluation instead of once per batch.
+    with _evaluating(model, accelerator, attention_kernel(attention, device.type, training=False)), \
+            torch.inference_mode(), autocast(), tqdm(total=len(windows) // world, desc=desc, disable=not show,
+                                                     leave=False, mininterval=2) as bar:
         for batch in loader:
             if stop is not None and world == 1 and stop.requested:
                 raise EvaluationStopped
             indices = batch["index"].tolist()
             try:
-                with autocast():
-                    out = _forward(model, batch, device)
+                out = _forward(model, batch, device)
             except OOM_ERRORS:
                 budget.halve(int(lengths[indices].max()))
                 if torch.cuda.is_available():
@@ -126,7 +147,6 @@ def window_logits(model, enc: EncodedExamples, windows: Windows, batch_tokens: i
             s, e = out.start_logits.float().cpu().numpy(), out.end_logits.float().cpu().numpy()
             mine.extend((int(w), s[r, : lengths[w]], e[r, : lengths[w]]) for r, w in enumerate(indices))
             bar.update(len(indices))
-    model.train(was_training)
     if world > 1:
         from accelerate.utils import gather_object
 
@@ -143,8 +163,9 @@ def window_logits(model, enc: EncodedExamples, windows: Windows, batch_tokens: i
 
 def predict(model, enc: EncodedExamples, windows: Windows, settings: PostprocessSettings,
             batch_tokens: int | str | TokenBudget,
-            accelerator=None, desc: str = "eval", stop=None) -> list[Prediction]:
-    starts, ends = window_logits(model, enc, windows, batch_tokens, accelerator, desc, stop)
+            accelerator=None, desc: str = "eval", stop=None, attention: str = "auto",
+            pad_multiple: int = 8) -> list[Prediction]:
+    starts, ends = window_logits(model, enc, windows, batch_tokens, accelerator, desc, stop, attention, pad_multiple)
     return settings.apply(enc, windows, starts, ends)
 
 

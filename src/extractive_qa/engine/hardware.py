@@ -157,6 +157,16 @@ def choose_precision(requested: str, hw: Hardware) -> PrecisionChoice:
 EVAL_BATCH_TOKENS = {"cpu": 2048, "mps": 8192, "cuda": 32768}
 
 
+def allow_tf32(enabled: bool) -> bool:
+    """fp32 matmuls in TF32 on CUDA GPUs that have it (Ampere, compute capability 8.0, and newer): what stays
+    fp32 under bf16/fp16 autocast, and every matmul with ``precision=fp32``, runs on tensor cores with a
+    10-bit mantissa -- the trade PyTorch leaves off by default and HF/Lightning recipes turn on. ``tf32=false``
+    keeps full fp32. Returns whether TF32 is on."""
+    on = enabled and torch.cuda.is_available() and torch.cuda.get_device_capability(0) >= (8, 0)
+    torch.backends.cuda.matmul.fp32_precision = "tf32" if on else "ieee"
+    return on
+
+
 def eval_batch_tokens(value, hw: Hardware | None = None) -> int:
     """``eval_batch_tokens``: a number as given, ``auto`` (or null) the budget for this device."""
     if value not in (None, "auto"):

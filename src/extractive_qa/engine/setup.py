@@ -17,7 +17,7 @@ from omegaconf import DictConfig, open_dict
 from ..core.data import DataFormatError, ExampleSet
 from ..core.datafiles import load_split
 from ..core.errors import SetupError, setup_message
-from .hardware import resolve_precision
+from .hardware import allow_tf32, resolve_precision
 from .modeling import Source, load_tokenizer, resolve_source
 
 log = logging.getLogger(__name__)
@@ -54,11 +54,15 @@ def make_accelerator(cfg: DictConfig):
     # Several processes and no GPU (torchrun, or `accelerate launch --multi_gpu` on a CPU machine):
     # Accelerate only forms a gloo process group over CPUs when told to use the CPU.
     multi_cpu = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
+    cuda = torch.cuda.is_available() and not multi_cpu
+    if cuda:
+        allow_tf32(bool(cfg.get("tf32", True)))
     # A seedable sampler makes each epoch's order a function of (seed, epoch): resuming mid-epoch
     # replays exactly the batches the interrupted run would have seen. Gradient accumulation is the recipe's
     # own (each loader batch is one optimizer step, split into micro-batches): Accelerate's stays at 1.
+    # On a GPU, batches come from pinned memory (train_loader) and are copied without blocking the host.
     return Accelerator(cpu=multi_cpu, mixed_precision=mixed,
-                       dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True))
+                       dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, non_blocking=cuda))
 
 
 def load_data_and_tokenizer(cfg: DictConfig, split_names: tuple[str, ...],

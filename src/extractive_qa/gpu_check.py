@@ -1,0 +1,197 @@
+"""``make gpu-check``: what this project needs to know about a CUDA GPU, in one call of at most 8 minutes.
+
+1. ``tests`` -- the tests marked ``gpu`` (``pytest -m gpu``): precision ``auto``, bf16, and fp16 with the
+   gradient scaler, one training step each; a resume across precisions refused; TF32 and pinned memory on.
+2. ``bench`` -- ``make bench`` on the GPU in bf16 and in fp16 (evaluation, training, the profile of where a
+   step's time goes), each line as the bench prints it.
+3. ``throughput`` -- bert-base trained for 300 optimizer steps on 384-token windows with the recipe's own
+   optimizer step: tokens/s, sequences/s, model FLOPs utilisation against the GPU's dense bf16 peak (the
+   datasheet's, and the GEMM peak measured in the same call) and peak memory. Published references for
+   bert-base at 384 tokens: ~443 seq/s fp16 on an A100, ~850 on an H100 (lambdal deeplearning-benchmark).
+
+Everything is written as one JSON file (``outputs/gpu_check/<time>.json``, its path printed last). Without
+../shared the data are the synthetic hw7 set and the model a bert-base-shaped one with the synthetic
+vocabulary: the speed of the encoder is the same. ``--quick`` shrinks every part so the script itself can be
+tested on a CPU (``tests/test_bench.py``); its numbers then mean nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+from .core.config import CONF_DIR, to_plain
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# Dense (no sparsity) bf16 tensor-core peaks in TFLOP/s from NVIDIA's datasheets, matched against
+# torch.cuda.get_device_name() in this order (the first match wins). fp16 where the GPU has no bf16.
+DENSE_PEAK_TFLOPS = (
+    ("H200", 989.4), ("H100 PCIe", 756.0), ("H100", 989.4), ("A100", 312.0), ("L40S", 362.1), ("L4", 121.0),
+    ("A10", 125.0), ("RTX 4090", 165.2), ("RTX 3090", 35.6), ("V100", 125.0), ("T4", 65.0),
+)
+
+
+def dense_peak_tflops(device_name: str) -> float | None:
+    """The datasheet's dense bf16 (fp16 before Ampere) peak of the GPU named ``device_name``, if known."""
+    return next((peak for key, peak in DENSE_PEAK_TFLOPS if key in device_name), None)
+
+
+def run_gpu_tests(quick: bool) -> dict:
+    """``pytest -m gpu``: counts from its JUnit report."""
+    report = Path(f"/tmp/gpu_check_{time.time_ns()}.xml")
+    start = time.perf_counter()
+    out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider",
+                          f"--junitxml={report}", "tests/"], cwd=ROOT, capture_output=True, text=True,
+                         timeout=120 if quick else 240)
+    result = {"returncode": out.returncode, "seconds": round(time.perf_counter() - start, 1),
+              "tail": out.stdout[-1500:]}
+    if report.is_file():
+        suite = ET.parse(report).getroot()
+        suite = suite if suite.tag == "testsuite" else suite.find("testsuite")
+        result.update({k: int(suite.get(k, 0)) for k in ("tests", "failures", "errors", "skipped")})
+        report.unlink()
+    return result
+
+
+def run_bench(precision: str, overrides: list[str], quick: bool) -> list[dict]:
+    """``make bench`` in ``precision`` on this machine's device: the JSON lines it prints."""
+    parts = "[eval,train,profile]" if quick else "[eval,budgets,train,profile]"
+    out = subprocess.run([sys.executable, "-m", "extractive_qa.bench", f"precision={precision}",
+                          f"bench.parts={parts}", *overrides], cwd=ROOT, capture_output=True, text=True,
+                         timeout=300)
+    rows = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+    if out.returncode != 0:
+        rows.append({"bench": "error", "returncode": out.returncode, "stderr": out.stderr[-2000:]})
+    return rows
+
+
+def throughput(overrides: list[str], steps: int, batch_size: int, seq_len: int) -> dict:
+    """The recipe's optimizer step on full ``seq_len``-token batches of random ids (no padding), in bf16."""
+    import numpy as np
+    import torch
+    from hydra import compose, initialize_config_dir
+
+    from .bench import _setup, _sync, forward_flops, gemm_peak, recipe_trainer
+    from .engine.setup import resolve_run_precision
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose("bench", overrides=[*overrides, "precision=bf16", f"bench.train_batch_size={batch_size}"])
+    resolve_run_precision(cfg)
+    plain = to_plain(cfg)
+    c, tokenizer, window, enc, _ = _setup(plain, "default", "train", 64)
+    recipe, step = recipe_trainer(c, enc, window, tokenizer)
+    device = recipe.accelerator.device
+    model = recipe.accelerator.unwrap_model(recipe.model)
+    vocab = model.config.vocab_size
+    generator = torch.Generator().manual_seed(0)
+
+    def batch() -> dict:
+        # Ordinary tokens (a vocabulary's first ids are special), a question of ~1/6 of the window, then the
+        # paragraph holding the answer.
+        ids = torch.randint(min(1000, vocab // 2), vocab, (batch_size, seq_len), generator=generator)
+        answer = torch.randint(seq_len // 5, seq_len - 8, (batch_size,), generator=generator)
+        return {"input_ids": ids, "attention_mask": torch.ones_like(ids),
+                "token_type_ids": (torch.arange(seq_len) >= seq_len // 6).long().expand(batch_size, -1).contiguous(),
+                "start_positions": answer, "end_positions": answer + 3}
+
+    batches = [{k: v.to(device, non_blocking=True) for k, v in batch().items()} for _ in range(8)]
+    warmup = min(20, max(1, steps // 10))
+    for n in range(warmup):
+        step(batches[n % len(batches)])
+    _sync(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    for n in range(steps):
+        step(batches[n % len(batches)])
+    _sync(device)
+    seconds = time.perf_counter() - start
+    lengths = np.full(steps * batch_size, seq_len)
+    flops = 3 * forward_flops(model, lengths)
+    name = torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu"
+    datasheet = dense_peak_tflops(name) if device.type == "cuda" else None
+    measured = gemm_peak(plain).get("gflops_bf16")
+    achieved = flops / seconds / 1e12
+    return {"device": name, "precision": recipe.accelerator.mixed_precision, "steps": steps,
+            "batch_size": batch_size, "seq_len": seq_len, "attention": model.config._attn_implementation,
+            "seconds": round(seconds, 2), "tokens_per_s": round(steps * batch_size * seq_len / seconds),
+            "sequences_per_s": round(steps * batch_size / seconds, 1), "model_tflops_per_s": round(achieved, 2),
+            "dense_bf16_peak_tflops": datasheet, "mfu_vs_datasheet": round(achieved / datasheet, 4) if datasheet
+            else None, "measured_gemm_peak_tflops": round(measured / 1e3, 2) if measured else None,
+            "mfu_vs_measured_gemm": round(achieved * 1e3 / measured, 4) if measured else None,
+            "peak_memory_gb": round(torch.cuda.max_memory_allocated() / 2**30, 2) if device.type == "cuda" else None,
+            "peak_reserved_gb": round(torch.cuda.max_memory_reserved() / 2**30, 2) if device.type == "cuda" else None}
+
+
+def inputs(workdir: Path, quick: bool) -> list[str]:
+    """Config overrides for the model and the data: ../shared's when present, else synthetic ones."""
+    shared = ROOT.parent / "shared"
+    if (shared / "models" / "bert-base-chinese-offline" / "config.json").is_file() and not quick:
+        return []  # the bench's defaults: bert-base-chinese's architecture, the hw7-drcd data
+    from transformers import BertConfig
+
+    from .core.synthetic import write_synthetic_hw7, write_tiny_model_dir
+
+    data = write_synthetic_hw7(workdir / "data", n_train=400, n_dev=60)
+    model = write_tiny_model_dir(workdir / "model")
+    if not quick:  # bert-base's shape over the synthetic vocabulary
+        vocab = BertConfig.from_pretrained(model).vocab_size
+        BertConfig(vocab_size=vocab, max_position_embeddings=512).save_pretrained(model)
+    args = [f"model.name_or_path={model}", f"data.dir={data}", "model.init=random"]
+    if quick:
+        args += ["bench.eval_questions=4", "bench.seed_questions=2", "bench.naive_questions=1",
+                 "bench.train_questions=40", "bench.train_steps=1", "bench.budget_questions=4", "eval_batch_tokens=512"]
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--steps", type=int, default=300, help="timed optimizer steps of the throughput run")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--seq-len", type=int, default=384)
+    parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "gpu_check")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, on any device: tests the script itself")
+    args = parser.parse_args(argv)
+    import torch
+
+    if not torch.cuda.is_available() and not args.quick:
+        print("gpu-check: no CUDA GPU here (torch.cuda.is_available() is False). Run it on the GPU machine; "
+              "`--quick` tries the script on this one.", file=sys.stderr)
+        return 2
+    args.out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="gpu_check_") as workdir:
+        return _check(args, inputs(Path(workdir), args.quick))
+
+
+def _check(args: argparse.Namespace, overrides: list[str]) -> int:
+    import torch
+
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+    result: dict = {"started": time.strftime("%Y-%m-%d %H:%M:%S"), "torch": torch.__version__, "device": device,
+                    "quick": args.quick}
+    begin = time.perf_counter()
+    result["tests"] = run_gpu_tests(args.quick)
+    print(f"gpu-check: tests {result['tests']}", file=sys.stderr, flush=True)
+    for precision in ("bf16", "fp16") if torch.cuda.is_available() else ("auto",):
+        result[f"bench_{precision}"] = run_bench(precision, overrides, args.quick)
+        print(f"gpu-check: bench {precision} done ({time.perf_counter() - begin:.0f} s)", file=sys.stderr, flush=True)
+    model_overrides = [o for o in overrides if not o.startswith("bench.")]
+    result["throughput"] = throughput(model_overrides, args.steps, args.batch_size, args.seq_len)
+    result["seconds"] = round(time.perf_counter() - begin, 1)
+    path = args.out / f"gpu_check_{time.strftime('%Y%m%d_%H%M%S')}.json"
+    path.write_text(json.dumps(result, indent=1, ensure_ascii=False))
+    print(json.dumps(result["throughput"]))
+    print(path)
+    return 0 if result["tests"].get("returncode") in (0, 5) and not any(
+        r.get("bench") == "error" for k, v in result.items() if k.startswith("bench_") for r in v) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
