@@ -133,7 +133,7 @@ def test_an_output_dir_that_cannot_be_created_is_one_clear_error(tmp_path):
     assert f"cannot create run folders under {blocker}/outputs" in res.stderr and "paths.output_dir=" in res.stderr
 
 
-def test_train_loss_is_a_mean_over_full_windows_and_a_short_tail_is_not_a_point():
+def test_train_loss_is_a_mean_over_full_windows_and_a_short_tail_is_not_a_point(tmp_path):
     from extractive_qa.train import LogWindow, TrainingRecipe
 
     window = LogWindow()
@@ -158,7 +158,7 @@ def test_train_loss_is_a_mean_over_full_windows_and_a_short_tail_is_not_a_point(
 
     for total, expected in ((9, [4, 8]), (10, [4, 8, 10])):  # a tail of 1 step is dropped, of 2 steps (>= 4/2) kept
         logged.clear()
-        recipe = TrainingRecipe(cfg, Path("."))
+        recipe = TrainingRecipe(cfg, tmp_path)
         recipe.tracker, recipe.scheduler, recipe.total_steps = Recorder(), Schedule(), total
         recipe._log_window = LogWindow()
         for step in range(1, total + 1):

@@ -40,10 +40,11 @@ def newest_run(output_dir: Path) -> Path:
     passed over on the way -- a kill while their best model was written -- are named."""
     from .engine.checkpointing import model_folder_problem
 
-    found = [p.parent for p in output_dir.glob("**/best_model")
-             if p.is_dir() and (p.parent / "config_resolved.yaml").is_file()]
+    # A kill between the two renames of a best-model swap leaves only .tmp_/.previous_best_model: still a run.
+    found = {p.parent for pattern in ("best_model", ".tmp_best_model", ".previous_best_model")
+             for p in output_dir.glob(f"**/{pattern}") if p.is_dir() and (p.parent / "config_resolved.yaml").is_file()}
     skipped = []
-    for run in sorted(found, key=lambda p: (p / "best_model").stat().st_mtime, reverse=True):
+    for run in sorted(found, key=lambda p: max(f.stat().st_mtime for f in p.glob("*best_model")), reverse=True):
         problem = model_folder_problem(run / "best_model")
         if problem is None or problem.startswith("unverified"):
             for line in skipped:
@@ -206,9 +207,16 @@ def run_predict(cfg: DictConfig) -> dict:
 
 @hydra.main(config_path=CONF_DIR, config_name="predict", version_base="1.3")
 def main(cfg: DictConfig) -> None:
+    from .core.config import to_plain
     from .core.data import DataFormatError
     from .core.errors import SetupError
+    from .core.schema import ConfigError, check_predict_config
 
+    try:
+        check_predict_config(to_plain(cfg))
+    except ConfigError as err:
+        print(err, file=sys.stderr)
+        sys.exit(2)
     try:
         summary = run_predict(cfg)
     except (FileNotFoundError, DataFormatError, SetupError, ValueError) as err:

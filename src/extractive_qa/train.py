@@ -29,12 +29,13 @@ from tqdm.auto import tqdm
 
 from .core.analysis import data_report
 from .core.config import CONF_DIR, to_plain
-from .core.errors import SetupError, run_cli, setup_message
+from .core.errors import SetupError, disk_full_message, run_cli, setup_message
 from .core.features import encode_cached, window_config
 from .core.metrics import METRIC_LABELS, METRICS, check_metric
 from .core.outputs import nbest_json, write_json, write_jsonl, write_submission
 from .core.postprocess import PostprocessSettings
-from .core.runs import FAILED, FINISHED, KILLED, read_run_record, update_run_record
+from .core.runs import FAILED, FINISHED, KILLED, read_run_record, this_process, update_run_record
+from .core.schema import ConfigError, check_train_config
 from .core.windowing import eval_windows
 from .engine.attention import attention_kernel, use_attention
 from .engine.batching import TrainWindowDataset, pad_multiple, train_loader
@@ -125,6 +126,7 @@ class TrainingRecipe:
         self.checkpoint_steps = int(cfg.checkpoint_steps or 0)
         self.optimize_metric = check_metric(str(cfg.get("optimize_metric") or "em"))
         self.progress = Progress()
+        self.is_main = True  # this process writes the run's files (set from the Accelerator in setup())
         self.sweep = sweep_of_job()  # the sweep this job belongs to (None for a single run)
         self.hydra_dir: Path | None = None  # Hydra's own job dir when the job continues another run's dir
         self.tracker: Tracker = Tracker()
@@ -224,7 +226,7 @@ class TrainingRecipe:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             OmegaConf.save(OmegaConf.create(to_plain(cfg)), self.run_dir / "config_resolved.yaml")
             update_run_record(self.run_dir, identity=self.identity, experiment=str(cfg.experiment_name),
-                              status="RUNNING", sweep=self.sweep,
+                              status="RUNNING", sweep=self.sweep, process=this_process(), heartbeat=None,
                               model={"name_or_path": str(cfg.model.name_or_path), "commit": self.model_source.commit})
         return point
 
@@ -245,6 +247,7 @@ class TrainingRecipe:
         self.progress = Progress.from_state(resume.state)
         self._wall_before = self.progress.wall_time_s
         self.tracker.reopen()
+        self.tracker.rewind(self.progress.step)
         if resume.changes:
             log.warning("continuing %s with a changed config (resume_allow_changes=true):\n  %s", resume.run_dir,
                         "\n  ".join(resume.changes))
@@ -457,6 +460,8 @@ class TrainingRecipe:
                                  step)
         bar.set_postfix(loss=f"{metrics['train/loss']:.3f}", acc=f"{metrics['train/acc']:.3f}")
         self._log_window = LogWindow(first_step=step)
+        if self.is_main:  # alive at this step: what a reader of a run whose process vanished is told
+            update_run_record(self.run_dir, heartbeat=f"{time.strftime('%Y-%m-%dT%H:%M:%S')} (step {step})")
 
     def _save(self) -> Path:
         """A checkpoint of where :attr:`progress` stands, with the run's identity and MLflow run."""
@@ -590,6 +595,16 @@ def main(cfg: DictConfig) -> float | None:
     trial failed), and the sweep goes on; the sweep's summary and exit code tell (see tracking/sweep.py)."""
     sweep, job_dir = sweep_of_job(), run_dir_of_job()
     try:
+        check_train_config(to_plain(cfg))
+    except ConfigError as err:  # before anything is made: no run folder (Hydra's is removed), no MLflow run
+        if sweep is None:
+            print(err, file=sys.stderr)
+            remove_if_only_logs(job_dir)
+            sys.exit(2)
+        log.error("job %s failed: %s", sweep["job"], err)
+        record_job_outcome(sweep, FAILED, job_dir, error=str(err))
+        return None
+    try:
         best, run_dir = train(cfg, job_dir)
         record_job_outcome(sweep, FINISHED, run_dir, best=best)
         return best
@@ -603,10 +618,11 @@ def main(cfg: DictConfig) -> float | None:
             backend_for(cfg.tracking, cfg.paths.root).sweep_stopped(sweep)
         sys.exit(130)
     except Exception as err:  # noqa: BLE001 - reported, then handled per run mode
-        text = _error_text(err)
-        if sweep is None and isinstance(err, (SetupError, FloatingPointError)):
+        disk_full = disk_full_message(err, str(cfg.paths.output_dir))
+        text = disk_full or _error_text(err)
+        if sweep is None and (disk_full or isinstance(err, (SetupError, FloatingPointError))):
             print(text, file=sys.stderr)
-            sys.exit(2 if isinstance(err, SetupError) else 3)
+            sys.exit(3 if isinstance(err, FloatingPointError) else 2)
         if sweep is None:
             raise
         log.error("job %s failed: %s", sweep["job"], text, exc_info=not isinstance(err, (SetupError,

@@ -8,7 +8,8 @@ the recipe's optimizer step equals STEP (any step when left out); in a sweep, th
 in a later job. ACTION is a signal name sent to this process
 (``SIGINT``, ``SIGTERM``, ``SIGKILL``: exactly what a user's Ctrl-C, a scheduler or the OOM killer
 does), ``raise`` (a RuntimeError from inside the recipe), ``call:module:function`` (a test's
-helper, e.g. stopping a tracking server), ``set:ATTR=VALUE`` (sets the recipe's attribute to a Python
+helper, e.g. stopping a tracking server), ``enospc`` (the ``OSError`` of a write on a full disk),
+``set:ATTR=VALUE`` (sets the recipe's attribute to a Python
 literal, e.g. ``set:_check_every_step=False``: the GPU's cadence of host reads on a CPU), or
 ``oom_rows>N`` / ``oom_tokens>N``: a CUDA-style
 ``torch.OutOfMemoryError`` whenever the call's batch (its first dict argument with ``input_ids``) has
@@ -60,6 +61,10 @@ def _act(action: str, args: tuple = ()) -> None:
         return
     if action == "raise":
         raise RuntimeError("fault injected by tests/helpers/fault_runner.py")
+    if action == "enospc":  # what a write on a full disk raises
+        import errno
+
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "injected by fault_runner")
     if action.startswith("call:"):
         module, function = action[len("call:"):].rsplit(":", 1)
         getattr(importlib.import_module(module), function)()

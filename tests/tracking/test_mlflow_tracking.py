@@ -15,7 +15,7 @@ from extractive_qa.tracking.mlflow_tracker import MlflowTracker
 from extractive_qa.tracking.naming import run_name_from_overrides
 from extractive_qa.tracking.params import safe_params
 
-from helpers import run_module
+from helpers import run_module, run_with_faults
 
 
 def tiny_overrides(synthetic, tmp, uri: str, experiment: str = "tracking-test") -> list[str]:
@@ -69,11 +69,11 @@ def test_every_job_is_a_complete_run(seed_sweep):
 
 def test_a_run_that_raises_ends_failed_with_its_cause(synthetic, tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    res = run_module("extractive_qa.train", *tiny_overrides(synthetic, tmp_path, uri), "lr=-1.0",
-                     f"hydra.run.dir={tmp_path}/run", check=False)
-    assert res.returncode != 0 and "Invalid learning rate" in res.stderr
+    res = run_with_faults(["before:_setup_training=raise"], *tiny_overrides(synthetic, tmp_path, uri),
+                          f"hydra.run.dir={tmp_path}/run")
+    assert res.returncode != 0 and "fault injected" in res.stderr
     (run,) = MlflowClient(uri).search_runs([MlflowClient(uri).get_experiment_by_name("tracking-test").experiment_id])
-    assert run.info.status == "FAILED" and "Invalid learning rate" in run.data.tags["error"]
+    assert run.info.status == "FAILED" and "fault injected" in run.data.tags["error"]
     assert json.loads((tmp_path / "run" / "run.json").read_text())["status"] == "FAILED"
 
 

@@ -42,9 +42,15 @@ def _read_csv(path: Path) -> dict[str, str]:
         except StopIteration:
             raise DataFormatError(path, "header", f"columns {header} hold no id and answer column",
                                   "use the Kaggle header ID,Answer") from None
-        for line, row in enumerate(reader, start=2):
+        for row in reader:
+            line = reader.line_num  # the row's last physical line (a quoted field may span several)
             if not row:
                 continue
+            if len(row) > len(header):
+                # An unquoted comma in an answer (`0,歐,洲`): scoring the first cell alone would be a guess.
+                raise DataFormatError(path, f"line {line}", f"{len(row)} cells under a {len(header)}-column header "
+                                      f"({row!r})", "quote answers that hold commas (\"歐,洲\"), or write the file "
+                                      "with a CSV writer (make predict's submission.csv is)")
             cells = row + [""] * (max(id_col, answer_col) + 1 - len(row))
             _put(answers, path, f"line {line}", cells[id_col], cells[answer_col])
     return answers

@@ -20,6 +20,33 @@ def setup_message(errors: list[SetupError]) -> str:
     return "\n".join(f"error: {e}" for e in errors) + hint
 
 
+_DISK_FULL = ("No space left on device", "Disk quota exceeded", "StorageFull", "QuotaExceeded")
+
+
+def disk_full_message(err: BaseException, where: str) -> str | None:
+    """One line for a write that failed on a full disk (or quota) anywhere in ``err``'s chain -- ``OSError``
+    ENOSPC from Python, or the same error as text from safetensors' Rust writer -- else ``None``. ``where`` is
+    the folder the run writes to."""
+    import errno
+    import shutil
+
+    cause: BaseException | None = err
+    while cause is not None:
+        if (isinstance(cause, OSError) and cause.errno in (errno.ENOSPC, errno.EDQUOT)) or any(
+                text in str(cause) for text in _DISK_FULL):
+            try:
+                free = f"{shutil.disk_usage(where).free / 2**20:.1f} MB free there now"
+            except OSError:
+                free = "its free space unknown"
+            name = getattr(cause, "filename", None)
+            return (f"error: no space left on the disk of {where} ({free}) while writing "
+                    f"{name or 'the run files'}; the half-written files were removed and the run is FAILED. Fix: free "
+                    "space there, or write runs to a bigger disk (paths.output_dir=/path); keep_checkpoints=1 and "
+                    "checkpoint_steps=null keep fewer files")
+        cause = cause.__cause__ or cause.__context__
+    return None
+
+
 class OutputDirError(ValueError):
     """Run folders cannot be created where the config says."""
 

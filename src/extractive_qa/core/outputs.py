@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import json
+import math
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from .data import Example
@@ -23,16 +25,16 @@ def _umask() -> int:
 _UMASK = _umask()  # read once: os.umask can only be read by setting it
 
 
-def write_atomic(path: str | Path, text: str) -> None:
-    """Write through a temporary file and a rename, so readers never see half a file. The file gets the
-    permissions any new file gets here (0644 under the usual umask), not mkstemp's private 0600, so a
-    teammate or a tracking server can read it; the temporary file never outlives a failure."""
+def write_atomic(path: str | Path, text: str | Iterable[str]) -> None:
+    """Write ``text`` (or its chunks, in order) through a temporary file and a rename, so readers never see half
+    a file. The file gets the permissions any new file gets here (0644 under the usual umask), not mkstemp's
+    private 0600, so a teammate or a tracking server can read it; the temporary file never outlives a failure."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
+            f.writelines([text] if isinstance(text, str) else text)
         os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
     except BaseException:
@@ -49,12 +51,38 @@ def share_files(folder: str | Path) -> None:
             os.chmod(path, 0o666 & ~_UMASK)
 
 
+def json_safe(obj):
+    """``obj`` with every NaN or infinite number as ``None``: the JSON files a run writes hold ``null`` where
+    there is no finite number (the score of an empty context's only candidate, a loss that went non-finite),
+    never the bare ``NaN`` / ``Infinity`` that Python writes and strict JSON readers (browsers, jq) refuse.
+    Numbers that are not Python's (numpy's, torch's 0-d tensors) become floats."""
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, (str, bool, int)) or obj is None:
+        return obj
+    try:
+        number = float(obj)
+    except (TypeError, ValueError):
+        return obj
+    return number if math.isfinite(number) else None
+
+
+def json_text(obj, indent: int | None = None) -> str:
+    """Strict JSON of ``obj`` (see :func:`json_safe`): ``json.dumps`` refuses anything non-finite left."""
+    return json.dumps(json_safe(obj), ensure_ascii=False, indent=indent, allow_nan=False, default=str)
+
+
 def write_json(path: str | Path, obj) -> None:
-    write_atomic(path, json.dumps(obj, ensure_ascii=False, indent=2, default=float) + "\n")
+    """``obj`` as strict JSON (:func:`json_text`), streamed: an n-best file of 20,000 questions is never one
+    string in memory."""
+    encoder = json.JSONEncoder(ensure_ascii=False, indent=2, allow_nan=False, default=str)
+    write_atomic(path, itertools.chain(encoder.iterencode(json_safe(obj)), ["\n"]))
 
 
 def write_jsonl(path: str | Path, rows: Sequence[dict]) -> None:
-    write_atomic(path, "".join(json.dumps(r, ensure_ascii=False, default=float) + "\n" for r in rows))
+    write_atomic(path, "".join(json_text(r) + "\n" for r in rows))
 
 
 def write_submission(path: str | Path, examples: Sequence[Example], predictions: Sequence[Prediction],
@@ -63,7 +91,9 @@ def write_submission(path: str | Path, examples: Sequence[Example], predictions:
 
     Answers are quoted by the csv module where needed (correct CSV). ``strip_commas=True`` deletes
     commas from answers instead, as the course's notebook does, for answer keys built that way.
-    Newlines inside an answer become spaces: one row per question, whatever reads the file.
+    Newlines inside an answer become spaces: one row per question, whatever reads the file. An id holding
+    ``\r`` or ``\n`` is quoted (with Unix line ends the csv module quotes only ``\n`` on its own: a bare ``\r``
+    in an id split its row in two for every reader).
     """
     by_id = {p.id: p for p in predictions}
     ids = [ex.id for ex in examples]
@@ -76,12 +106,13 @@ def write_submission(path: str | Path, examples: Sequence[Example], predictions:
     path.parent.mkdir(parents=True, exist_ok=True)
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
+    quoting_all = csv.writer(buf, lineterminator="\n", quoting=csv.QUOTE_ALL)
     writer.writerow(["ID", "Answer"])
     for qid in ids:
         answer = by_id[qid].text.replace("\r", " ").replace("\n", " ")
         if strip_commas:
             answer = answer.replace(",", "")
-        writer.writerow([qid, answer])
+        (quoting_all if "\r" in qid else writer).writerow([qid, answer])
     write_atomic(path, buf.getvalue())
     return path
 

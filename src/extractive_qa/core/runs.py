@@ -4,13 +4,24 @@ It holds the run's identity (see :mod:`extractive_qa.engine.resume`), its status
 FAILED, KILLED), the MLflow run id, the best dev EM and, after a failure, the error. Resuming, sweep
 summaries and ``python -m extractive_qa.sync`` read it; a damaged one is skipped with a warning that
 names it, never fatal.
+
+A process that dies without a word (``kill -9``, the out-of-memory killer, a closed notebook) cannot write
+its status. So a run records its ``process`` -- host, pid and the process's start time -- and a
+``heartbeat`` at each log point, and :func:`read_run_record` reads a RUNNING run whose process is gone as
+KILLED: it writes that down and tells the listeners :func:`on_killed_run_found` registered (the MLflow
+backend ends the store's run KILLED too). Every reader -- ``resume=auto``, ``make predict``, sweeps,
+reports, ``sync`` -- goes through it. A run recorded by another host is left as it says (its process
+cannot be looked at from here; its ``heartbeat`` tells a reader how fresh that is).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from .outputs import write_json
@@ -20,9 +31,57 @@ log = logging.getLogger(__name__)
 RUN_RECORD = "run.json"
 FINISHED, FAILED, KILLED, RUNNING = "FINISHED", "FAILED", "KILLED", "RUNNING"
 
+_KILLED_LISTENERS: list[Callable[[Path, dict], None]] = []
+
+
+def on_killed_run_found(listener: Callable[[Path, dict], None]) -> None:
+    """Call ``listener(run_dir, record)`` when a RUNNING run turns out to have lost its process."""
+    if listener not in _KILLED_LISTENERS:
+        _KILLED_LISTENERS.append(listener)
+
+
+def _process_start(pid: int) -> str | None:
+    """When process ``pid`` started, in clock ticks since boot (Linux ``/proc``): with the pid, it names one
+    process for good -- a pid reused by a later process has another start."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]  # field 22; the name in parentheses may hold spaces
+
+
+def this_process() -> dict:
+    """What identifies this process to a later reader: host, pid, its start (``/proc``) and the wall time."""
+    return {"host": socket.gethostname(), "pid": os.getpid(), "proc_start": _process_start(os.getpid()),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
+
+
+def process_alive(process: dict) -> bool | None:
+    """Whether the recorded process still runs: ``None`` when that cannot be told from here (another host)."""
+    if not isinstance(process, dict) or process.get("host") != socket.gethostname() or not process.get("pid"):
+        return None
+    pid = int(process["pid"])
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process with that pid: alive, but is it ours?
+        pass
+    if process.get("proc_start") is not None and Path("/proc").is_dir():
+        return _process_start(pid) == process["proc_start"]
+    return True
+
 
 def read_run_record(run_dir: Path) -> dict | None:
-    """``run.json`` of ``run_dir``; ``None`` (with a warning naming the file) when it is unreadable."""
+    """``run.json`` of ``run_dir``; ``None`` (with a warning naming the file) when it is unreadable. A RUNNING
+    run whose process is gone is returned -- and recorded -- as KILLED (see the module docstring)."""
+    record = _read(run_dir)
+    if record and record.get("status") == RUNNING and process_alive(record.get("process")) is False:
+        record = _mark_killed(Path(run_dir), record)
+    return record
+
+
+def _read(run_dir: Path) -> dict | None:
     path = Path(run_dir) / RUN_RECORD
     try:
         record = json.loads(path.read_text())
@@ -34,8 +93,27 @@ def read_run_record(run_dir: Path) -> dict | None:
     return record if isinstance(record, dict) else None
 
 
+def _mark_killed(run_dir: Path, record: dict) -> dict:
+    process = record["process"]
+    beat = record.get("heartbeat") or process.get("started")
+    error = (f"killed: its process (pid {process['pid']} on {process['host']}) ended without recording a status "
+             f"(kill -9, out of memory, a closed session); last heard of at {beat}")
+    record = {**record, "status": KILLED, "error": record.get("error") or error}
+    try:
+        update_run_record(run_dir, status=KILLED, error=record["error"])
+    except OSError as err:  # a read-only copy of someone's outputs: reading it as KILLED is still true
+        log.warning("could not record %s as KILLED (%s)", run_dir, err)
+    log.warning("run %s was %s", run_dir, record["error"])
+    for listener in _KILLED_LISTENERS:
+        try:
+            listener(run_dir, record)
+        except Exception as err:  # noqa: BLE001 - the run dir says KILLED; `sync` can fix a store later
+            log.warning("could not mark %s KILLED in its tracking store: %s", run_dir, err)
+    return record
+
+
 def update_run_record(run_dir: Path, **fields) -> dict:
-    record = read_run_record(run_dir) or {}
+    record = _read(run_dir) or {}
     record.update(fields, updated=time.strftime("%Y-%m-%dT%H:%M:%S"))
     write_json(Path(run_dir) / RUN_RECORD, record)
     return record

@@ -124,6 +124,13 @@ class WindowConfig:
                              f"{self.max_question_len}-token question; raise max_seq_len or lower max_question_len")
         if self.train_strategy not in TRAIN_STRATEGIES:
             raise ValueError(f"window.train_strategy must be one of {TRAIN_STRATEGIES}, got {self.train_strategy!r}")
+        # Checked here, for the longest question (the fewest context tokens), not first when a question meets it.
+        shortest = self.paragraph_len(self.max_question_len)
+        self.step(shortest)
+        if self.doc_stride is not None and self.doc_stride > shortest:
+            raise ValueError(f"window: doc_stride={self.doc_stride} is longer than the {shortest} context tokens of a "
+                             f"window after a {self.max_question_len}-token question: the tokens between two windows "
+                             "would be in none; lower window.doc_stride")
 
     def paragraph_len(self, question_len: int, num_special: int = BERT_SPECIAL_TOKENS) -> int:
         """Context tokens per window for a question of ``question_len`` tokens (and a template with
@@ -137,7 +144,7 @@ class WindowConfig:
         step = self.doc_stride if self.doc_stride is not None else paragraph_len - self.doc_overlap
         if step <= 0:
             raise ValueError(f"window: doc_overlap={self.doc_overlap} must be smaller than the {paragraph_len}"
-                             " context tokens per window")
+                             " context tokens per window (after the longest question); lower window.doc_overlap")
         return step
 
     def max_total_len(self, num_special: int = BERT_SPECIAL_TOKENS) -> int:

@@ -10,6 +10,7 @@ checkpoint against its manifest, so a truncated or emptied file is found before 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -84,6 +85,17 @@ def newest_good_checkpoint(run_dir: Path, at_most_step: int | None = None) -> Pa
     return None
 
 
+@contextlib.contextmanager
+def removed_on_failure(tmp: Path):
+    """Remove the half-written ``tmp`` folder first when writing it fails: on a full disk it holds the last free
+    space, and the run's status (``run.json``, a few hundred bytes) must still be written after it."""
+    try:
+        yield
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 def save_checkpoint(accelerator, run_dir: Path, state: dict, keep: int) -> Path:
     """Write a checkpoint atomically (every process takes part; the main process renames and prunes)."""
     folder = run_dir / "checkpoints"
@@ -93,11 +105,13 @@ def save_checkpoint(accelerator, run_dir: Path, state: dict, keep: int) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         folder.mkdir(parents=True, exist_ok=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp), safe_serialization=True)
+    with removed_on_failure(tmp):
+        accelerator.save_state(str(tmp), safe_serialization=True)
+        if accelerator.is_main_process:
+            (tmp / STATE_FILE).write_text(json.dumps(state, indent=2))
+            share_files(tmp)
+            write_manifest(tmp)  # last: a checkpoint without a manifest is unfinished
     if accelerator.is_main_process:
-        (tmp / STATE_FILE).write_text(json.dumps(state, indent=2))
-        share_files(tmp)
-        write_manifest(tmp)  # last: a checkpoint without a manifest is unfinished
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
@@ -115,17 +129,22 @@ def save_model_folder(model, tokenizer, folder: Path, info: dict) -> Path:
     folder -- the new one or the previous one -- that :func:`recover_model_folder` puts back in place."""
     tmp, previous = folder.with_name(f".tmp_{folder.name}"), folder.with_name(f".previous_{folder.name}")
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    (tmp / "saved.json").write_text(json.dumps(info, indent=1, default=str))
-    share_files(tmp)
-    write_manifest(tmp)  # last: a folder without a manifest is unfinished
+    with removed_on_failure(tmp):
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "saved.json").write_text(json.dumps(info, indent=1, default=str))
+        share_files(tmp)
+        write_manifest(tmp)  # last: a folder without a manifest is unfinished
     if folder.exists():
         shutil.rmtree(previous, ignore_errors=True)
-        os.replace(folder, previous)  # killed here: no folder, two complete ones beside it
+        _set_aside(folder, previous)  # killed here: no folder, two complete ones beside it
     os.replace(tmp, folder)
     shutil.rmtree(previous, ignore_errors=True)
     return folder
+
+
+def _set_aside(folder: Path, previous: Path) -> None:
+    os.replace(folder, previous)
 
 
 def recover_model_folder(folder: Path) -> None:

@@ -25,7 +25,7 @@ from omegaconf import DictConfig
 from ..core.config import flatten, to_plain
 from ..core.errors import SetupError
 from ..core.roles import role_of
-from ..core.runs import FINISHED, RUN_RECORD, read_run_record
+from ..core.runs import FINISHED, RUN_RECORD, RUNNING, process_alive, read_run_record
 from .checkpointing import checkpoints_of, load_trainer_state, newest_good_checkpoint, verify_checkpoint
 
 log = logging.getLogger(__name__)
@@ -92,18 +92,30 @@ def _runs_of(output_dir: Path, identity: dict, current: Path) -> list[tuple[Path
 def _auto(output_dir: Path, identity: dict, current: Path) -> ResumePoint | None:
     runs = _runs_of(output_dir, identity, current)
     finished = [(d, r) for d, r in runs if r.get("status") == FINISHED]
-    resumable = []
+    resumable, passed_over = [], []
     for run_dir, record in runs:
-        if record.get("status") != FINISHED and (checkpoint := newest_good_checkpoint(run_dir)) is not None:
+        status = record.get("status")
+        if status == FINISHED:
+            continue
+        if status == RUNNING and process_alive(record.get("process")):
+            passed_over.append(f"{run_dir} is running now (pid {record['process']['pid']}): not continued twice")
+        elif (checkpoint := newest_good_checkpoint(run_dir)) is not None:
             resumable.append((checkpoint.stat().st_mtime, run_dir, checkpoint, record))
+        else:
+            passed_over.append(f"{run_dir} ({status}) has no complete checkpoint to continue from (with "
+                               "checkpoint_steps=N a run keeps one every N steps and at epoch ends)")
     if resumable:
         _, run_dir, checkpoint, record = max(resumable, key=lambda r: r[0])
         return ResumePoint(run_dir, checkpoint, load_trainer_state(checkpoint), record)
     if finished:
         run_dir, record = max(finished, key=lambda r: r[1].get("updated", ""))
         raise AlreadyFinished(run_dir, record)
-    log.info("resume=auto: no unfinished run of this identity (%s) under %s; starting fresh", identity["digest"],
-             output_dir)
+    if passed_over:
+        log.warning("resume=auto: starting fresh: no run of this identity (%s) can be continued: %s",
+                    identity["digest"], "; ".join(passed_over))
+    else:
+        log.info("resume=auto: no unfinished run of this identity (%s) under %s; starting fresh",
+                 identity["digest"], output_dir)
     return None
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from ..core.errors import SetupError
+from ..core.runs import on_killed_run_found, update_run_record
 
 
 class TrackingUnsupported(SetupError):
@@ -43,6 +44,10 @@ class Tracker:
         self.finish(status_of(exc_type))
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None: ...
+
+    def rewind(self, step: int) -> None:
+        """The run continues from its checkpoint at ``step``: what was logged for later steps (before a kill) is
+        logged again as training retraces them, and must not appear twice."""
 
     def log_dict(self, obj: dict, name: str) -> None: ...
 
@@ -88,6 +93,10 @@ class MultiTracker(Tracker):
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         for t in self.trackers:
             t.log_metrics(metrics, step)
+
+    def rewind(self, step: int) -> None:
+        for t in self.trackers:
+            t.rewind(step)
 
     def log_dict(self, obj: dict, name: str) -> None:
         for t in self.trackers:
@@ -194,8 +203,8 @@ class TrackingBackend:
                 entry = json.loads(line)
             except ValueError:  # a torn last line
                 continue
-            if key in entry:
-                rows.append((int(entry.get("step", 0)), float(entry[key])))
+            if key in entry:  # null: not a finite number (core/outputs.py json_safe)
+                rows.append((int(entry.get("step", 0)), float("nan") if entry[key] is None else float(entry[key])))
         return sorted(rows)
 
     def attach_report(self, folder: Path, files: list[str], sweep: SweepRecord | None, experiment: str | None,
@@ -217,6 +226,24 @@ class TrackingBackend:
     def links(self, ui: str) -> list[str]:
         """Links into the store's UI served at ``ui`` that open this project's views (none without a UI)."""
         return []
+
+    # -- runs whose process died without a word
+    def describe(self) -> dict:
+        """What a later reader needs to reach this store again (kept in ``run.json`` as ``tracking_store``)."""
+        return {"target": f"{type(self).__module__}.{type(self).__qualname__}"}
+
+    def end_killed(self, record: dict) -> None:
+        """End the store's run of ``record`` (a run whose process is gone) as KILLED, if it still says RUNNING."""
+
+
+def _end_killed_in_store(run_dir: Path, record: dict) -> None:
+    """:func:`~extractive_qa.core.runs.on_killed_run_found` listener: the run's store learns it too."""
+    store = record.get("tracking_store")
+    if isinstance(store, dict) and store.get("target") and record.get("mlflow_run_id"):
+        backend_for({"_target_": store["target"], "uri": store.get("uri")}, run_dir).end_killed(record)
+
+
+on_killed_run_found(_end_killed_in_store)
 
 
 class NoTracking(TrackingBackend):
@@ -268,4 +295,5 @@ def start_tracking(cfg: DictConfig, run_dir: Path, is_main: bool, run_id: str | 
     run = backend.start_run(cfg, run_dir, name, run_id, resumed, sweep)
     if type(run) is not Tracker:
         trackers.append(run)
+        update_run_record(run_dir, tracking_store=backend.describe())
     return MultiTracker(trackers)

@@ -60,6 +60,18 @@ class MlflowBackend(TrackingBackend):
 
         end_parent_killed(sweep)
 
+    # -- runs whose process died
+    def describe(self) -> dict:
+        return {**super().describe(), "uri": self.uri}
+
+    def end_killed(self, record: dict) -> None:
+        run_id = record["mlflow_run_id"]
+        run = with_retry(lambda: self.client.get_run(run_id), "get run")
+        if run.info.status == RUNNING:
+            with_retry(lambda: self.client.set_tag(run_id, "error", str(record.get("error", ""))[:5000]), "tag error")
+            with_retry(lambda: self.client.set_terminated(run_id, "KILLED"), "set status")
+            log.warning("MLflow run %s ended as KILLED (its process is gone)", run_id)
+
     # -- reading back
     def find_sweep(self, sweep: str | None) -> SweepRecord:
         from .parents import find_sweep
@@ -202,5 +214,6 @@ def read_metrics(run_dir: Path) -> list[tuple[str, float, int, int]]:
         except ValueError:
             continue
         step, stamp = int(entry.pop("step", 0)), int(entry.pop("time_ms", 0))
-        rows.extend((k, float(v), stamp, step) for k, v in entry.items())
+        # null: a number that was not finite (a diverged loss); MLflow stores it as NaN
+        rows.extend((k, float("nan") if v is None else float(v), stamp, step) for k, v in entry.items())
     return rows

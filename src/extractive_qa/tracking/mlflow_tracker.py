@@ -23,6 +23,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from ..core.outputs import json_safe
 from .base import Tracker
 from .naming import command_line, git_state, hydra_overrides, swept_values
 from .params import param_batches, safe_params
@@ -74,6 +75,7 @@ class MlflowTracker(Tracker):
         self._queue: list[tuple[str, Callable[[], object]]] = []
         self._down_since: float | None = None
         self._next_try = 0.0
+        self._logged_after_checkpoint: dict[str, set[int]] = {}  # see rewind()
         self._resumed = resumed and run_id is not None  # a run that had no MLflow run gets a new one
         self._reopened = False
         if self._resumed:
@@ -168,15 +170,35 @@ class MlflowTracker(Tracker):
             inputs.append(DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", split)]))
         self._send("log inputs", lambda: self.client.log_inputs(self.run_id, datasets=inputs))
 
+    def rewind(self, step: int) -> None:
+        """A resumed run re-trains the steps after its checkpoint's ``step`` that it logged before it was killed.
+        MLflow cannot delete a metric's points, so the steps the store already holds are not sent again: its
+        history keeps one point per step (the same values: a resumed run retraces its trajectory; with
+        ``resume_allow_changes`` the store keeps the values first logged for those steps, ``metrics.jsonl`` the
+        new ones)."""
+        try:
+            keys = with_retry(lambda: self.client.get_run(self.run_id), "get run").data.metrics
+            for key in keys:
+                if key.startswith("system/"):  # MLflow's monitor continues its own step count (resume_logging)
+                    continue
+                history = with_retry(lambda k=key: self.client.get_metric_history(self.run_id, k), "history")
+                if later := {m.step for m in history if m.step > step}:
+                    self._logged_after_checkpoint[key] = later
+        except Exception as err:  # noqa: BLE001 - tracking must never stop training
+            log.warning("mlflow: could not read the run's metric history (%s); steps after %d may appear twice",
+                        str(err)[:200], step)
+
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        batch = [Metric(k, float(v), now, int(step)) for k, v in metrics.items()]
-        self._send("log metrics", lambda: self.client.log_batch(self.run_id, metrics=batch))
+        batch = [Metric(k, float(v), now, int(step)) for k, v in metrics.items()
+                 if step not in self._logged_after_checkpoint.get(k, ())]
+        if batch:
+            self._send("log metrics", lambda: self.client.log_batch(self.run_id, metrics=batch))
 
     def log_dict(self, obj: dict, name: str) -> None:
-        self._send(f"log {name}", lambda: self.client.log_dict(self.run_id, obj, name))
+        self._send(f"log {name}", lambda: self.client.log_dict(self.run_id, json_safe(obj), name))
 
     def set_tags(self, tags: dict[str, str]) -> None:
         from mlflow.entities import RunTag

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from ..core.runs import RUNNING, read_run_record
 from .base import RunRow
 from .store import client_for, connect, with_retry
 
@@ -96,8 +97,13 @@ def row_of(run) -> RunRow:
         values = json.loads(run.data.tags.get("sweep.values") or "{}")
     except ValueError:
         values = {}
-    return RunRow(name=run.info.run_name, values=values, status=run.info.status, metrics=dict(run.data.metrics),
-                  run_id=run.info.run_id, params=dict(run.data.params), run_dir=run.data.tags.get("run_dir"))
+    status, run_dir = run.info.status, run.data.tags.get("run_dir")
+    if status == RUNNING and run_dir and Path(run_dir).is_dir():
+        # A run whose process died without a word still says RUNNING in the store: its run dir can tell (and
+        # reading it as KILLED ends the store's run KILLED too, see core/runs.py).
+        status = (read_run_record(Path(run_dir)) or {}).get("status", status)
+    return RunRow(name=run.info.run_name, values=values, status=status, metrics=dict(run.data.metrics),
+                  run_id=run.info.run_id, params=dict(run.data.params), run_dir=run_dir)
 
 
 def close_parent_run(info: dict, counts: dict[str, int]) -> None:

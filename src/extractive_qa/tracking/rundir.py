@@ -7,8 +7,8 @@ import time
 from pathlib import Path
 
 from ..core.metrics import METRICS
-from ..core.outputs import write_json
-from ..core.runs import RUNNING, read_run_record, update_run_record
+from ..core.outputs import json_text, write_atomic, write_json
+from ..core.runs import RUNNING, read_run_record, this_process, update_run_record
 from .base import RunRow, Tracker
 
 
@@ -22,8 +22,21 @@ class RunDirTracker(Tracker):
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps({"step": step, "time_ms": int(time.time() * 1000),
-                                **{k: float(v) for k, v in metrics.items()}}) + "\n")
+            f.write(json_text({"step": step, "time_ms": int(time.time() * 1000),
+                               **{k: float(v) for k, v in metrics.items()}}) + "\n")
+
+    def rewind(self, step: int) -> None:
+        """Cut ``metrics.jsonl`` back to ``step`` (and drop a line torn by the kill)."""
+        if not self.path.is_file():
+            return
+        kept = []
+        for line in self.path.read_text(encoding="utf-8").splitlines():
+            try:
+                if int(json.loads(line).get("step", 0)) <= step:
+                    kept.append(line + "\n")
+            except (ValueError, AttributeError):
+                continue
+        write_atomic(self.path, "".join(kept))
 
     def log_dict(self, obj: dict, name: str) -> None:
         write_json(self.run_dir / name, obj)
@@ -34,7 +47,7 @@ class RunDirTracker(Tracker):
 
     def reopen(self) -> None:
         self._reopened = True
-        update_run_record(self.run_dir, status=RUNNING, error=None)
+        update_run_record(self.run_dir, status=RUNNING, error=None, process=this_process())
 
     def finish(self, status: str) -> None:
         if self._reopened or not self._resumed:

@@ -26,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ..core.outputs import write_json
 from ..core.roles import role_of_override
+from ..core.runs import RUN_RECORD, RUNNING, read_run_record
 
 log = logging.getLogger(__name__)
 
@@ -96,13 +97,21 @@ def record_job_outcome(sweep: dict | None, status: str, run_dir: Path | None, er
 
 
 def job_outcomes(sweep_dir: Path) -> list[dict]:
+    """Every job's outcome: as it recorded it, else -- a job whose process died before it could (kill -9, out of
+    memory) -- as its run folder's ``run.json`` reads (KILLED once its process is gone)."""
     outcomes = []
     for path in sorted((sweep_dir / JOBS_DIR).glob("*.json"), key=lambda p: int(p.stem) if p.stem.isdigit() else -1):
         try:
             outcomes.append(json.loads(path.read_text()))
         except (OSError, ValueError) as err:
             log.warning("unreadable job outcome %s (%s)", path, err)
-    return outcomes
+    known = {o.get("job") for o in outcomes}
+    for record_path in sweep_dir.glob(f"*/{RUN_RECORD}"):
+        job = record_path.parent.name
+        if job.isdigit() and int(job) not in known and (record := read_run_record(record_path.parent)):
+            outcomes.append({"job": int(job), "status": record.get("status", RUNNING),
+                             "run_dir": str(record_path.parent), "error": record.get("error"), "best": None})
+    return sorted(outcomes, key=lambda o: o.get("job", -1))
 
 
 def _backend(config: DictConfig):
