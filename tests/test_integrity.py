@@ -69,6 +69,16 @@ def test_a_bad_config_value_is_one_line_exit_2_and_leaves_nothing(synthetic, tmp
     assert not mlflow_runs(uri, "integrity") if (tmp_path / "mlflow.db").exists() else True
 
 
+def test_a_bad_value_in_a_sweep_fails_its_job_with_the_same_line(synthetic, tmp_path):
+    """In a sweep (checked per job, inside Hydra's job): that job FAILED with the line, no MLflow run for it."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    res = run_module("extractive_qa.train", "-m", *tiny(synthetic, tmp_path, uri, "sweepbad"), "batch_size=0",
+                     f"hydra.sweep.dir={tmp_path}/sweep", check=False)
+    assert res.returncode == 1
+    assert "job 0 FAILED: error: batch_size=0: input should be greater than or equal to 1" in res.stderr
+    assert [r for r in mlflow_runs(uri, "sweepbad") if r.data.tags.get("sweep.parent") != "true"] == []
+
+
 def test_bad_predict_values_are_one_line_exit_2(tmp_path):
     res = run_module("extractive_qa.predict", "top_k=0", "combine=vote", f"paths.output_dir={tmp_path}",
                      check=False)

@@ -153,6 +153,7 @@ def eval_ours(cfg: dict, window_name: str, budgets: list | None = None) -> dict 
     if budgets:
         predict(model, enc, windows, post, c.eval_batch_tokens, accelerator, "warm-up")
     rows = []
+    precision = c.precision.mixed_precision
     for budget in budgets or [c.eval_batch_tokens]:
         _sync(accelerator.device)
         start = time.perf_counter()
@@ -160,7 +161,7 @@ def eval_ours(cfg: dict, window_name: str, budgets: list | None = None) -> dict 
         _sync(accelerator.device)
         seconds = time.perf_counter() - start
         rows.append({"bench": "eval_budget" if budgets else "eval", "windows_preset": window_name,
-                     "precision": c.precision.mixed_precision, "eval_batch_tokens": eval_batch_tokens(budget),
+                     "precision": precision, "eval_batch_tokens": eval_batch_tokens(budget, mixed_precision=precision),
                      "questions": n, "windows": len(windows), "seconds": seconds, "questions_per_s": n / seconds,
                      "windows_per_s": len(windows) / seconds, "tokens_per_s": float(lengths.sum()) / seconds,
                      "model_gflops_per_s": flops / seconds / 1e9, "predictions": len(preds),
@@ -393,7 +394,8 @@ def profile_bench(cfg: dict) -> list[dict]:
 
     _, _, _, dev, dev_windows = _setup(cfg, "default", "dev", int(cfg["bench"]["eval_questions"]))
     lengths = window_lengths(dev, dev_windows)
-    first = token_budget_batches(lengths, eval_batch_tokens(c.eval_batch_tokens))[0]
+    budget = eval_batch_tokens(c.eval_batch_tokens, mixed_precision=c.precision.mixed_precision)
+    first = token_budget_batches(lengths, budget)[0]
     data = WindowDataset(dev, dev_windows, with_labels=False)
     eval_batch = PadCollator(dev.pad_id)([data[w] for w in first])
     model = recipe.model.eval()

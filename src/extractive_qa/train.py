@@ -11,10 +11,16 @@ stands is one :class:`Progress`, saved whole in every checkpoint. Returns the be
 
 from __future__ import annotations
 
+import sys
+
+if __name__ == "__main__":  # a bad config value is refused before the imports below load torch (1.2 s)
+    from .core.precheck import refuse_bad_config
+
+    refuse_bad_config("train", sys.argv[1:])
+
 import contextlib
 import logging
 import shutil
-import sys
 import time
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
@@ -180,6 +186,8 @@ class TrainingRecipe:
         set_seed(int(self.cfg.seed))
         self.accelerator = make_accelerator(self.cfg)
         self.is_main = self.accelerator.is_main_process
+        # The auto budget depends on the precision the Accelerator settled on (engine/hardware.py).
+        self.eval_budget = TokenBudget(self.cfg.get("eval_batch_tokens", "auto"), self.accelerator.mixed_precision)
         # Reading a loss on the host waits for the device; on a CPU there is nothing to wait for.
         self._check_every_step = self.accelerator.device.type == "cpu"
         self.run_dir = agree_on_run_dir(self.accelerator, self.run_dir)

@@ -90,6 +90,9 @@ def test_the_run_records_the_choice_and_a_slow_choice_warns_once(monkeypatch, ca
 def test_eval_batch_budget_by_device():
     assert eval_batch_tokens(4096, cpu(False)) == 4096
     assert eval_batch_tokens("auto", cpu(False)) == 2048 and eval_batch_tokens(None, gpu(8, 0)) == 32768
+    # a CPU in fp32 runs fastest at 1024, with bf16 matrix units at 2048 (make bench, README)
+    assert eval_batch_tokens("auto", cpu(False), "no") == 1024 and eval_batch_tokens("auto", cpu(True), "bf16") == 2048
+    assert eval_batch_tokens("auto", gpu(8, 0), "no") == 32768 and eval_batch_tokens(512, cpu(False), "no") == 512
 
 
 def test_detect_hardware_here_is_consistent():

@@ -41,8 +41,8 @@ class TokenBudget:
     device memory it halves -- and stays halved for the rest of the run, every later evaluation starting
     there."""
 
-    def __init__(self, value: int | str | None):
-        self.tokens = eval_batch_tokens(value)
+    def __init__(self, value: int | str | None, mixed_precision: str | None = None):
+        self.tokens = eval_batch_tokens(value, mixed_precision=mixed_precision)
         self.halvings: list[str] = []  # what was halved and when, for the run's record
 
     def halve(self, longest_window: int) -> None:
@@ -115,7 +115,8 @@ def window_logits(model, enc: EncodedExamples, windows: Windows, batch_tokens: i
     :mod:`~extractive_qa.engine.attention`) is switched to for the evaluation and back after it. Batches are
     padded to a multiple of ``pad_multiple`` tokens (64 with ``compile``: a few shapes to compile).
     """
-    budget = batch_tokens if isinstance(batch_tokens, TokenBudget) else TokenBudget(batch_tokens)
+    budget = batch_tokens if isinstance(batch_tokens, TokenBudget) else TokenBudget(
+        batch_tokens, accelerator.mixed_precision if accelerator is not None else None)
     lengths = window_lengths(enc, windows)
     rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator is not None else (0, 1)
     queue = BatchQueue(token_budget_batches(lengths, budget.tokens)[rank::world])
