@@ -69,16 +69,21 @@ def json_safe(obj):
     return number if math.isfinite(number) else None
 
 
+def _strict_encoder(indent: int | None = None) -> json.JSONEncoder:
+    """The one JSON encoder of run files: readable characters, ``allow_nan=False`` (refuses anything
+    :func:`json_safe` left non-finite), paths and other objects as their text."""
+    return json.JSONEncoder(ensure_ascii=False, indent=indent, allow_nan=False, default=str)
+
+
 def json_text(obj, indent: int | None = None) -> str:
-    """Strict JSON of ``obj`` (see :func:`json_safe`): ``json.dumps`` refuses anything non-finite left."""
-    return json.dumps(json_safe(obj), ensure_ascii=False, indent=indent, allow_nan=False, default=str)
+    """Strict JSON of ``obj`` (see :func:`json_safe`)."""
+    return _strict_encoder(indent).encode(json_safe(obj))
 
 
 def write_json(path: str | Path, obj) -> None:
     """``obj`` as strict JSON (:func:`json_text`), streamed: an n-best file of 20,000 questions is never one
     string in memory."""
-    encoder = json.JSONEncoder(ensure_ascii=False, indent=2, allow_nan=False, default=str)
-    write_atomic(path, itertools.chain(encoder.iterencode(json_safe(obj)), ["\n"]))
+    write_atomic(path, itertools.chain(_strict_encoder(indent=2).iterencode(json_safe(obj)), ["\n"]))
 
 
 def write_jsonl(path: str | Path, rows: Sequence[dict]) -> None:

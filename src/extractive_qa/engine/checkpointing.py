@@ -144,6 +144,7 @@ def save_model_folder(model, tokenizer, folder: Path, info: dict) -> Path:
 
 
 def _set_aside(folder: Path, previous: Path) -> None:
+    """The first of a swap's two renames, as a step of its own: tests kill -9 right after it."""
     os.replace(folder, previous)
 
 

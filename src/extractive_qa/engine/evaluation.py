@@ -131,8 +131,8 @@ def window_logits(model, enc: EncodedExamples, windows: Windows, batch_tokens: i
     # activations, and the allocator could give none of it back -- 78 KB per window in all (4.9 GB for 20,000
     # questions over one long paragraph). Now 2 x 4 bytes per token, and the batches' memory is reused.
     ends_at = np.cumsum(lengths)
-    total = int(ends_at[-1]) if len(lengths) else 0
-    flat_starts, flat_ends = np.empty(total, np.float32), np.empty(total, np.float32)
+    spans = [slice(end - length, end) for end, length in zip(ends_at.tolist(), lengths.tolist(), strict=True)]
+    flat_starts, flat_ends = np.empty(int(lengths.sum()), np.float32), np.empty(int(lengths.sum()), np.float32)
     done = np.zeros(len(windows), dtype=bool)
     show = accelerator is None or accelerator.is_local_main_process
     # One autocast around every batch, not one per batch: autocast keeps the low-precision copy of each weight
@@ -155,24 +155,20 @@ def window_logits(model, enc: EncodedExamples, windows: Windows, batch_tokens: i
             s, e = out.start_logits.float().cpu().numpy(), out.end_logits.float().cpu().numpy()
             del out
             for r, w in enumerate(indices):
-                first = ends_at[w] - lengths[w]
-                flat_starts[first : ends_at[w]], flat_ends[first : ends_at[w]] = s[r, : lengths[w]], e[r, : lengths[w]]
+                flat_starts[spans[w]], flat_ends[spans[w]] = s[r, : lengths[w]], e[r, : lengths[w]]
             done[indices] = True
             bar.update(len(indices))
     if world > 1:  # each rank has filled its windows: gather them (as copies of each window's part)
         from accelerate.utils import gather_object
 
-        parts = [(int(w), flat_starts[ends_at[w] - lengths[w] : ends_at[w]].copy(),
-                  flat_ends[ends_at[w] - lengths[w] : ends_at[w]].copy()) for w in np.flatnonzero(done)]
+        parts = [(int(w), flat_starts[spans[w]].copy(), flat_ends[spans[w]].copy()) for w in np.flatnonzero(done)]
         for w, s, e in gather_object(parts):
-            flat_starts[ends_at[w] - lengths[w] : ends_at[w]], flat_ends[ends_at[w] - lengths[w] : ends_at[w]] = s, e
+            flat_starts[spans[w]], flat_ends[spans[w]] = s, e
             done[w] = True
     missing = np.flatnonzero(~done)
     if len(missing):
         raise RuntimeError(f"no logits came back for {len(missing)} windows (first: {missing[:5].tolist()})")
-    if not len(lengths):
-        return [], []
-    return np.split(flat_starts, ends_at[:-1]), np.split(flat_ends, ends_at[:-1])
+    return [flat_starts[span] for span in spans], [flat_ends[span] for span in spans]
 
 
 def predict(model, enc: EncodedExamples, windows: Windows, settings: PostprocessSettings,

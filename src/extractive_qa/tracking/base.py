@@ -192,20 +192,11 @@ class TrackingBackend:
 
     def metric_history(self, run: RunRow, key: str) -> list[tuple[int, float]]:
         """``[(step, value)]`` of ``key``: from the run dir's ``metrics.jsonl`` (whatever the backend)."""
-        import json
+        from .rundir import read_metrics
 
-        path = Path(run.run_dir) / "metrics.jsonl" if run.run_dir else None
-        if path is None or not path.is_file():
+        if not run.run_dir:
             return []
-        rows = []
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                entry = json.loads(line)
-            except ValueError:  # a torn last line
-                continue
-            if key in entry:  # null: not a finite number (core/outputs.py json_safe)
-                rows.append((int(entry.get("step", 0)), float("nan") if entry[key] is None else float(entry[key])))
-        return sorted(rows)
+        return sorted((step, value) for name, value, _, step in read_metrics(Path(run.run_dir)) if name == key)
 
     def attach_report(self, folder: Path, files: list[str], sweep: SweepRecord | None, experiment: str | None,
                       tables: dict[str, list[dict]] | None = None) -> None:

@@ -7,7 +7,6 @@ run (:mod:`.parents`), and reads runs back for reports, ``top_k`` ensembles, reg
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -15,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ..core.runs import RUNNING, read_run_record, update_run_record
 from .base import RunRow, SweepRecord, Tracker, TrackingBackend
+from .rundir import read_metrics
 from .store import client_for, connect, get_or_create_experiment, resolve_uri, with_retry
 
 log = logging.getLogger(__name__)
@@ -201,19 +201,3 @@ class MlflowBackend(TrackingBackend):
         return {"run_dir": str(run_dir), "mlflow_run_id": run_id, "created": created, "metrics_sent": len(missing),
                 "status": status}
 
-
-def read_metrics(run_dir: Path) -> list[tuple[str, float, int, int]]:
-    """``(key, value, timestamp ms, step)`` of every line of ``metrics.jsonl`` (a torn last line is skipped)."""
-    rows = []
-    path = run_dir / "metrics.jsonl"
-    if not path.is_file():
-        return rows
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            entry = json.loads(line)
-        except ValueError:
-            continue
-        step, stamp = int(entry.pop("step", 0)), int(entry.pop("time_ms", 0))
-        # null: a number that was not finite (a diverged loss); MLflow stores it as NaN
-        rows.extend((k, float("nan") if v is None else float(v), stamp, step) for k, v in entry.items())
-    return rows
