@@ -509,6 +509,29 @@ def prediction_memory(cfg: dict) -> dict:
                 "kb_per_window": (peak - before) * 1024 / max(len(windows), 1), "predictions": len(predictions)}
 
 
+def comparison_speed(cfg: dict) -> dict:
+    """Time and peak memory of comparing two configurations of ``bench.compare_seeds`` seeds each over
+    ``bench.compare_questions`` questions (the statistics of a report: EM and F1, interval, p-value, power,
+    seeds needed); issue 27's target: 100,000 questions in < 5 s and < 300 MB."""
+    from .core.significance import Scores, against_best, seeds_needed
+
+    c = OmegaConf.create(cfg)
+    n, k = int(c.bench.compare_questions), int(c.bench.compare_seeds)
+    rng = np.random.default_rng(0)
+    p = rng.beta(0.8, 0.2, n)
+    before = _peak_rss_mb()
+    start = time.perf_counter()
+    for metric in ("em", "f1"):
+        draw = (lambda: (rng.random((k, n)) < p).astype(np.float64)) if metric == "em" else (
+            lambda: np.clip(p + rng.normal(0, 0.2, (k, n)), 0, 1))
+        configs = {"A": Scores(draw()), "B": Scores(draw())}
+        diff = against_best(configs, "A")["B"]
+        seeds_needed(diff)
+        _ = diff.detectable
+    return {"bench": "comparison", "questions": n, "seeds": k, "seconds": time.perf_counter() - start,
+            "rss_before_mb": before, "peak_rss_mb": _peak_rss_mb()}
+
+
 def _child(fn, args, queue) -> None:
     try:
         queue.put(fn(*args))
@@ -569,6 +592,8 @@ def summarize(cfg: DictConfig, out: dict) -> dict:
         summary["bf16_same_prediction"] = out["bf16"].get("same_prediction")
     if "memory" in out:
         summary["prediction_peak_rss_mb"] = out["memory"].get("peak_rss_mb")
+    if "compare" in out:
+        summary["comparison_seconds"] = out["compare"].get("seconds")
     return summary
 
 
@@ -593,6 +618,8 @@ def main(cfg: DictConfig) -> None:
         out["profile"] = _emit(in_fresh_process(profile_bench, plain))
     if "memory" in parts:
         out["memory"] = _emit(in_fresh_process(prediction_memory, plain))
+    if "compare" in parts:
+        out["compare"] = _emit(in_fresh_process(comparison_speed, plain))
     _emit(summarize(cfg, out))
     if any("error" in r for r in out.values() if isinstance(r, dict)):
         sys.exit(1)

@@ -34,8 +34,8 @@ from pathlib import Path
 from .core.config import project_root
 from .core.errors import SetupError
 from .tracking.base import RunRow, TrackingBackend, backend_named
-from .tracking.comparison import Comparison, Configuration, compare, load, question_buckets
-from .tracking.report import REPORT_FILES, write_report
+from .tracking.comparison import SCORES, Comparison, Configuration, compare, load, question_buckets
+from .tracking.report import MEANING, REPORT_FILES, write_report
 from .tracking.rundir import run_dir_row
 from .tracking.summary import group_by_config, optimize_metric_of, rank
 
@@ -46,14 +46,13 @@ def differing_params(rows: list[RunRow]) -> list[str]:
     return [k for k in keys if len({r.params.get(k) for r in rows}) > 1]
 
 
-def comparison_of(backend: TrackingBackend, configurations: list[Configuration], metric: str,
-                  n_resamples: int = 10_000) -> Comparison | None:
+def comparison_of(backend: TrackingBackend, configurations: list[Configuration], metric: str) -> Comparison | None:
     """Configurations compared question by question (``None`` for fewer than two)."""
     if len(configurations) < 2:
         return None
-    questions = load(backend, configurations)
+    questions = load(backend, configurations, tuple(dict.fromkeys((metric, *SCORES))))
     reference = rank([r for c in configurations for r in c.runs], metric)[0]
-    return compare(configurations, questions, metric, question_buckets(questions, reference), n_resamples)
+    return compare(configurations, questions, metric, question_buckets(questions, reference))
 
 
 def configurations_of(rows: list[RunRow]) -> list[Configuration]:
@@ -62,7 +61,8 @@ def configurations_of(rows: list[RunRow]) -> list[Configuration]:
     return [Configuration(label=g.label, runs=g.runs) for g in group_by_config(finished)]
 
 
-def report_sweep(backend: TrackingBackend, sweep: str | None, out_dir: Path | None, log: bool) -> Path:
+def report_sweep(backend: TrackingBackend, sweep: str | None, out_dir: Path | None,
+                 log: bool) -> tuple[Path, Comparison | None]:
     record = backend.find_sweep(sweep)
     rows = backend.sweep_runs(record)
     if not rows:
@@ -78,10 +78,11 @@ def report_sweep(backend: TrackingBackend, sweep: str | None, out_dir: Path | No
     tables = write_report(backend, f"Sweep {record.id}", lines, rows, keys, out, comparison)
     if log:
         backend.attach_report(out, list(REPORT_FILES), record, None, tables)
-    return out
+    return out, comparison
 
 
-def report_experiment(backend: TrackingBackend, experiment: str, out_dir: Path | None, log: bool) -> Path:
+def report_experiment(backend: TrackingBackend, experiment: str, out_dir: Path | None,
+                      log: bool) -> tuple[Path, Comparison | None]:
     rows = backend.experiment_runs(experiment)
     if not rows:
         raise SystemExit(f"error: experiment {experiment!r} has no runs")
@@ -94,7 +95,7 @@ def report_experiment(backend: TrackingBackend, experiment: str, out_dir: Path |
     tables = write_report(backend, f"Experiment {experiment}", lines, rows, keys, out, comparison)
     if log:
         backend.attach_report(out, list(REPORT_FILES), None, experiment, tables)
-    return out
+    return out, comparison
 
 
 def side(backend: TrackingBackend, spec: str) -> Configuration:
@@ -118,7 +119,8 @@ def side(backend: TrackingBackend, spec: str) -> Configuration:
     return Configuration(label=label, runs=rows)
 
 
-def compare_two(backend: TrackingBackend, a: str, b: str, out_dir: Path | None, metric: str | None) -> Path:
+def compare_two(backend: TrackingBackend, a: str, b: str, out_dir: Path | None,
+                metric: str | None) -> tuple[Path, Comparison | None]:
     """``A`` against ``B``: the comparison section on its own, into ``outputs/reports/compare-.../``."""
     sides = [side(backend, a), side(backend, b)]
     if sides[0].label == sides[1].label:
@@ -131,9 +133,7 @@ def compare_two(backend: TrackingBackend, a: str, b: str, out_dir: Path | None, 
         for r in s.runs:
             r.values = r.values or {"side": s.label}
     write_report(backend, f"{sides[0].label} vs {sides[1].label}", [], rows, [], out, comparison)
-    for line in comparison.lines:
-        print(line)
-    return out
+    return out, comparison
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -148,9 +148,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tracking", default="mlflow", help="the backend to read runs from: a conf/tracking/ option")
     parser.add_argument("--out", type=Path, help="output folder (default: outputs/reports/<name>)")
     parser.add_argument("--no-log", action="store_true", help="do not log the report to MLflow")
+    parser.add_argument("--calibrate", action="store_true", help="print how often a verdict is wrong, from a seeded "
+                        "simulation of sweeps (false 'real' rate, coverage, power); no runs needed")
+    parser.add_argument("--trials", type=int, default=1000, help="simulated comparisons per row of --calibrate")
+    parser.add_argument("--questions", type=int, default=3000, help="dev questions per simulated run (--calibrate)")
     parser.add_argument("--links", metavar="UI", help="only print the links that open each experiment's runs view in "
                         "the UI served at UI (make ui: http://127.0.0.1:5000)")
     args = parser.parse_args(argv)
+    if args.calibrate:
+        from .core.calibration import report
+
+        for line in report(args.trials, args.questions):
+            print(line, flush=True)
+        return
     if args.sides and len(args.sides) != 2:
         parser.error("compare takes two sides (A B), or none with --sweep / --experiment")
     try:
@@ -159,13 +169,17 @@ def main(argv: list[str] | None = None) -> None:
             print("\n".join(backend.links(args.links)) or "no runs view yet: train a run or a sweep first")
             return
         if args.sides:
-            out = compare_two(backend, *args.sides, args.out, args.metric)
+            out, comparison = compare_two(backend, *args.sides, args.out, args.metric)
         elif args.experiment:
-            out = report_experiment(backend, args.experiment, args.out, not args.no_log)
+            out, comparison = report_experiment(backend, args.experiment, args.out, not args.no_log)
         else:
-            out = report_sweep(backend, args.sweep, args.out, not args.no_log)
-    except (SetupError, FileNotFoundError) as err:
+            out, comparison = report_sweep(backend, args.sweep, args.out, not args.no_log)
+    except (SetupError, FileNotFoundError, ValueError) as err:
         raise SystemExit(f"error: {err}") from None
+    if comparison is not None:  # the answer on the terminal, not only in report.html
+        print(f"Is the difference real? ({comparison.questions} dev questions; {MEANING})")
+        for line in comparison.lines:
+            print(f"  {line}")
     print(f"report: {out / 'report.html'}")
 
 

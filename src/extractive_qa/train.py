@@ -59,6 +59,7 @@ from .engine.setup import (
 )
 from .tracking.base import Tracker, backend_for, start_tracking
 from .tracking.store import TrackingUnavailable
+from .tracking.summary import comparison_metrics
 from .tracking.sweep import record_job_outcome, sweep_of_job
 
 log = logging.getLogger(__name__)
@@ -533,7 +534,7 @@ class TrainingRecipe:
             write_json(self.run_dir / "metrics.json", summary)
             update_run_record(self.run_dir, best_dev_em=best.get("em"), optimize_metric=self.optimize_metric,
                               best={m: best.get(m) for m in METRICS})
-            best_metrics = {f"best/dev_{m}": best.get(m, 0.0) for m in METRICS}
+            best_metrics = comparison_metrics({m: best.get(m, 0.0) for m in METRICS})
             # At step 0, not the last step: MLflow's chart view then draws one bar per run to compare.
             self.tracker.log_metrics({**best_metrics, "wall_time_s": summary["wall_time_s"]}, 0)
             self.tracker.log_run_files(self.run_dir)

@@ -37,7 +37,15 @@ def test_seeds_are_aggregated_per_configuration():
     assert (mean, n) == (pytest.approx(0.6), 2) and std == pytest.approx(math.sqrt(0.02))
     metrics = configuration_metrics(groups[0])
     assert metrics["seeds/n"] == 2 and metrics["seeds/mean_dev_em"] == pytest.approx(0.6)
-    assert metrics["seeds/std_dev_em"] == pytest.approx(math.sqrt(0.02))
+    assert metrics["seeds/std_dev_em"] == round(math.sqrt(0.02), 4)  # 4 places: MLflow's table prints every digit
+
+
+def test_scores_are_logged_as_the_ui_shows_them():
+    from extractive_qa.tracking.summary import comparison_metrics
+
+    logged = comparison_metrics({"em": 1 / 75, "f1": 1 / 150})
+    assert logged == {"best/dev_em": 0.0133, "best/dev_f1": 0.0067, "points/best_dev_em": 1.33,
+                      "points/best_dev_f1": 0.67}  # bars labelled with 2 decimals read 1.33 and 0.67 apart
 
 
 def test_the_runs_own_optimize_metric_is_read_from_their_params():

@@ -3,10 +3,12 @@
 A **configuration** is the runs that differ only in their seed (a sweep's jobs grouped by their
 other swept values, or the runs named on each side of ``python -m extractive_qa.compare A B``). Each
 run's ``dev_predictions.jsonl`` holds its per-question scores at its best checkpoint; a
-configuration's per-question score is their mean over its seeds. :func:`compare` sets every
+configuration is the matrix of its seeds' per-question scores. :func:`compare` sets every
 configuration against a reference (the best one by ``optimize_metric``) with the statistics of
-:mod:`extractive_qa.core.significance`: paired bootstrap intervals and randomization p-values of ΔEM
-and ΔF1, the flips, EM by bucket, and how many seeds the difference would need.
+:mod:`extractive_qa.core.significance`: intervals and p-values of ΔEM and ΔF1 that count the seeds and
+the questions both, Holm-adjusted over every pair of a sweep's configurations, the smallest difference
+the seeds at hand can tell apart, the seeds a difference of the observed size would need (a range),
+the flips and EM by bucket.
 """
 
 from __future__ import annotations
@@ -19,12 +21,15 @@ from pathlib import Path
 
 import numpy as np
 
+from ..core.metrics import METRIC_LABELS
 from ..core.significance import (
+    MAX_SEEDS,
     Difference,
+    Scores,
+    against_best,
     answer_length_bucket,
     em_by_bucket,
     flips,
-    paired_difference,
     position_bucket,
     question_word,
     seeds_needed,
@@ -37,7 +42,7 @@ from .summary import best_metrics
 log = logging.getLogger(__name__)
 
 PREDICTIONS = "dev_predictions.jsonl"
-SCORES = ("em", "f1")  # what the differences are computed for
+SCORES = ("em", "f1")  # what the differences are computed for (and optimize_metric, when it is another)
 EXAMPLES = 3  # flip examples shown per direction
 
 
@@ -45,15 +50,15 @@ EXAMPLES = 3  # flip examples shown per direction
 class Configuration:
     label: str
     runs: list[RunRow]
-    scores: dict[str, np.ndarray] = field(default_factory=dict)  # metric -> per-question mean over seeds
+    scores: dict[str, Scores] = field(default_factory=dict)  # metric -> seeds x questions
     answers: list[str] = field(default_factory=list)  # its best run's predictions, per question
 
     def mean(self, metric: str) -> float:
-        return float(self.scores[metric].mean()) if len(self.scores.get(metric, ())) else math.nan
+        return self.scores[metric].mean if metric in self.scores else math.nan
 
-    def seed_scores(self, metric: str) -> list[float]:
-        """Each run's best dev score."""
-        return [best_metrics(r)[metric] for r in self.runs if metric in best_metrics(r)]
+    def per_question(self, metric: str) -> np.ndarray:
+        """Mean over seeds per question."""
+        return self.scores[metric].per_question
 
 
 @dataclass
@@ -89,83 +94,107 @@ def _key(run: RunRow) -> str:
     return run.run_id or run.run_dir or run.name
 
 
-def load(backend: TrackingBackend, configurations: list[Configuration]) -> Questions:
-    """Read every run's per-question scores; fill each configuration's ``scores`` (mean over its seeds) and
-    ``answers`` (its best run's), over the questions all runs were scored on."""
-    per_run: dict[str, dict[str, dict]] = {}
+def _score(run: RunRow, path: Path, row: dict, metric: str) -> float:
+    """One question's score, refused unless it is a finite number: a NaN would make every statistic NaN."""
+    value = row.get(metric)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ValueError(f"run {run.name}: {path} holds {metric}={value!r} for question {row.get('id')!r}, not a "
+                         f"finite score. Fix: re-score the run (python -m extractive_qa.evaluate {path} DEV_FILE) "
+                         "or leave it out of the comparison")
+    return float(value)
+
+
+def load(backend: TrackingBackend, configurations: list[Configuration], metrics=SCORES) -> Questions:
+    """Read every run's per-question scores; fill each configuration's ``scores`` (its seeds x the questions)
+    and ``answers`` (its best run's), over the questions with references that all runs were scored on."""
+    per_run: dict[str, tuple[Path, dict[str, dict]]] = {}
     for config in configurations:
         for run in config.runs:
             path = backend.run_file(run, PREDICTIONS)
             if path is None:
                 raise FileNotFoundError(f"run {run.name} has no {PREDICTIONS} (here or in the store): it cannot be "
                                         "compared question by question")
-            per_run[_key(run)] = _read_predictions(path)
-    first = next(iter(per_run.values()))
-    ids = [i for i in first if all(i in rows for rows in per_run.values())]
-    dropped = max(len(rows) for rows in per_run.values()) - len(ids)
+            per_run[_key(run)] = (path, _read_predictions(path))
+    first = next(iter(per_run.values()))[1]
+    # Questions without references score 0 for everyone and are not in the run's EM: left out here too.
+    ids = [i for i, row in first.items() if row.get("references") and all(i in rows for _, rows in per_run.values())]
+    dropped = max(sum(1 for r in rows.values() if r.get("references")) for _, rows in per_run.values()) - len(ids)
     if dropped:
         log.warning("the runs were scored on different dev questions: comparing the %d they share (%d left out)",
                     len(ids), dropped)
     for config in configurations:
-        runs = [per_run[_key(r)] for r in config.runs]
-        for metric in SCORES:
-            config.scores[metric] = np.mean([[float(rows[i][metric]) for i in ids] for rows in runs], axis=0)
+        for metric in metrics:
+            matrix = [[_score(run, per_run[_key(run)][0], per_run[_key(run)][1][i], metric) for i in ids]
+                      for run in config.runs]
+            config.scores[metric] = Scores(np.asarray(matrix, dtype=np.float64).reshape(len(config.runs), len(ids)),
+                                           config.label)
         best = max(config.runs, key=lambda r: best_metrics(r).get("em", -1.0))
-        config.answers = [per_run[_key(best)][i]["prediction"] for i in ids]
+        config.answers = [per_run[_key(best)][1][i]["prediction"] for i in ids]
     return Questions(ids=ids, questions=[first[i]["question"] for i in ids],
                      references=[list(first[i].get("references") or []) for i in ids])
 
 
-def seed_std(configurations: list[Configuration], metric: str) -> float:
-    """The seed-to-seed standard deviation of the best dev score, pooled over configurations with 2+ seeds."""
-    num = den = 0.0
-    for config in configurations:
-        xs = config.seed_scores(metric)
-        if len(xs) > 1:
-            num += float(np.var(xs, ddof=1)) * (len(xs) - 1)
-            den += len(xs) - 1
-    return math.sqrt(num / den) if den else math.nan
+def _fmt_need(diff: Difference) -> str:
+    need = seeds_needed(diff)
+    if isinstance(need, str):
+        return need
+    return f"{need[0]}–{need[1]}" if need[1] < MAX_SEEDS else f"{need[0]}–{MAX_SEEDS}+"
 
 
-def _fmt_diff(d: Difference) -> str:
-    return f"{d.delta:+.4f} [{d.low:+.4f}, {d.high:+.4f}]"
+def _row(other: Configuration, diffs: dict[str, Difference], key: str, best_only: list[int],
+         other_only: list[int]) -> dict:
+    """One row of the differences table, the verdict next to the name (an MLflow table: the UI shows the first
+    columns of a wide table; short cells; column names without dots, which it would read as paths)."""
+    d = diffs[key]
+    label = METRIC_LABELS[key]
+
+    def pts(x: float) -> float | None:
+        return round(100 * x, 2) if math.isfinite(x) else None
+
+    row = {"configuration": other.label,
+           "verdict": "real" if d.significant else "no verdict" if d.reason else "not established",
+           f"Δ{label} (points)": pts(d.delta), "95% low": pts(d.low), "95% high": pts(d.high),
+           "p": round(d.p_value, 4) if math.isfinite(d.p_value) else None,
+           **({"p over all pairs (Holm)": round(d.p_family, 4)} if d.p_family is not None else {}),
+           "seeds": other.scores[key].seeds, f"mean {label}": round(other.mean(key), 4),
+           "smallest detectable (points)": pts(d.detectable),
+           "seeds needed": _fmt_need(d) if not d.significant else ""}
+    for m, diff in diffs.items():
+        if m != key:
+            row[f"Δ{METRIC_LABELS[m]} (points)"] = pts(diff.delta)
+    row.update({"right only in best": len(best_only), "right only here": len(other_only)})
+    return row
+
+
+def _questions(n: int) -> str:
+    return f"{n} question" if n == 1 else f"{n} questions"
 
 
 def compare(configurations: list[Configuration], questions: Questions, metric: str = "em",
-            buckets: dict[str, list[str]] | None = None, n_resamples: int = 10_000) -> Comparison:
+            buckets: dict[str, list[str]] | None = None) -> Comparison:
     """Every configuration against the best one (by ``metric``, ties by EM then F1; see the module docstring)."""
     ranked = sorted(configurations, key=lambda c: (c.mean(metric) if metric in c.scores else -1, c.mean("em"),
                                                    c.mean("f1")), reverse=True)
     best = ranked[0]
-    spread = {m: seed_std(configurations, m) for m in SCORES}
+    key = metric if metric in best.scores else "em"
+    measured = list(dict.fromkeys((key, *SCORES)))
+    against = {m: against_best({c.label: c.scores[m] for c in ranked}, best.label) for m in measured}
     differences, examples, lines = [], [], []
     for other in ranked[1:]:
-        diffs = {m: paired_difference(best.scores[m], other.scores[m], n_resamples=n_resamples) for m in SCORES}
-        key = metric if metric in diffs else "em"
-        need = seeds_needed(diffs[key].delta, spread[key])
-        best_only, other_only = flips(best.scores["em"], other.scores["em"])
-        seeds = min(len(best.runs), len(other.runs))
-        row = {"configuration": other.label, "seeds": len(other.runs), f"mean {key.upper()}": round(other.mean(key), 4)}
-        for m, d in diffs.items():
-            row.update({f"Δ{m.upper()} (best - this)": round(d.delta, 4), f"Δ{m.upper()} 95% low": round(d.low, 4),
-                        f"Δ{m.upper()} 95% high": round(d.high, 4), f"p {m.upper()}": round(d.p_value, 4)})
-        row.update({"right only in best": len(best_only), "right only here": len(other_only),
-                    "seeds needed": need if need is not None else "2+ seeds per configuration to say",
-                    "verdict": verdict(diffs[key], need, seeds)})
-        differences.append(row)
-        d = diffs[key]
-        spread_text = f" (seed std {spread[key]:.4f})" if math.isfinite(spread[key]) else ""
-        lines.append(f"{best.label} vs {other.label}: Δ{key.upper()} {_fmt_diff(d)}, p = {d.p_value:.4f} -- "
-                     f"{verdict(d, need, seeds)}{spread_text}. Flips: {len(best_only)} questions right (every seed) "
+        diffs = {m: against[m][other.label] for m in measured}
+        best_only, other_only = flips(best.per_question("em"), other.per_question("em"))
+        differences.append(_row(other, diffs, key, best_only, other_only))
+        said = verdict(diffs[key], best.label, other.label, METRIC_LABELS[key])
+        lines.append(f"{best.label} vs {other.label}: {said} Flips: {_questions(len(best_only))} right (every seed) "
                      f"only with {best.label}, {len(other_only)} only with {other.label}.")
         for direction, indices in (("right only in " + best.label, best_only), ("right only in " + other.label,
                                                                                  other_only)):
             for i in indices[:EXAMPLES]:
                 examples.append({"pair": f"{best.label} vs {other.label}", "flip": direction, "id": questions.ids[i],
                                  "question": questions.questions[i], "references": " | ".join(questions.references[i]),
-                                 best.label: best.answers[i], other.label: other.answers[i]})
-    bucket_rows = em_by_bucket(buckets or {}, {c.label: c.scores["em"] for c in ranked})
-    return Comparison(reference=best.label, metric=metric, questions=len(questions.ids), differences=differences,
+                                 "answer of the best": best.answers[i], "answer of the other": other.answers[i]})
+    bucket_rows = em_by_bucket(buckets or {}, {c.label: c.per_question("em") for c in ranked})
+    return Comparison(reference=best.label, metric=key, questions=len(questions.ids), differences=differences,
                       flip_examples=examples, buckets=bucket_rows, lines=lines)
 
 

@@ -25,7 +25,7 @@ from omegaconf import DictConfig
 
 from ..core.outputs import json_safe
 from .base import Tracker
-from .naming import command_line, git_state, hydra_overrides, swept_values
+from .naming import GROUP_TAG, command_line, configuration_label, git_state, hydra_overrides, swept_values
 from .params import param_batches, safe_params
 from .store import connect, with_retry
 
@@ -85,9 +85,13 @@ class MlflowTracker(Tracker):
             overrides = hydra_overrides()
             tags = {"run_dir": str(run_dir), "command": command_line(), "mlflow.source.name": "extractive_qa.train",
                     **git_state(Path(cfg.paths.root))}
+            tags[GROUP_TAG] = run_name  # a single run is a configuration of its own
             if sweep:
+                values = swept_values(overrides, sweep)
                 tags.update({"sweep.id": sweep["id"], "sweep.dir": sweep["dir"], "job.num": str(sweep["job"]),
-                             "sweep.values": json.dumps(swept_values(overrides, sweep), ensure_ascii=False)})
+                             "sweep.values": json.dumps(values, ensure_ascii=False),
+                             GROUP_TAG: configuration_label(values, sweep.get("swept_keys") or [],
+                                                                    sweep["id"])})
                 if sweep.get("parent_run_id"):
                     tags["mlflow.parentRunId"] = sweep["parent_run_id"]
             run = with_retry(lambda: self.client.create_run(self.experiment_id, run_name=run_name, tags=tags),

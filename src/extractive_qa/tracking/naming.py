@@ -69,6 +69,21 @@ def run_name_from_overrides(overrides: list[str], sweep: dict | None = None, lim
     return (" ".join(chosen) or "defaults")[:limit]
 
 
+SEED_KEYS = ("seed",)  # swept keys that make another draw of one configuration, not another configuration
+PARENT_TAG = "sweep.parent"  # a sweep's parent run
+CONFIGURATION_TAG = "sweep.configuration"  # a configuration's run: its mean and std over seeds
+GROUP_TAG = "configuration"  # the configuration a run belongs to: the MLflow UI groups runs by it
+
+
+def configuration_label(values: dict[str, str], swept_keys: list[str], sweep_id: str) -> str:
+    """What a sweep job's configuration is called -- its swept values without the seed, keys spelled as in
+    run names -- and its sweep: ``wr=0.1 · vbaxpx``. Every seed of a configuration and its configuration run
+    carry it as the tag :data:`GROUP_TAG`, by which the UI's runs view groups them."""
+    short = short_keys(list(swept_keys or values))
+    shown = " ".join(short_value(f"{short.get(k, k)}={v}") for k, v in values.items() if k not in SEED_KEYS)
+    return f"{shown or 'all runs'} · {sweep_id}"
+
+
 def _names_the_run(override: str) -> bool:
     role = role_of_override(override)
     return role.kind in ("trajectory", "setting") and "=" in override

@@ -17,12 +17,11 @@ from omegaconf import DictConfig
 
 from ..core.runs import RUNNING, read_run_record
 from .base import RunRow
+from .naming import CONFIGURATION_TAG, GROUP_TAG, PARENT_TAG, configuration_label
 from .store import client_for, connect, with_retry
 
 log = logging.getLogger(__name__)
 
-PARENT_TAG = "sweep.parent"
-CONFIGURATION_TAG = "sweep.configuration"  # a configuration's run: its mean and std over seeds
 RUN_COLOR_TAG = "mlflow.runColor"  # the colour the UI draws a run in (tables, bars, curves, legends)
 # Okabe & Ito's colour-blind-safe palette: one colour per configuration, shared by its seeds.
 PALETTE = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000")
@@ -179,14 +178,13 @@ def configuration_runs(client, parent, jobs: list[RunRow], info: dict) -> list[s
         n = len(group.runs)
         names = ", ".join(sorted(r.name for r in group.runs))
         tags = {"mlflow.parentRunId": parent.info.run_id, CONFIGURATION_TAG: "true", "sweep.id": info["id"],
-                "sweep.values": values, "mlflow.note.content": f"Mean and std over {n} seeds of: {names}."}
+                "sweep.values": values, "mlflow.note.content": f"Mean and std over {n} seeds of: {names}.",
+                GROUP_TAG: configuration_label(group.values, list(info.get("swept_keys") or group.values),
+                                               info["id"])}
         run_id = existing.get(values)
         if run_id is None:
-            from .naming import short_keys, short_value
-
-            short = short_keys(list(info.get("swept_keys") or group.values))
-            label = " ".join(short_value(f"{short.get(k, k)}={v}") for k, v in group.values.items()) or group.label
-            name = f"{label} · {n} seeds · {info['id']}"
+            label, _, sweep_id = tags[GROUP_TAG].rpartition(" · ")
+            name = f"{label} · {n} seeds · {sweep_id}"
             run = with_retry(lambda nm=name, t=tags: client.create_run(experiment, run_name=nm, tags=t),
                              "create configuration run")
             run_id = run.info.run_id

@@ -17,6 +17,10 @@ from .comparison import Comparison
 from .summary import Group, best_metrics, group_by_config, optimize_metric_of, rank, seeds_swept
 
 PLOTS = ("dev_em.png", "dev_em_steps.png", "train_loss.png")
+# What every interval, p-value and verdict of a comparison counts, said wherever they are shown.
+MEANING = ("Δ = best − other in points; its 95% interval and p-value count both sources of noise: the seeds "
+           "(each configuration's spread from run to run) and the dev questions (paired, question by question); "
+           "in a sweep the verdict's p is Holm-adjusted over every pair of configurations")
 REPORT_FILES = ("report.html", "report.md", *PLOTS)
 Table = tuple[list[str], list[list[str]]]  # header, rows
 
@@ -164,10 +168,10 @@ class Section:
 def significance_section(comparison: Comparison) -> Section:
     """"Is the difference real?" as markdown and HTML, and the tables behind it."""
     intro = (f"Every configuration against the best one, **{comparison.reference}** (by {comparison.metric}), over the "
-             f"{comparison.questions} dev questions they all answered. Per question, a configuration's score is the "
-             "mean over its seeds; Δ = best − this, with a paired bootstrap 95% interval and a paired randomization "
-             "p-value. \"Seeds needed\": seeds per configuration for a two-sample test (α 0.05, power 0.8) to tell a "
-             "difference this size from the seed-to-seed spread.")
+             f"{comparison.questions} dev questions they all answered. {MEANING}. Configurations need 2 seeds or more "
+             "for a verdict. \"Smallest detectable\": the difference these seeds and questions tell apart 4 times in "
+             "5; \"seeds needed\": seeds per configuration for a difference of the observed size, a range from the "
+             "uncertainty of the measured seed spread.")
     section = Section(
         verdict_md=["## Is the difference real?", "", intro, "", *(f"- {line}" for line in comparison.lines), ""],
         verdict_html=["<h2>Is the difference real?</h2>", f"<p>{html.escape(intro).replace('**', '')}</p>",
@@ -181,5 +185,15 @@ def significance_section(comparison: Comparison) -> Section:
             head, body = _table_of(rows)
             section.detail_md += [f"### {titles[name]}", "", _markdown(head, body)]
             section.detail_html += [f"<h3>{titles[name]}</h3>", _html_table(head, body)]
-    section.tables = tables
+    # MLflow's table view reads a column name as a path: a configuration's name as a column ("wr=0.1")
+    # shows empty cells. Its tables get one row per (bucket, configuration) instead.
+    section.tables = {**tables, "em_by_bucket": long_buckets(comparison.buckets)}
     return section
+
+
+def long_buckets(rows: list[dict]) -> list[dict]:
+    """EM by bucket with one row per bucket and configuration (columns: bucketing, bucket, questions,
+    configuration, EM)."""
+    fixed = ("bucketing", "bucket", "n")
+    return [{"bucketing": r["bucketing"], "bucket": r["bucket"], "questions": r["n"], "configuration": name,
+             "EM": round(value, 4)} for r in rows for name, value in r.items() if name not in fixed]

@@ -8,8 +8,7 @@ from dataclasses import dataclass
 
 from ..core.metrics import METRICS, selection_key
 from .base import RunRow
-
-SEED_KEYS = ("seed",)
+from .naming import SEED_KEYS
 
 
 def best_metrics(row: RunRow) -> dict[str, float]:
@@ -79,17 +78,33 @@ def parent_metrics(rows: list[RunRow], optimize_metric: str = "em") -> dict[str,
     finished = [r for r in rows if r.status == "FINISHED" and best_metrics(r)]
     if not finished:
         return {}
-    return {f"sweep/best_dev_{m}": v for m, v in best_metrics(rank(finished, optimize_metric)[0]).items()}
+    return {f"sweep/best_dev_{m}": shown(v) for m, v in best_metrics(rank(finished, optimize_metric)[0]).items()}
 
 
 def configuration_metrics(group: Group, optimize_metric: str = "em") -> dict[str, float]:
     """What a configuration's run records: mean and std over its seeds of the best dev EM, F1 (and the
     ``optimize_metric``), and the number of seeds. The names lead with what differs between charts
-    (``seeds/mean_dev_em`` beside ``seeds/std_dev_em``), so truncated chart titles stay apart."""
+    (``seeds/mean_dev_em`` beside ``seeds/std_dev_em``), so truncated chart titles stay apart. Rounded to 4
+    places as every score the runs table shows (:func:`shown`)."""
     out: dict[str, float] = {}
     for metric in dict.fromkeys(("em", "f1", optimize_metric)):
         mean, std, n = group.stats(f"best/dev_{metric}")
         if n:
-            out.update({f"seeds/mean_dev_{metric}": mean, f"seeds/std_dev_{metric}": std})
+            out.update({f"seeds/mean_dev_{metric}": shown(mean), f"seeds/std_dev_{metric}": shown(std)})
     out["seeds/n"] = float(group.stats("best/dev_em")[2])
+    return out
+
+
+def shown(score: float) -> float:
+    """A score as the MLflow runs table shows it: MLflow prints every digit (0.013333333…); 4 places resolve
+    one question in 10,000."""
+    return round(float(score), 4)
+
+
+def comparison_metrics(best: dict[str, float]) -> dict[str, float]:
+    """A finished run's best dev scores as it logs them at step 0 (bars in the chart view): ``best/dev_*``
+    rounded (:func:`shown`), and ``points/best_dev_*`` in points (x 100, 2 places) -- MLflow labels bars
+    with 2 decimals, which reads 0.0133 and 0.0067 both as "0.01" and 1.33 and 0.67 apart."""
+    out = {f"best/dev_{m}": shown(v) for m, v in best.items()}
+    out.update({f"points/best_dev_{m}": round(100 * float(v), 2) for m, v in best.items()})
     return out
