@@ -209,3 +209,11 @@ def test_sigterm_during_start_up_and_during_the_last_evaluation(synthetic, tmp_p
     assert metrics["steps"] == 20 and metrics["wall_time_s"] > stopped["wall_time_s"] > 0  # both parts counted
     log = (final / "train.log").read_text()
     assert "resuming" in log and "done in" in log  # the resumed part's log went on in the run's own train.log
+
+
+def test_a_fault_that_never_fires_fails_its_test(synthetic, tmp_path):
+    """A test whose fault never acted proves nothing: the runner names it and exits 97, and run_with_faults
+    raises -- even when the program itself succeeded."""
+    with pytest.raises(AssertionError, match=r"these faults never fired: after:_save:9999=SIGKILL"):
+        run_with_faults(["after:_save:9999=SIGKILL"], *tiny(synthetic, tmp_path), "max_steps=2",
+                        f"hydra.run.dir={tmp_path}/run")

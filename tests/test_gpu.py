@@ -49,11 +49,41 @@ def test_one_training_step_in_each_precision(synthetic, tmp_path, precision):
     assert resolved.precision.mixed_precision in ("bf16", "fp16", "no")
 
 
-def test_fp16_trains_with_the_gradient_scaler():
+def test_fp16_trains_with_the_gradient_scaler(synthetic):
+    """fp16 through the Accelerator the recipe makes: a step whose gradients overflow is skipped (weights kept,
+    the scale halved), and then the tiny model fits one batch (its loss falls by half): the scaler is there and
+    is used, not only constructed."""
+    from transformers import AutoConfig, AutoModelForQuestionAnswering
+
     from extractive_qa.engine.setup import make_accelerator
 
     accelerator = make_accelerator(OmegaConf.create({"precision": {"mixed_precision": "fp16"}}))
     assert accelerator.mixed_precision == "fp16" and accelerator.scaler is not None
+    torch.manual_seed(0)
+    model = AutoModelForQuestionAnswering.from_config(AutoConfig.from_pretrained(synthetic["model"]))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    model.train()
+    ids = torch.randint(5, 100, (8, 48), device=accelerator.device)
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids),
+             "start_positions": torch.full((8,), 10, device=accelerator.device),
+             "end_positions": torch.full((8,), 12, device=accelerator.device)}
+
+    def step() -> float:
+        loss = model(**batch).loss
+        accelerator.backward(loss)
+        optimizer.step()
+        optimizer.zero_grad()
+        return float(loss)
+
+    accelerator.scaler.update(2.0**60)  # a scale that overflows fp16 gradients
+    before = [p.detach().clone() for p in model.parameters()]
+    step()
+    assert accelerator.scaler.get_scale() < 2.0**60  # the overflow was seen and the scale backed off
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))  # that step was skipped
+    accelerator.scaler.update(2.0**10)
+    losses = [step() for _ in range(30)]
+    assert all(loss == loss for loss in losses) and losses[-1] < 0.5 * losses[0], losses
 
 
 def test_a_resume_in_another_precision_is_refused(synthetic, tmp_path):

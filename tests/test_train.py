@@ -134,7 +134,7 @@ def test_an_output_dir_that_cannot_be_created_is_one_clear_error(tmp_path):
 
 
 def test_train_loss_is_a_mean_over_full_windows_and_a_short_tail_is_not_a_point(tmp_path):
-    from extractive_qa.train import LogWindow, TrainingRecipe
+    from extractive_qa.recipe import LogWindow, TrainingRecipe
 
     window = LogWindow()
     window.add(4.0, 0.0, windows=32, tokens=100)
@@ -172,8 +172,8 @@ def test_train_loss_is_a_mean_over_full_windows_and_a_short_tail_is_not_a_point(
 def test_optimize_metric_decides_which_evaluation_is_kept(monkeypatch, metric, kept_step):
     """Three evaluations whose EM, F1 and official F1 peak at different steps: the run keeps the one its
     optimize_metric says (the same rule every later pick uses: core.metrics.selection_key)."""
-    import extractive_qa.train as train_module
-    from extractive_qa.train import TrainingRecipe
+    import extractive_qa.recipe as train_module
+    from extractive_qa.recipe import TrainingRecipe
 
     planned = iter([{"em": 0.5, "f1": 0.6, "em_cmrc2018": 0.5, "f1_cmrc2018": 0.9},
                     {"em": 0.6, "f1": 0.55, "em_cmrc2018": 0.6, "f1_cmrc2018": 0.5},
@@ -201,7 +201,7 @@ def test_optimize_metric_decides_which_evaluation_is_kept(monkeypatch, metric, k
 
 
 def test_a_finished_run_reports_its_recorded_best_by_the_asked_metric():
-    from extractive_qa.train import recorded_best
+    from extractive_qa.recipe import recorded_best
 
     record = {"best_dev_em": 0.5, "best": {"em": 0.5, "f1": 0.75}}
     assert recorded_best(record, "f1") == 0.75 and recorded_best(record, "em") == 0.5

@@ -95,7 +95,26 @@ def test_eval_batch_budget_by_device():
     assert eval_batch_tokens("auto", gpu(8, 0), "no") == 32768 and eval_batch_tokens(512, cpu(False), "no") == 512
 
 
-def test_detect_hardware_here_is_consistent():
+def test_detect_hardware_here_agrees_with_the_machine():
+    """What detect_hardware says about this machine, against what the machine says itself (/proc/cpuinfo,
+    torch): a wrong flag, device or precision fails here, not only an exception."""
+    import os
+    from pathlib import Path
+
+    import torch
+
     hw = hardware.detect_hardware()
-    assert hw.device in ("cpu", "cuda", "mps") and hw.threads >= 1
-    assert choose_precision("auto", hw).mixed_precision in ("bf16", "fp16", "no")
+    assert hw.device == ("cuda" if torch.cuda.is_available() else hw.device) and hw.threads == torch.get_num_threads()
+    if Path("/proc/cpuinfo").is_file():
+        flags = set()
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                flags |= set(line.split(":", 1)[1].split())
+        assert set(hw.cpu_flags) <= flags and set(hw.cpu_flags) == {f for f in hardware.CPU_FLAGS_OF_INTEREST
+                                                                     if f in flags}
+        capped = any(os.environ.get(k) for k in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA"))
+        if not capped and hw.torch_cpu_capability.startswith("AVX512"):
+            assert hw.cpu_native_bf16 == bool({"avx512_bf16", "amx_bf16"} & flags)
+    choice = choose_precision("auto", hw).mixed_precision
+    if hw.device == "cpu":
+        assert choice == ("bf16" if hw.cpu_native_bf16 else "no")

@@ -63,6 +63,8 @@ def run_with_faults(faults: list[str], *overrides: str, env: dict | None = None,
     out = subprocess.run([sys.executable, str(HELPERS / "fault_runner.py"), "--module", module, *args, "--",
                           *overrides],
                          capture_output=True, text=True, cwd=ROOT, env=_env(env), timeout=900)
+    if "fault_runner: these faults never fired" in out.stderr:  # the test did not test what it says
+        raise AssertionError(out.stderr[-3000:])
     if check and out.returncode != 0:
         raise AssertionError(f"{module} failed ({out.returncode}):\n{out.stdout[-3000:]}\n{out.stderr[-5000:]}")
     return out

@@ -15,6 +15,9 @@ literal, e.g. ``set:_check_every_step=False``: the GPU's cadence of host reads o
 ``torch.OutOfMemoryError`` whenever the call's batch (its first dict argument with ``input_ids``) has
 more than N rows / padded tokens -- at every such call, not only the N-th, as a GPU that is too small
 would. Several ``--fault`` options may be given.
+
+A fault that never fired is a failed test, not a passed one: when the program ends, every ``--fault`` that
+did not act is named on stderr and the exit status becomes 97 (whatever the program returned).
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ import signal
 import sys
 
 _recipe = {"step": lambda: None}
+_fired: dict[str, bool] = {}  # --fault spec -> whether it acted
+NOT_FIRED = 97
 
 
 def _batch_of(args) -> dict | None:
@@ -73,6 +78,7 @@ def _act(action: str, args: tuple = ()) -> None:
 
 
 def _inject(spec: str) -> None:
+    _fired[spec] = False
     where, action = spec.split("=", 1)
     where, _, nth = where.partition("#")
     when, target, *step = where.split(":")
@@ -81,7 +87,7 @@ def _inject(spec: str) -> None:
         module_name, name = target.rsplit(".", 1)
         owner = importlib.import_module(module_name)
     else:
-        from extractive_qa.train import TrainingRecipe
+        from extractive_qa.recipe import TrainingRecipe
 
         owner, name = TrainingRecipe, target
     original = getattr(owner, name)
@@ -98,12 +104,19 @@ def _inject(spec: str) -> None:
         if args and hasattr(args[0], "progress"):
             recipe = args[0]
             _recipe["step"] = lambda: recipe.progress.step
-        if when == "before" and (step_at is None or _recipe["step"]() == step_at) and _out_of_memory(action, args):
-            return original(*args, **kwargs)  # the batch fits: it runs
+        if when == "before" and (step_at is None or _recipe["step"]() == step_at):
+            try:
+                if _out_of_memory(action, args):
+                    return original(*args, **kwargs)  # the batch fits: it runs
+            except BaseException:
+                _fired[spec] = True  # an injected out-of-memory error
+                raise
         if when == "before" and due():
+            _fired[spec] = True
             _act(action, args)
         result = original(*args, **kwargs)
         if when == "after" and due():
+            _fired[spec] = True
             _act(action, args)
         return result
 
@@ -119,7 +132,14 @@ def main() -> None:
     for spec in args.fault:
         _inject(spec)
     sys.argv = [args.module.replace(".", "/") + ".py", *args.overrides]
-    importlib.import_module(args.module).main()
+    try:
+        importlib.import_module(args.module).main()
+    finally:
+        missed = [spec for spec, fired in _fired.items() if not fired]
+        if missed:
+            sys.stdout.flush()
+            print(f"fault_runner: these faults never fired: {', '.join(missed)}", file=sys.stderr, flush=True)
+            os._exit(NOT_FIRED)
 
 
 if __name__ == "__main__":

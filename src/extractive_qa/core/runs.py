@@ -117,3 +117,20 @@ def update_run_record(run_dir: Path, **fields) -> dict:
     record.update(fields, updated=time.strftime("%Y-%m-%dT%H:%M:%S"))
     write_json(Path(run_dir) / RUN_RECORD, record)
     return record
+
+
+def read_metrics(run_dir: Path) -> list[tuple[str, float, int, int]]:
+    """``(key, value, timestamp ms, step)`` of every line of ``metrics.jsonl`` (a torn last line is skipped; a
+    ``null`` -- a number that was not finite, such as a diverged loss -- reads as NaN, as MLflow stores it)."""
+    rows = []
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return rows
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        step, stamp = int(entry.pop("step", 0)), int(entry.pop("time_ms", 0))
+        rows.extend((k, float("nan") if v is None else float(v), stamp, step) for k, v in entry.items())
+    return rows

@@ -18,7 +18,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from ..core.errors import SetupError
-from ..core.runs import on_killed_run_found, update_run_record
+from ..core.runs import on_killed_run_found, read_metrics
 
 
 class TrackingUnsupported(SetupError):
@@ -192,8 +192,6 @@ class TrackingBackend:
 
     def metric_history(self, run: RunRow, key: str) -> list[tuple[int, float]]:
         """``[(step, value)]`` of ``key``: from the run dir's ``metrics.jsonl`` (whatever the backend)."""
-        from .rundir import read_metrics
-
         if not run.run_dir:
             return []
         return sorted((step, value) for name, value, _, step in read_metrics(Path(run.run_dir)) if name == key)
@@ -269,22 +267,3 @@ def backend_named(name: str, root: str | Path, uri: str | None = None) -> Tracki
     if uri:
         cfg.uri = uri
     return backend_for(cfg, root)
-
-
-def start_tracking(cfg: DictConfig, run_dir: Path, is_main: bool, run_id: str | None = None,
-                   resumed: bool = False, sweep: dict | None = None) -> Tracker:
-    """The trackers this job's config asks for (none on non-main processes): always the run dir's record,
-    plus the configured backend's run; ``resumed`` continues a run (its tracker run ``run_id``, when it has one)."""
-    from .naming import hydra_overrides, run_name_from_overrides
-    from .rundir import RunDirTracker
-
-    if not is_main:
-        return Tracker()
-    name = str(cfg.tracking.get("run_name") or run_name_from_overrides(hydra_overrides(), sweep))
-    trackers: list[Tracker] = [RunDirTracker(run_dir, name, resumed=run_id is not None or resumed)]
-    backend = backend_for(cfg.tracking, cfg.paths.root)
-    run = backend.start_run(cfg, run_dir, name, run_id, resumed, sweep)
-    if type(run) is not Tracker:
-        trackers.append(run)
-        update_run_record(run_dir, tracking_store=backend.describe())
-    return MultiTracker(trackers)

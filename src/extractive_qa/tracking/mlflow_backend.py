@@ -12,9 +12,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from ..core.runs import RUNNING, read_run_record, update_run_record
+from ..core.runs import RUNNING, read_metrics, read_run_record, update_run_record
 from .base import RunRow, SweepRecord, Tracker, TrackingBackend
-from .rundir import read_metrics
 from .store import client_for, connect, get_or_create_experiment, resolve_uri, with_retry
 
 log = logging.getLogger(__name__)

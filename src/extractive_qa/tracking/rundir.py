@@ -54,23 +54,6 @@ class RunDirTracker(Tracker):
             update_run_record(self.run_dir, status=status)
 
 
-def read_metrics(run_dir: Path) -> list[tuple[str, float, int, int]]:
-    """``(key, value, timestamp ms, step)`` of every line of ``metrics.jsonl`` (a torn last line is skipped; a
-    ``null`` -- a number that was not finite, such as a diverged loss -- reads as NaN, as MLflow stores it)."""
-    rows = []
-    path = run_dir / "metrics.jsonl"
-    if not path.is_file():
-        return rows
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            entry = json.loads(line)
-        except ValueError:
-            continue
-        step, stamp = int(entry.pop("step", 0)), int(entry.pop("time_ms", 0))
-        rows.extend((k, float("nan") if v is None else float(v), stamp, step) for k, v in entry.items())
-    return rows
-
-
 def run_dir_row(run_dir: Path) -> RunRow:
     """A run as its folder records it (``run.json``, ``metrics.json``): a :class:`RunRow` without a store."""
     record = read_run_record(run_dir) or {}
