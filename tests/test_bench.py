@@ -69,7 +69,7 @@ def test_feature_cache_tokenizes_once(tmp_path, char_tokenizer, monkeypatch):
     examples = read_examples(path)
     window = WindowConfig()
     first = encode_cached(examples, char_tokenizer, window, tmp_path / "cache")
-    cached = list((tmp_path / "cache" / "features").glob("*.pkl"))
+    cached = list((tmp_path / "cache" / "features").glob("*.npz"))
     assert len(cached) == 1
 
     def fail(*args, **kwargs):

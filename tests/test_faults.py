@@ -217,3 +217,20 @@ def test_a_fault_that_never_fires_fails_its_test(synthetic, tmp_path):
     with pytest.raises(AssertionError, match=r"these faults never fired: after:_save:9999=SIGKILL"):
         run_with_faults(["after:_save:9999=SIGKILL"], *tiny(synthetic, tmp_path), "max_steps=2",
                         f"hydra.run.dir={tmp_path}/run")
+
+
+def test_an_unreadable_rng_state_refuses_the_resume(synthetic, tmp_path):
+    """A checkpoint whose manifest agrees with its files but whose RNG state cannot be read: Accelerate would
+    skip it with an INFO line and resume on another trajectory. The resume is refused, naming the file."""
+    from extractive_qa.engine.checkpointing import write_manifest
+
+    args = [*tiny(synthetic, tmp_path), "checkpoint_steps=4", "keep_checkpoints=1"]
+    run = tmp_path / "r"
+    run_with_faults(["after:_save:4=SIGKILL"], *args, f"hydra.run.dir={run}")
+    step4 = run / "checkpoints" / "step_4"
+    (step4 / "random_states_0.pkl").write_bytes(b"not a torch file")
+    write_manifest(step4)  # the manifest now vouches for the bad file: only reading it can tell
+    res = run_module("extractive_qa.train", *args, f"resume={run}", f"hydra.run.dir={tmp_path}/x", check=False)
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr[-2000:]
+    assert f"checkpoint {step4}: its RNG state random_states_0.pkl cannot be read" in res.stderr
+    assert "resume=fresh" in res.stderr

@@ -95,13 +95,15 @@ def test_the_default_run_through_a_mirror_then_from_the_caches(mirror):
     # The mirror goes away: the same command runs from the caches, at once (no retries), and says so.
     hub.stop()
     try:
+        # (The reruns check the caches, not the submission again: 20 test questions each.)
         again = make_train(tmp / "a", hf_home, f"data.archive_url={hub.url}/files/{ZIP}", f"hydra.run.dir={tmp}/a/run2",
-                           env={"HF_ENDPOINT": hub.url})
+                           "data.limit_test=20", env={"HF_ENDPOINT": hub.url})
         log = again.stdout + again.stderr
         assert again.returncode == 0, log[-3000:]
         assert "cannot be reached" in log and "from the Hugging Face cache" in log and "Retrying" not in log
         assert json.loads((tmp / "a" / "run2" / "run.json").read_text())["model"]["commit"] == mirror["commit"]
-        offline = make_train(tmp / "a", hf_home, f"hydra.run.dir={tmp}/a/run3", env={"HF_HUB_OFFLINE": "1"})
+        offline = make_train(tmp / "a", hf_home, f"hydra.run.dir={tmp}/a/run3", "data.limit_test=20",
+                             env={"HF_HUB_OFFLINE": "1"})
         assert offline.returncode == 0, offline.stderr[-3000:]  # HF_HUB_OFFLINE=1 with the model cached
 
         # No cache and no mirror: one message, naming HF_ENDPOINT and the offline preset, no traceback.

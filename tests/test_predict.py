@@ -13,7 +13,7 @@ import pytest
 from extractive_qa.core.data import read_examples
 from extractive_qa.tracking.base import RunRow, TrackingBackend
 
-from helpers import HW7_DIR, needs_shared, run_module
+from helpers import HW7_DIR, few_questions, needs_shared, run_module
 
 TEST_SLICE = 200  # test questions the shared run predicts (see conftest.shared_run)
 
@@ -128,19 +128,21 @@ def test_predict_says_when_the_weights_are_not_the_ones_the_run_saved(shared_run
     without a manifest is said to be unverifiable, and the newest-run default passes over an incomplete one."""
     run = tmp_path / "run"
     shutil.copytree(shared_run, run)
-    ok = run_module("extractive_qa.predict", f"run_dir={run}", f"output={tmp_path}/a.csv")
+    small = few_questions(HW7_DIR / "hw7_test.json", tmp_path / "test20.json", 20)  # the weights are the point
+    ok = run_module("extractive_qa.predict", f"run_dir={run}", f"output={tmp_path}/a.csv", f"test_file={small}")
     assert "warning" not in ok.stderr
     weights = run / "best_model" / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:-8] + b"\0" * 8)  # same size, other bytes
-    changed = run_module("extractive_qa.predict", f"run_dir={run}", f"output={tmp_path}/b.csv")
+    changed = run_module("extractive_qa.predict", f"run_dir={run}", f"output={tmp_path}/b.csv", f"test_file={small}")
     assert "are not the ones the run saved (model.safetensors does not match its checksum)" in changed.stderr
     (run / "best_model" / "manifest.json").unlink()
-    old = run_module("extractive_qa.predict", f"run_dir={run}", f"output={tmp_path}/c.csv")
+    old = run_module("extractive_qa.predict", f"run_dir={run}", f"output={tmp_path}/c.csv", f"test_file={small}")
     assert "unverified: saved without a manifest" in old.stderr
     # The newest run by default: one whose best model was cut short by a kill is passed over, and named.
     newer = tmp_path / "newer"
     shutil.copytree(shared_run, newer)
     (newer / "best_model" / "model.safetensors").write_bytes(b"")
     os.utime(newer / "best_model")  # the newest (copies keep their times)
-    picked = run_module("extractive_qa.predict", f"paths.output_dir={tmp_path}", f"output={tmp_path}/d.csv")
+    picked = run_module("extractive_qa.predict", f"paths.output_dir={tmp_path}", f"output={tmp_path}/d.csv",
+                        f"test_file={small}")
     assert f"skipped {newer}: its best_model/ is incomplete (model.safetensors has 0 bytes" in picked.stderr

@@ -15,6 +15,8 @@ Prints one JSON object per line (the measurements are :mod:`extractive_qa.benchm
 * ``train_naive`` / ``train`` -- optimizer steps at the seed's settings: the seed's step (every window padded
   to the full length, a plain AdamW, fp16 with the gradient scaler on CUDA, fp32 on a CPU) and the recipe's
   own; real tokens per second.
+* ``optimizer_step`` -- one AdamW step over the model, fused against not; ``padding`` -- the share of padding
+  in training batches at the default windows, grouped by length or not.
 * ``profile``, ``bf16_agreement``, ``prediction_memory``, ``comparison`` -- where the time goes, bf16 against
   fp32 answers, prediction memory, the report's statistics on 100,000 questions.
 * ``summary`` -- the like-for-like ratios first, then the rest.
@@ -40,7 +42,7 @@ from .benchmarks.memory import prediction_memory
 from .benchmarks.profiling import profile_bench
 from .benchmarks.quality import bf16_agreement
 from .benchmarks.summary import summarize
-from .benchmarks.training import train_bench
+from .benchmarks.training import optimizer_step_time, padding_share, train_bench
 from .core.config import CONF_DIR, to_plain
 
 
@@ -72,6 +74,10 @@ def main(cfg: DictConfig) -> None:
     if "train" in parts:
         out["train_naive"] = emit(in_fresh_process(train_bench, plain, True))
         out["train"] = emit(in_fresh_process(train_bench, plain, False))
+    if "optimizer" in parts:
+        out["optimizer"] = emit(in_fresh_process(optimizer_step_time, plain))
+    if "padding" in parts:
+        out["padding"] = emit(in_fresh_process(padding_share, plain))
     if "bf16" in parts:
         out["bf16"] = emit(in_fresh_process(bf16_agreement, plain))
     if "profile" in parts:

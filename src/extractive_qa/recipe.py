@@ -37,10 +37,23 @@ from .core.runs import read_run_record, this_process, update_run_record
 from .core.windowing import eval_windows
 from .engine.attention import attention_kernel, use_attention
 from .engine.batching import TrainWindowDataset, pad_multiple, train_loader
-from .engine.checkpointing import Interrupted, StopRequest, recover_model_folder, save_checkpoint, save_model_folder
+from .engine.checkpointing import (
+    Interrupted,
+    StopRequest,
+    recover_model_folder,
+    save_checkpoint,
+    save_model_folder,
+)
 from .engine.evaluation import OOM_ERRORS, EvaluationStopped, TokenBudget, model_inputs, predict, score
 from .engine.modeling import load_model, load_qa_model
-from .engine.resume import AlreadyFinished, ResumeError, ResumePoint, find_resume_point, run_identity
+from .engine.resume import (
+    AlreadyFinished,
+    ResumeError,
+    ResumePoint,
+    check_rng_state,
+    find_resume_point,
+    run_identity,
+)
 from .engine.setup import (
     agree_on_run_dir,
     load_data_and_tokenizer,
@@ -245,6 +258,7 @@ class TrainingRecipe:
         the run marked RUNNING again (a resume that fails before this leaves its status alone)."""
         if self.is_main:
             recover_model_folder(self.best_dir)  # a kill while the best model was swapped in
+        check_rng_state(resume.checkpoint, self.accelerator.process_index)
         self.accelerator.load_state(str(resume.checkpoint))
         self.progress = Progress.from_state(resume.state)
         self._wall_before = self.progress.wall_time_s

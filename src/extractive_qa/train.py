@@ -19,7 +19,7 @@ import hydra
 from omegaconf import DictConfig
 
 from .core.config import CONF_DIR, to_plain
-from .core.errors import SetupError, disk_full_message, run_cli, setup_message
+from .core.errors import SetupError, disk_full_message, log_to_files, run_cli, setup_message
 from .core.runs import FAILED, FINISHED, KILLED
 from .core.schema import ConfigError, check_train_config
 from .engine.checkpointing import Interrupted
@@ -73,10 +73,11 @@ def main(cfg: DictConfig) -> float | None:
             backend_for(cfg.tracking, cfg.paths.root).sweep_stopped(sweep)
         sys.exit(130)
     except Exception as err:  # noqa: BLE001 - reported, then handled per run mode
-        disk_full = disk_full_message(err, str(cfg.paths.output_dir))
+        disk_full = disk_full_message(err, str(job_dir if job_dir.is_dir() else cfg.paths.output_dir))
         text = disk_full or _error_text(err)
         if sweep is None and (disk_full or isinstance(err, (SetupError, FloatingPointError))):
             print(text, file=sys.stderr)
+            log_to_files(text)  # train.log says why the run ended, as the terminal did
             sys.exit(3 if isinstance(err, FloatingPointError) else 2)
         if sweep is None:
             raise

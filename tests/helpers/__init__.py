@@ -89,3 +89,12 @@ def shared_once(tmp_path_factory, name: str, build) -> dict:
 def read_metrics(run_dir: Path) -> list[dict]:
     """The lines of a run's ``metrics.jsonl``."""
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def few_questions(source: Path, target: Path, n: int) -> Path:
+    """The first ``n`` questions of an hw7 file (with every paragraph), for tests where the file's size is not
+    the point."""
+    data = json.loads(Path(source).read_text(encoding="utf-8"))
+    data["questions"] = data["questions"][:n]
+    Path(target).write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
+    return Path(target)

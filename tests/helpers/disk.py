@@ -9,6 +9,7 @@ import subprocess
 from pathlib import Path
 
 FILL_ENV = "EXTRACTIVE_QA_TEST_FILL"  # the folder fill_disk fills (set by the test for the run's process)
+LEAVE_ENV = "EXTRACTIVE_QA_TEST_FILL_LEAVE_KB"  # what fill_disk leaves free (default 64 KB)
 
 
 @contextlib.contextmanager
@@ -25,9 +26,9 @@ def tmpfs(path: Path, size_mb: int):
 
 
 def fill_disk() -> None:
-    """Fill the disk of ``$EXTRACTIVE_QA_TEST_FILL`` up to its last 64 KB (what a run meets when other jobs
-    filled the disk): a fault_runner ``call:helpers.disk:fill_disk`` action."""
+    """Fill the disk of ``$EXTRACTIVE_QA_TEST_FILL`` up to its last ``$EXTRACTIVE_QA_TEST_FILL_LEAVE_KB`` (64 KB;
+    what a run meets when other jobs filled the disk): a fault_runner ``call:helpers.disk:fill_disk`` action."""
     folder = Path(os.environ[FILL_ENV])
     free = shutil.disk_usage(folder).free
     with open(folder / "filler.bin", "wb") as f:
-        f.write(b"\0" * max(0, free - 64 * 1024))
+        f.write(b"\0" * max(0, free - int(os.environ.get(LEAVE_ENV, "64")) * 1024))

@@ -119,3 +119,51 @@ def train_bench(cfg: dict, naive: bool) -> dict:
         precision = c.precision.mixed_precision
     return {"bench": "train_naive" if naive else "train", "windows_preset": "seed", "precision": precision,
             "compile": bool(c.get("compile")) and not naive, **result, "peak_rss_mb": peak_rss_mb()}
+
+
+def optimizer_step_time(cfg: dict) -> dict:
+    """Seconds per AdamW step over the model's parameters (gradients in place, the recipe's parameter
+    groups), ``fused=True`` (one kernel, conf/optimizer/adamw.yaml) against ``fused=False``: median of 5 steps
+    after 2 untimed ones, each in the same process and parameters."""
+    import statistics
+
+    import torch
+
+    from ..engine.setup import parameter_groups
+    from .common import set_threads
+
+    set_threads(cfg)
+    c = OmegaConf.create(cfg)
+    model = build_model(c).train()
+    for p in model.parameters():
+        p.grad = torch.randn_like(p) * 1e-3
+    out = {"bench": "optimizer_step", "parameters": sum(p.numel() for p in model.parameters())}
+    for fused in (True, False):
+        optimizer = torch.optim.AdamW(parameter_groups(model, 0.01), lr=1e-5, fused=fused)
+        times = []
+        for n in range(7):
+            start = time.perf_counter()
+            optimizer.step()
+            if n >= 2:
+                times.append(time.perf_counter() - start)
+        out[f"seconds_{'fused' if fused else 'foreach'}"] = statistics.median(times)
+    return out
+
+
+def padding_share(cfg: dict) -> dict:
+    """Share of padding in an epoch of training batches at the default windows on ``bench.padding_questions``
+    training questions, with and without ``group_by_length`` (the recipe's loader; no model is run)."""
+    from ..core.features import window_config
+    from ..engine.batching import TrainWindowDataset, train_loader
+
+    c, _, _, enc, _ = data_slice(cfg, "default", "train", int(cfg["bench"]["padding_questions"]))
+    window = window_config(c.bench.windows.default)
+    out = {"bench": "padding", "questions": len(enc.examples), "batch_size": int(c.batch_size)}
+    for grouped in (False, True):
+        real = padded = 0
+        for batch in train_loader(TrainWindowDataset(enc, window, 0), int(c.batch_size), enc.pad_id,
+                                  group_by_length=grouped):
+            real += int(batch["attention_mask"].sum())
+            padded += batch["input_ids"].numel()
+        out[f"padding_share_{'grouped' if grouped else 'shuffled'}"] = 1 - real / padded
+    return out

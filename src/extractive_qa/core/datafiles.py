@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import shutil
 import urllib.error
 import urllib.request
 import zipfile
@@ -18,6 +17,10 @@ from .errors import SetupError
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "dev", "test")
+# An archive is refused beyond these (data.archive_limits overrides them): generous for the course's data
+# (its zip of three JSON files, ~100 MB unpacked, compressed ~4x), tight for a zip bomb (a 2.5 MB zip that
+# unpacks to 2.5 GB is 1000x).
+ARCHIVE_LIMITS = {"max_mb": 2048, "max_members": 10_000, "max_ratio": 100}
 
 
 def _download(url: str, dest: Path, timeout: float = 15.0) -> None:
@@ -42,15 +45,55 @@ def _fetch(data_cfg: DictConfig, split: str, target: Path) -> None:
         archive = Path(data_cfg.cache_dir) / Path(data_cfg.archive_url).name
         if not archive.exists():
             _download(data_cfg.archive_url, archive)
-        with zipfile.ZipFile(archive) as zf:
-            members = [m for m in zf.namelist() if Path(m).name == target.name]
-            if not members:
-                raise SetupError(f"{archive} holds no {target.name}")
-            target.parent.mkdir(parents=True, exist_ok=True)
-            with zf.open(members[0]) as src, open(target, "wb") as out:
-                shutil.copyfileobj(src, out)
+        limits = {**ARCHIVE_LIMITS, **dict(data_cfg.get("archive_limits") or {})}
+        extract_member(archive, target.name, target, limits)
         return
     raise FileNotFoundError(target)
+
+
+class ArchiveRefused(SetupError):
+    """An archive beyond its limits (size, members, compression ratio): refused before or while unpacking."""
+
+
+def extract_member(archive: Path, name: str, target: Path, limits: dict) -> None:
+    """The member of ``archive`` whose file name is ``name``, written to ``target`` -- streamed, and stopped at
+    the limits: the declared total size, member count and compression ratios are checked first, then the
+    bytes actually written (a zip may lie about its sizes), so a bomb never reaches the disk or memory."""
+    max_bytes, max_ratio = int(limits["max_mb"]) * 2**20, float(limits["max_ratio"])
+    fix = "raise data.archive_limits.max_mb / max_members / max_ratio if you trust this archive"
+    with zipfile.ZipFile(archive) as zf:
+        infos = zf.infolist()
+        if len(infos) > int(limits["max_members"]):
+            raise ArchiveRefused(f"{archive}: {len(infos)} members, over the limit of {limits['max_members']}. Fix: "
+                                 f"{fix}")
+        declared = sum(i.file_size for i in infos)
+        if declared > max_bytes:
+            raise ArchiveRefused(f"{archive}: unpacks to {declared / 2**20:.0f} MB, over the limit of "
+                                 f"{limits['max_mb']} MB. Fix: {fix}")
+        members = [i for i in infos if Path(i.filename).name == name and not i.is_dir()]
+        if not members:
+            raise SetupError(f"{archive} holds no {name}")
+        info = members[0]
+        ratio_limit = max_ratio * max(info.compress_size, 1)
+        if info.file_size > ratio_limit:
+            ratio = info.file_size / max(info.compress_size, 1)
+            raise ArchiveRefused(f"{archive}: {info.filename} is compressed {ratio:.0f}x, over the limit of "
+                                 f"{max_ratio:.0f}x. Fix: {fix}")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_suffix(target.suffix + ".part")
+        written, budget = 0, min(max_bytes, ratio_limit, info.file_size)
+        try:
+            with zf.open(info) as src, open(tmp, "wb") as out:
+                for chunk in iter(lambda: src.read(1 << 20), b""):
+                    written += len(chunk)
+                    if written > budget:  # more than the member declared or the limits allow: stop here
+                        raise ArchiveRefused(f"{archive}: {info.filename} unpacks past {budget / 2**20:.1f} MB "
+                                             f"(declared {info.file_size / 2**20:.1f} MB; limits "
+                                             f"{limits['max_mb']} MB, {max_ratio:.0f}x). Fix: {fix}")
+                    out.write(chunk)
+            tmp.replace(target)
+        finally:
+            tmp.unlink(missing_ok=True)
 
 
 def resolve_data_file(data_cfg: DictConfig, split: str) -> Path:
@@ -67,6 +110,8 @@ def resolve_data_file(data_cfg: DictConfig, split: str) -> Path:
         _fetch(data_cfg, split, path)
         log.info("downloaded %s", path)
         return path
+    except ArchiveRefused:
+        raise
     except (urllib.error.URLError, OSError, TimeoutError, zipfile.BadZipFile) as err:
         raise SetupError(
             f"Could not fetch the {split} data file {path} ({type(err).__name__}: {getattr(err, 'reason', err)}). "

@@ -21,30 +21,63 @@ def setup_message(errors: list[SetupError]) -> str:
 
 
 _DISK_FULL = ("No space left on device", "Disk quota exceeded", "StorageFull", "QuotaExceeded")
+# What writers that do not pass ENOSPC on say when a write came up short: torch's zip writer
+# ("[enforce fail at inline_container.cc:...] . unexpected pos ..."), its stream writer, plain I/O errors.
+_SHORT_WRITE = ("unexpected pos", "inline_container", "PytorchStreamWriter", "failed writing", "write failed",
+                "Input/output error", "file write failed")
+NEARLY_FULL = 16 * 2**20  # a disk with less free space than this, after a write failed, is the reason it failed
+
+
+def _free_bytes(where: str) -> int | None:
+    import shutil
+
+    try:
+        return shutil.disk_usage(where).free
+    except OSError:
+        return None
+
+
+def _says_disk_full(cause: BaseException, where: str) -> bool:
+    import errno
+
+    if isinstance(cause, OSError) and cause.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    if any(text in str(cause) for text in _DISK_FULL):
+        return True
+    # A write that failed without naming the disk: if the disk is (nearly) full now, that is why.
+    if isinstance(cause, OSError) or (isinstance(cause, RuntimeError) and any(t in str(cause) for t in _SHORT_WRITE)):
+        free = _free_bytes(where)
+        return free is not None and free < NEARLY_FULL
+    return False
 
 
 def disk_full_message(err: BaseException, where: str) -> str | None:
     """One line for a write that failed on a full disk (or quota) anywhere in ``err``'s chain -- ``OSError``
-    ENOSPC from Python, or the same error as text from safetensors' Rust writer -- else ``None``. ``where`` is
-    the folder the run writes to."""
-    import errno
-    import shutil
-
+    ENOSPC from Python, the same error as text from safetensors' Rust writer, or any writer's short write
+    (torch's ``unexpected pos``) while the disk is nearly full -- else ``None``. ``where`` is the folder the
+    run writes to."""
     cause: BaseException | None = err
     while cause is not None:
-        if (isinstance(cause, OSError) and cause.errno in (errno.ENOSPC, errno.EDQUOT)) or any(
-                text in str(cause) for text in _DISK_FULL):
-            try:
-                free = f"{shutil.disk_usage(where).free / 2**20:.1f} MB free there now"
-            except OSError:
-                free = "its free space unknown"
+        if _says_disk_full(cause, where):
+            free = _free_bytes(where)
+            free_text = f"{free / 2**20:.1f} MB free there now" if free is not None else "its free space unknown"
             name = getattr(cause, "filename", None)
-            return (f"error: no space left on the disk of {where} ({free}) while writing "
+            return (f"error: no space left on the disk of {where} ({free_text}) while writing "
                     f"{name or 'the run files'}; the half-written files were removed and the run is FAILED. Fix: free "
                     "space there, or write runs to a bigger disk (paths.output_dir=/path); keep_checkpoints=1 and "
                     "checkpoint_steps=null keep fewer files")
         cause = cause.__cause__ or cause.__context__
     return None
+
+
+def log_to_files(text: str, name: str = "extractive_qa") -> None:
+    """``text`` into the log files only (a run's ``train.log``), for a message already printed to the terminal."""
+    import logging
+
+    record = logging.LogRecord(name, logging.ERROR, __file__, 0, text, None, None)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
 
 
 class OutputDirError(ValueError):

@@ -80,6 +80,7 @@ ROLES: dict[str, Role] = {
     "data.unanswerable": SETTING,           # error | drop: a file either trains or stops
     "data.cache_dir": PLUMBING,
     "data.archive_url": PLUMBING,
+    "data.archive_limits.": PLUMBING,          # how big an archive may unpack: refused beyond, never another result
     "data.urls.": PLUMBING,
     "experiment_name": SETTING,             # the resume identity holds it on its own
     "optimize_metric": SETTING,             # which evaluation is kept as the best model

@@ -83,6 +83,14 @@ class Model(BaseModel):
     commit: str | None = None  # written by the run: the commit its weights were loaded at
 
 
+class ArchiveLimits(BaseModel):
+    model_config = _OPEN
+    max_mb: _count("data.archive_limits.max_mb=2048 (megabytes an archive may unpack to)", 1) | None = None
+    max_members: _count("data.archive_limits.max_members=10000", 1) | None = None
+    max_ratio: Annotated[float, Field(gt=1, allow_inf_nan=False, json_schema_extra=_fix(
+        "data.archive_limits.max_ratio=100 (uncompressed / compressed size of a member)"))] | None = None
+
+
 class Data(BaseModel):
     model_config = _OPEN
     name: str | int | float
@@ -92,6 +100,7 @@ class Data(BaseModel):
     test_file: str
     cache_dir: str
     archive_url: str | None = None
+    archive_limits: ArchiveLimits | None = None
     urls: dict = {}
     max_answer_len: _count("data.max_answer_len=50 (tokens)")
     unanswerable: _choice(("error", "drop"), "data.unanswerable=error or drop") = "error"

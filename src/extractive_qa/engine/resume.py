@@ -164,3 +164,21 @@ def find_resume_point(resume: str | None, output_dir: Path, identity: dict, curr
         raise ResumeError(f"resume={resume}: no such run dir or checkpoint. Fix: resume=auto, resume=fresh or an "
                           "existing outputs/... path")
     return _explicit(path, identity, allow_changes)
+
+
+def check_rng_state(checkpoint: Path, process_index: int) -> None:
+    """Refuse a checkpoint whose RNG state cannot be read. Accelerate's ``load_state`` skips an unreadable
+    one with an INFO line and goes on: the resumed run would then draw other dropout masks and batch orders
+    than the run it claims to continue. Read with ``weights_only=True`` (no code from the file)."""
+    from accelerate.utils import load
+
+    path = Path(checkpoint) / f"random_states_{process_index}.pkl"
+    try:
+        states = load(path)
+        if "torch_manual_seed" not in states:
+            raise ValueError("it holds no torch RNG state")
+    except Exception as err:  # noqa: BLE001 - any failure refuses the resume, naming the file and the fix
+        raise ResumeError(f"checkpoint {checkpoint}: its RNG state {path.name} cannot be read ({type(err).__name__}: "
+                          f"{str(err)[:200]}), so a resume would not replay the same batches and dropout. Fix: "
+                          "resume from an earlier checkpoint (resume=<run dir>/checkpoints/step_N) or start "
+                          "fresh (resume=fresh)") from None

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from ..core.errors import SetupError
+from ..core.errors import SetupError, disk_full_message
 from ..core.runs import on_killed_run_found, read_metrics
 
 
@@ -40,8 +40,15 @@ class Tracker:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is not None and not issubclass(exc_type, KeyboardInterrupt):
-            self.set_tags({"error": f"{exc_type.__name__}: {exc}"[:5000]})
+            where = self.writes_to()
+            # A full disk is recorded as what it is, whatever the writer that met it said ("unexpected pos").
+            text = (disk_full_message(exc, str(where)) if where is not None else None) or f"{exc_type.__name__}: {exc}"
+            self.set_tags({"error": text[:5000]})
         self.finish(status_of(exc_type))
+
+    def writes_to(self) -> Path | None:
+        """The folder the run writes its files to (where a failed write looks for a full disk)."""
+        return getattr(self, "run_dir", None)
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None: ...
 
@@ -84,6 +91,9 @@ class MultiTracker(Tracker):
     @property
     def run_id(self) -> str | None:
         return next((t.run_id for t in self.trackers if getattr(t, "run_id", None)), None)
+
+    def writes_to(self) -> Path | None:
+        return next((t.writes_to() for t in self.trackers if t.writes_to() is not None), None)
 
     @property
     def run_name(self) -> str | None:
