@@ -234,3 +234,21 @@ def test_an_unreadable_rng_state_refuses_the_resume(synthetic, tmp_path):
     assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr[-2000:]
     assert f"checkpoint {step4}: its RNG state random_states_0.pkl cannot be read" in res.stderr
     assert "resume=fresh" in res.stderr
+
+
+def test_a_damaged_sqlite_store_is_named_damaged_and_the_run_says_failed(synthetic, tmp_path):
+    """A truncated mlflow.db was reported as a server to "start", and the new run's run.json stayed RUNNING."""
+    source = tmp_path / "good.db"
+    from mlflow.tracking import MlflowClient
+
+    MlflowClient(f"sqlite:///{source}").create_experiment("x")  # a real store, then cut short
+    db = tmp_path / "mlflow.db"
+    db.write_bytes(source.read_bytes()[:20000])
+    run = tmp_path / "run"
+    res = run_module("extractive_qa.train", *tiny(synthetic, tmp_path, f"sqlite:///{db}", "damaged"),
+                     f"hydra.run.dir={run}", check=False)
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr[-2000:]
+    assert f"error: the MLflow store {db} is damaged: sqlite cannot read it" in res.stderr
+    assert f"mv {db} {db}.damaged" in res.stderr and "start it" not in res.stderr
+    record = json.loads((run / "run.json").read_text())
+    assert record["status"] == "FAILED" and "is damaged" in record["error"]

@@ -343,3 +343,32 @@ def test_a_kill_while_a_better_model_is_saved_keeps_a_complete_best_model(synthe
     assert model_folder_problem(run / "best_model") is None
     assert json.loads((run / "best_model" / "saved.json").read_text())["step"] == kept_step
     assert sorted(p.name for p in run.iterdir()) == ["best_model", "config_resolved.yaml"]
+
+
+def test_a_dead_run_is_ended_in_the_store_by_whichever_reader_can(tmp_path, monkeypatch):
+    """Issue 29: a dead run read by a process that cannot reach its store (or has no tracking loaded, as `make
+    predict` had) became KILLED in run.json only, and every later reader saw KILLED and left MLflow RUNNING for
+    good. Now the record says whether the store was told; the next reader that can, tells it."""
+    from mlflow.tracking import MlflowClient
+
+    from extractive_qa.core import runs
+    from extractive_qa.core.runs import read_run_record
+    from extractive_qa.tracking.mlflow_backend import MlflowBackend
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = MlflowClient(uri)
+    run_id = client.create_run(client.create_experiment("dead")).info.run_id
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    store = MlflowBackend({"uri": uri}, tmp_path).describe()
+    (run_dir / "run.json").write_text(json.dumps({"status": RUNNING, "process": _dead_process(),
+                                                  "mlflow_run_id": run_id, "tracking_store": store}))
+    monkeypatch.setattr(runs, "_KILLED_LISTENERS", [])  # a reader without the tracking listener (old predict)
+    first = read_run_record(run_dir)
+    assert first["status"] == KILLED and first["store_ended"] is False
+    assert client.get_run(run_id).info.status == "RUNNING"
+    monkeypatch.undo()  # the next reader has it
+    second = read_run_record(run_dir)
+    assert second["status"] == KILLED and second["store_ended"] is True
+    assert client.get_run(run_id).info.status == "KILLED"
+    assert json.loads((run_dir / "run.json").read_text())["store_ended"] is True

@@ -217,6 +217,9 @@ def main(cfg: DictConfig) -> None:
     except ConfigError as err:
         print(err, file=sys.stderr)
         sys.exit(2)
+    from .tracking.base import end_killed_runs_in_stores
+
+    end_killed_runs_in_stores()  # a dead run this finds ends KILLED in MLflow too, not only in run.json
     try:
         summary = run_predict(cfg)
     except (FileNotFoundError, DataFormatError, SetupError, ValueError) as err:

@@ -26,7 +26,7 @@ from .engine.checkpointing import Interrupted
 from .engine.setup import remove_if_only_logs
 from .recipe import train
 from .tracking.base import backend_for
-from .tracking.sweep import record_job_outcome, sweep_of_job
+from .tracking.sweep import job_running, record_job_outcome, sweep_of_job, watch_launcher
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +59,8 @@ def main(cfg: DictConfig) -> float | None:
         log.error("job %s failed: %s", sweep["job"], err)
         record_job_outcome(sweep, FAILED, job_dir, error=str(err))
         return None
+    watch_launcher(sweep)  # a worker process ends with its launcher
+    job_running(True)
     try:
         best, run_dir = train(cfg, job_dir)
         record_job_outcome(sweep, FINISHED, run_dir, best=best)
@@ -85,6 +87,8 @@ def main(cfg: DictConfig) -> float | None:
                                                                                          FloatingPointError)))
         record_job_outcome(sweep, FAILED, job_dir, error=text)
         return None
+    finally:
+        job_running(False)
 
 
 if __name__ == "__main__":

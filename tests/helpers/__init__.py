@@ -47,6 +47,11 @@ def _env(extra: dict | None) -> dict:
     return {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": path, **(extra or {})}
 
 
+def child_env(extra: dict | None = None) -> dict:
+    """The environment the project's CLIs run in under test (for a child the test starts itself)."""
+    return _env(extra)
+
+
 def run_module(module: str, *overrides: str, env: dict | None = None,
                check: bool = True) -> subprocess.CompletedProcess:
     out = subprocess.run([sys.executable, "-m", module, *overrides], capture_output=True, text=True, cwd=ROOT,

@@ -190,3 +190,84 @@ def test_slurm_launcher_config_composes():
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         cfg = compose("train", overrides=["launcher=slurm", "experiment=hw7_strong"], return_hydra_config=True)
     assert cfg.hydra.launcher._target_.endswith("SlurmLauncher") and cfg.hydra.launcher.gpus_per_node == 1
+
+
+def test_a_killed_launcher_leaves_no_workers_and_its_parent_ends_killed(synthetic, tmp_path):
+    """kill -9 of a joblib sweep's launcher while both jobs train: the loky workers used to live on (3 x ~840 MB,
+    minutes later) and the parent said RUNNING until the sweep was re-run. Now each worker stops (its job KILLED,
+    as after Ctrl-C) and exits, and the next reader of the sweep ends its parent KILLED. Waits on conditions."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from extractive_qa.core.runs import process_alive
+    from extractive_qa.tracking.parents import find_sweep
+
+    from helpers import ROOT, child_env
+
+    pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    sweep_dir = tmp_path / "sweep"
+    args = [*tiny_overrides(synthetic, tmp_path, uri, "orphans"), "max_steps=100000", "epochs=1000",
+            "data.limit_train=200", "predict_test=false", f"hydra.sweep.dir={sweep_dir}"]
+    launcher = subprocess.Popen([sys.executable, "-m", "extractive_qa.train", "-m", "launcher=joblib", "seed=1,2",
+                                 *args], cwd=ROOT, env=child_env(), stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, start_new_session=True)
+
+    def until(condition, what: str, limit: float = 180.0):
+        deadline = time.monotonic() + limit  # turns a hang into a failure; the wait itself is on the condition
+        while not condition():
+            assert time.monotonic() < deadline, f"timed out waiting for {what}"
+            assert what.startswith("workers") or launcher.poll() is None, "the launcher ended early"
+            time.sleep(0.2)
+
+    def records() -> list[dict]:
+        out = []
+        for path in sorted(sweep_dir.glob("[0-9]/run.json")):
+            try:
+                out.append(json.loads(path.read_text()))
+            except ValueError:
+                pass
+        return out
+
+    try:
+        until(lambda: len([r for r in records() if r.get("heartbeat")]) == 2, "both jobs to train")
+        workers = [r["process"] for r in records()]
+        assert all(w["pid"] != launcher.pid for w in workers)  # the jobs run in worker processes
+        os.kill(launcher.pid, signal.SIGKILL)
+        launcher.wait()
+        until(lambda: all(process_alive(w) is False for w in workers), "workers to exit", 120)
+    finally:
+        if launcher.poll() is None:
+            os.killpg(launcher.pid, signal.SIGKILL)
+    assert {r["status"] for r in records()} == {"KILLED"}  # stopped as Ctrl-C would stop them
+    assert find_sweep(MlflowClient(uri), str(sweep_dir)).info.status == "KILLED"
+
+
+def test_a_parent_whose_launcher_died_with_its_jobs_is_ended_by_the_next_reader(tmp_path):
+    """kill -9 of the whole process group: no job could end the parent. The next reader (report, predict,
+    compare: all find the sweep through find_sweep) sees the launcher is gone and ends it KILLED, counting jobs."""
+    import subprocess
+    import sys
+
+    from extractive_qa.core.runs import this_process
+    from extractive_qa.tracking.parents import LAUNCHER_TAG, find_sweep
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = MlflowClient(uri)
+    experiment = client.create_experiment("orphan")
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    launcher = {**this_process(), "pid": int(dead.stdout), "proc_start": "-1"}
+    parent = client.create_run(experiment, tags={"sweep.parent": "true", "sweep.id": "abcdef",
+                                                 LAUNCHER_TAG: json.dumps(launcher)}).info.run_id
+    for status in ("FINISHED", "FAILED"):
+        job = client.create_run(experiment, tags={"mlflow.parentRunId": parent}).info.run_id
+        client.set_terminated(job, status)
+    found = find_sweep(client, "abcdef")
+    assert found.info.status == "KILLED" and "launcher (pid" in found.data.tags["error"]
+    assert (found.data.tags["jobs.finished"], found.data.tags["jobs.failed"]) == ("1", "1")
+    alive = client.create_run(experiment, tags={"sweep.parent": "true", "sweep.id": "ghijkl",
+                                                LAUNCHER_TAG: json.dumps(this_process())}).info.run_id
+    assert find_sweep(client, "ghijkl").info.status == "RUNNING" and alive  # its launcher (this test) lives

@@ -78,6 +78,8 @@ def read_run_record(run_dir: Path) -> dict | None:
     record = _read(run_dir)
     if record and record.get("status") == RUNNING and process_alive(record.get("process")) is False:
         record = _mark_killed(Path(run_dir), record)
+    elif record and record.get("status") == KILLED and not record.get("store_ended", True) and _KILLED_LISTENERS:
+        record = _tell_store(Path(run_dir), record)  # an earlier reader could not reach the store: mend it now
     return record
 
 
@@ -99,16 +101,26 @@ def _mark_killed(run_dir: Path, record: dict) -> dict:
     error = (f"killed: its process (pid {process['pid']} on {process['host']}) ended without recording a status "
              f"(kill -9, out of memory, a closed session); last heard of at {beat}")
     record = {**record, "status": KILLED, "error": record.get("error") or error}
-    try:
-        update_run_record(run_dir, status=KILLED, error=record["error"])
-    except OSError as err:  # a read-only copy of someone's outputs: reading it as KILLED is still true
-        log.warning("could not record %s as KILLED (%s)", run_dir, err)
     log.warning("run %s was %s", run_dir, record["error"])
+    return _tell_store(run_dir, {**record, "store_ended": False})
+
+
+def _tell_store(run_dir: Path, record: dict) -> dict:
+    """The listeners end the run KILLED in its tracking store too; ``store_ended`` records whether that was
+    done, so a reader that could not (no store reachable, no listener in its process) leaves it to the next."""
+    ended = bool(_KILLED_LISTENERS)
     for listener in _KILLED_LISTENERS:
         try:
             listener(run_dir, record)
-        except Exception as err:  # noqa: BLE001 - the run dir says KILLED; `sync` can fix a store later
-            log.warning("could not mark %s KILLED in its tracking store: %s", run_dir, err)
+        except Exception as err:  # noqa: BLE001 - the run dir says KILLED; the next reader tries the store again
+            ended = False
+            log.warning("could not mark %s KILLED in its tracking store (the next reader will try again): %s",
+                        run_dir, err)
+    record = {**record, "store_ended": ended}
+    try:
+        update_run_record(run_dir, status=KILLED, error=record["error"], store_ended=ended)
+    except OSError as err:  # a read-only copy of someone's outputs: reading it as KILLED is still true
+        log.warning("could not record %s as KILLED (%s)", run_dir, err)
     return record
 
 

@@ -242,7 +242,13 @@ def _end_killed_in_store(run_dir: Path, record: dict) -> None:
         backend_for({"_target_": store["target"], "uri": store.get("uri")}, run_dir).end_killed(record)
 
 
-on_killed_run_found(_end_killed_in_store)
+def end_killed_runs_in_stores() -> None:
+    """Every reader of run records in this process also ends a dead run KILLED in its tracking store (each
+    entry point calls it: ``make predict``, reports, sync, training and its resume)."""
+    on_killed_run_found(_end_killed_in_store)
+
+
+end_killed_runs_in_stores()
 
 
 class NoTracking(TrackingBackend):

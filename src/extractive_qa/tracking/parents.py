@@ -28,6 +28,34 @@ PALETTE = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F
 PARENT_COLOR = "#999999"
 
 
+LAUNCHER_TAG = "sweep.launcher"  # the process that launched the sweep (host, pid, start): gone means the sweep is over
+
+
+def end_if_orphaned(client, parent) -> object:
+    """A sweep's parent still RUNNING whose launching process is gone (killed, a closed session) ends KILLED,
+    with its jobs counted as their run folders and the store read now: whoever reads the sweep next tells the
+    store, as with a run (core/runs.py). Returns the parent as it now stands."""
+    from ..core.runs import process_alive
+
+    if parent.info.status != RUNNING:
+        return parent
+    try:
+        launcher = json.loads(parent.data.tags.get(LAUNCHER_TAG) or "{}")
+    except ValueError:
+        launcher = {}
+    if process_alive(launcher) is not False:
+        return parent
+    jobs = [row_of(r) for r in children_of(client, parent)]  # reading each ends a dead job KILLED too
+    counts = {s: sum(j.status == s for j in jobs) for s in ("FINISHED", "FAILED", "KILLED", RUNNING)}
+    _set_tags(client, parent.info.run_id, {**{f"jobs.{s.lower()}": str(n) for s, n in counts.items()},
+                                           "error": f"killed: the sweep's launcher (pid {launcher.get('pid')} on "
+                                                    f"{launcher.get('host')}) ended before the sweep did"})
+    with_retry(lambda: client.set_terminated(parent.info.run_id, "KILLED"), "end orphaned parent")
+    log.warning("sweep %s: its launcher is gone; parent run %s ended KILLED", parent.data.tags.get("sweep.id"),
+                parent.info.run_id)
+    return with_retry(lambda: client.get_run(parent.info.run_id), "get parent run")
+
+
 def find_parent_run(client, experiment_id: str, digest: str):
     runs = with_retry(lambda: client.search_runs(
         [experiment_id], filter_string=f"tags.`sweep.digest` = '{digest}' and tags.`{PARENT_TAG}` = 'true'",
@@ -40,7 +68,8 @@ def open_parent_run(uri: str, config: DictConfig, info: dict) -> str:
     client, experiment_id = connect(uri, info["experiment"], config.tracking.get("artifact_root"))
     tags = {"sweep.id": info["id"], "sweep.digest": info["digest"], "sweep.keys": ", ".join(info["swept_keys"]),
             "sweep.command": info["command"][:5000], "sweep.overrides": " ".join(info["overrides"])[:5000],
-            "sweep.dir": info["dir"], PARENT_TAG: "true", "mlflow.note.content": _note(info)}
+            "sweep.dir": info["dir"], PARENT_TAG: "true", "mlflow.note.content": _note(info),
+            LAUNCHER_TAG: json.dumps(info.get("launcher") or {})}
     found = find_parent_run(client, experiment_id, info["digest"])
     if found is not None:
         run_id = found.info.run_id
@@ -227,4 +256,4 @@ def find_sweep(client, sweep: str | None):
         raise SystemExit(f"error: no sweep {sweep!r} in the store" if sweep else
                          "error: no sweep in the store; run one (python -m extractive_qa.train -m ...) "
                          "or pass --experiment NAME")
-    return found[0]
+    return end_if_orphaned(client, found[0])

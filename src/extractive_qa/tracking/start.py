@@ -22,7 +22,13 @@ def start_tracking(cfg: DictConfig, run_dir: Path, is_main: bool, run_id: str | 
     name = str(cfg.tracking.get("run_name") or run_name_from_overrides(hydra_overrides(), sweep))
     trackers: list[Tracker] = [RunDirTracker(run_dir, name, resumed=run_id is not None or resumed)]
     backend = backend_for(cfg.tracking, cfg.paths.root)
-    run = backend.start_run(cfg, run_dir, name, run_id, resumed, sweep)
+    try:
+        run = backend.start_run(cfg, run_dir, name, run_id, resumed, sweep)
+    except BaseException:
+        if run_id is None and not resumed:  # a fresh run dir that said RUNNING: it failed (or was stopped), and says so
+            with trackers[0]:
+                raise
+        raise
     if type(run) is not Tracker:
         trackers.append(run)
         update_run_record(run_dir, tracking_store=backend.describe())

@@ -121,11 +121,41 @@ def connect(uri: str, experiment: str, artifact_root: str | None = None) -> tupl
         client = client_for(uri)
         return client, get_or_create_experiment(client, uri, experiment, artifact_root)
     except Exception as err:  # noqa: BLE001 - any failure to reach the store gets the same way out
+        damage = sqlite_damage(uri)
+        if damage:
+            path = uri[len("sqlite:///"):]
+            raise TrackingUnavailable(
+                f"the MLflow store {path} is damaged: {damage}. Fix: move it aside (mv {path} {path}.damaged) and run "
+                f"again to start a fresh store (then `python -m extractive_qa.sync RUN_DIR` sends a run folder to it), "
+                "or restore it from a backup, or train without it: tracking=none") from err
         raise TrackingUnavailable(
             f"cannot reach the MLflow tracking store at {uri} ({type(err).__name__}: {str(err)[:300]}). "
             "Fix: start it (e.g. `mlflow server --backend-store-uri sqlite:///mlflow.db`), point tracking.uri=... or "
             "MLFLOW_TRACKING_URI at a reachable store, or train without it: tracking=none (metrics stay in the run "
             "dir's metrics.jsonl; `python -m extractive_qa.sync RUN_DIR` sends them later)") from err
+
+
+def sqlite_damage(uri: str) -> str | None:
+    """What is wrong with a sqlite store's file (a truncated or overwritten ``mlflow.db``), ``None`` when it is not
+    a sqlite URI, is missing (a fresh store), or is sound. A damaged file is named as damaged, never as a
+    server to start."""
+    import sqlite3
+
+    if not uri.startswith("sqlite:///"):
+        return None
+    path = Path(uri[len("sqlite:///"):])
+    if not path.is_file() or path.stat().st_size == 0:
+        return None
+    db = None
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        result = db.execute("PRAGMA quick_check").fetchone()
+    except sqlite3.DatabaseError as err:
+        return f"sqlite cannot read it ({err})"
+    finally:
+        if db is not None:
+            db.close()
+    return None if result and result[0] == "ok" else f"sqlite's check says: {result[0] if result else 'nothing'}"
 
 
 @contextmanager
