@@ -135,6 +135,7 @@ def test_make_serve_answers_a_real_http_request(seed_sweep, tmp_path):
     answers a POST to MLflow's /invocations with one answer per record, each a span of its context."""
     import signal
     import time
+    import urllib.error
     import urllib.request
 
     from helpers.mlflow_server import free_port
@@ -161,6 +162,16 @@ def test_make_serve_answers_a_real_http_request(seed_sweep, tmp_path):
                                          headers={"Content-Type": "application/json"})
         answers = json.loads(urllib.request.urlopen(request, timeout=120).read())["predictions"]
         assert len(answers) == 2 and all(a and a in context for a, (_, context) in zip(answers, records, strict=True))
+        # A null or empty field is a 400 naming the record and the field (a null context was answered as "None").
+        cases = (([["誰？", None]], "record 0: the field 'context' is null"),
+                 ([["誰？", "王小明住在台北。"], ["", "李大偉在學校工作。"]], "record 1: the field 'question' is ''"))
+        for bad, said in cases:
+            body = json.dumps({"dataframe_split": {"columns": ["question", "context"], "data": bad}}).encode()
+            request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body,
+                                             headers={"Content-Type": "application/json"})
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(request, timeout=120)
+            assert refused.value.code == 400 and said in refused.value.read().decode(), said
     finally:
         os.killpg(proc.pid, signal.SIGKILL)  # make, mlflow and uvicorn's workers alike
         proc.wait()

@@ -372,3 +372,30 @@ def test_a_dead_run_is_ended_in_the_store_by_whichever_reader_can(tmp_path, monk
     assert second["status"] == KILLED and second["store_ended"] is True
     assert client.get_run(run_id).info.status == "KILLED"
     assert json.loads((run_dir / "run.json").read_text())["store_ended"] is True
+
+
+def test_a_best_model_lost_to_a_kill_is_explained_and_its_half_written_folder_cleaned(tmp_path):
+    """A run killed while its first best model was written: make predict blamed save_model=false although an
+    evaluation had run, and left .tmp_best_model behind. Now it says what happened, and the next reader of a
+    dead run cleans the unfinished folder (never while the run is alive: its own save may be mid-swap)."""
+    import pytest
+
+    from extractive_qa.predict import check_run_dir
+
+    run = tmp_path / "run"
+    (run / ".tmp_best_model").mkdir(parents=True)
+    (run / ".tmp_best_model" / "model.safetensors").write_bytes(b"\0" * 10)  # no manifest: unfinished
+    (run / "config_resolved.yaml").write_text("save_model: true\n")
+    (run / "metrics.jsonl").write_text(json.dumps({"step": 5, "time_ms": 0, "dev/em": 0.1}) + "\n")
+    alive = {"status": RUNNING, "process": this_process()}
+    (run / "run.json").write_text(json.dumps(alive))
+    with pytest.raises(FileNotFoundError):
+        check_run_dir(run)
+    assert (run / ".tmp_best_model").is_dir()  # a live run's save is left alone
+    (run / "run.json").write_text(json.dumps({**alive, "process": _dead_process()}))
+    with pytest.raises(FileNotFoundError) as err:
+        check_run_dir(run)
+    said = str(err.value)
+    assert "it evaluated, but no complete best_model/ survived: the run is KILLED" in said
+    assert "save_model=false" not in said and f"resume={run}" in said
+    assert not (run / ".tmp_best_model").exists()

@@ -56,18 +56,39 @@ def newest_run(output_dir: Path) -> Path:
                             + "; train one first (make train) or pass run_dir=/path/to/run")
 
 
+def why_no_model(run_dir: Path) -> str:
+    """What happened to a run without a ``best_model/``, from what it recorded (run.json, its config, its metrics)."""
+    from omegaconf import OmegaConf
+
+    from .core.runs import read_metrics, read_run_record
+
+    record = read_run_record(run_dir) or {}
+    status = record.get("status", "no run.json")
+    if not (run_dir / "config_resolved.yaml").is_file():
+        return "it has no config_resolved.yaml (not a run folder, or one cut short at its very start)"
+    cfg = OmegaConf.load(run_dir / "config_resolved.yaml")
+    evaluated = any(name == "dev/em" for name, *_ in read_metrics(run_dir))
+    if not cfg.get("save_model", True) and status == "FINISHED":
+        return "it finished with save_model=false, which deletes best_model/ once the test predictions are written"
+    if evaluated:
+        return (f"it evaluated, but no complete best_model/ survived: the run is {status}"
+                + (f" ({record['error'].splitlines()[0][:200]})" if record.get("error") else "")
+                + " -- stopped while its first best model was being written. Resume it (resume=" + str(run_dir) + ")")
+    return f"it is {status} and never reached its first evaluation (eval_steps / the end of an epoch)"
+
+
 def check_run_dir(run_dir: Path) -> Path:
     """``run_dir``, after checking it holds a trained model; says so when the weights in its ``best_model/`` are
     not the ones the run saved (changed, truncated, or unverifiable for a run from an older version)."""
-    from .engine.checkpointing import model_folder_problem
+    from .engine.checkpointing import model_folder_problem, recover_model_folder
 
     run_dir = Path(run_dir).expanduser().resolve()
+    recover_model_folder(run_dir / "best_model")  # an interrupted save: put back a complete copy, clean the rest
     problem = model_folder_problem(run_dir / "best_model") if (run_dir / "best_model").is_dir() else "missing"
     no_model = problem in ("missing", "no config.json (no model was saved there)")
     if no_model or not (run_dir / "config_resolved.yaml").is_file():
-        raise FileNotFoundError(f"{run_dir} holds no trained model (best_model/ and config_resolved.yaml): it was "
-                                "trained with save_model=false and predict_test=false, or stopped before its first "
-                                "evaluation. Fix: run_dir=<a run that kept its best_model/>")
+        raise FileNotFoundError(f"{run_dir} holds no trained model: {why_no_model(run_dir)}. Fix: "
+                                "run_dir=<a run that kept its best_model/>")
     if problem is not None:
         _warn(f"{run_dir}/best_model: {problem}" if problem.startswith("unverified") else
               f"the weights in {run_dir}/best_model are not the ones the run saved ({problem}); predicting with "

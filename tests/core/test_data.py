@@ -104,3 +104,14 @@ def test_squad_file_with_several_references(tmp_path):
     assert ex.answers == ["Google", "由 Google", "谷歌"]
     assert ex.answer_start == 8 and ex.answer_text == "Google"
     assert es.repairs[RepairKind.NOT_IN_CONTEXT] == 1
+
+
+def test_a_key_twice_in_one_record_is_refused_naming_the_record(tmp_path):
+    from extractive_qa.core.data import DataFormatError
+
+    path = tmp_path / "dup.json"
+    path.write_text('{"paragraphs": ["台北是城市。"], "questions": [{"id": 7, "paragraph_id": 0, '
+                    '"question_text": "哪裡？", "answer_text": "台北", "answer_text": "高雄", "answer_start": 0, '
+                    '"answer_end": 1}]}', encoding="utf-8")
+    with pytest.raises(DataFormatError, match=r"dup.json, record 7: the key 'answer_text' appears twice in one object"):
+        read_examples(path)

@@ -98,3 +98,14 @@ def test_warmup_ratio_zero_is_a_setting_and_one_is_refused():
     check_train_config(_compose("warmup_ratio=0"))
     with pytest.raises(ConfigError, match=r"warmup_ratio=1: input should be less than 1"):
         check_train_config(_compose("warmup_ratio=1"))
+
+
+@pytest.mark.parametrize("override", ["lr=inf", "lr=nan", "warmup_ratio=nan", "max_grad_norm=inf",
+                                      "optimizer.weight_decay=inf", "optimizer.betas=[0.9,inf]",
+                                      "data.archive_limits.max_ratio=inf"])
+def test_a_number_that_is_not_finite_is_refused_before_anything_runs(override):
+    """lr=inf passed the check and died at step 2 (issue 29): non-finite numbers are refused by name."""
+    key = override.split("=")[0]
+    with pytest.raises(ConfigError, match=r"input should be a finite number") as err:
+        check_train_config(_compose(override if "archive" not in override else f"+{override}"))
+    assert f"error: {key}" in str(err.value)  # the key is named, with the fix

@@ -262,6 +262,24 @@ def _reject_constant(name: str):
     raise ValueError(name)
 
 
+class _DuplicateKey(ValueError):
+    def __init__(self, key: str, record):
+        super().__init__(key)
+        self.key, self.record = key, record
+
+
+def _refuse_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict:
+    """An object with a key twice (``{"answer_text": "台北", "answer_text": "高雄"}``): JSON readers silently keep the
+    last, so which one a file means is a guess -- refused, naming the record (its ``id``) and the key."""
+    out: dict = {}
+    for key, value in pairs:
+        if key in out:
+            record = dict(pairs).get("id")
+            raise _DuplicateKey(key, record)
+        out[key] = value
+    return out
+
+
 def _load_json(path: Path) -> Any:
     """Parse a data file: UTF-8 (a BOM is fine), gzip read transparently; NaN / Infinity literals,
     other compressions and other encodings are errors that say what to do."""
@@ -278,7 +296,11 @@ def _load_json(path: Path) -> Any:
         raise DataFormatError(path, None, f"not UTF-8 text ({err.reason} at byte {err.start})",
                               "save the file as UTF-8") from err
     try:
-        return json.loads(text, parse_constant=_reject_constant)
+        return json.loads(text, parse_constant=_reject_constant, object_pairs_hook=_refuse_duplicate_keys)
+    except _DuplicateKey as err:
+        raise DataFormatError(path, None if err.record is None else str(err.record),
+                              f"the key {err.key!r} appears twice in one object (JSON readers silently keep the last)",
+                              "keep one of them") from None
     except json.JSONDecodeError as err:
         raise DataFormatError(path, None, f"invalid JSON at line {err.lineno}, column {err.colno}: {err.msg}",
                               "repair the JSON (e.g. `python -m json.tool FILE` shows where)") from err

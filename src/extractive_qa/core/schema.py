@@ -28,7 +28,7 @@ from .windowing import TRAIN_STRATEGIES, WindowConfig
 ATTENTION_KERNELS = ("auto", "sdpa", "eager")
 MIXED_PRECISIONS = ("auto", "bf16", "fp16", "no", "fp32")
 
-_OPEN = ConfigDict(extra="allow")
+_OPEN = ConfigDict(extra="allow", allow_inf_nan=False)  # lr=inf passed and died at step 2
 
 
 def _fix(text: str) -> Any:

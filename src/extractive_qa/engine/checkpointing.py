@@ -150,7 +150,14 @@ def _set_aside(folder: Path, previous: Path) -> None:
 
 def recover_model_folder(folder: Path) -> None:
     """Finish a :func:`save_model_folder` a kill interrupted between its two renames: the newest complete
-    folder (the new one, else the previous) becomes ``folder`` again; an unfinished one is removed."""
+    folder (the new one, else the previous) becomes ``folder`` again; whatever is left over -- a complete copy
+    no longer needed, or an unfinished one (``.tmp_best_model`` half written when the kill came) -- is removed.
+    Never while the run is alive (its own save may be in the middle of those renames)."""
+    from ..core.runs import RUNNING, read_run_record
+
+    record = read_run_record(folder.parent) or {}
+    if record.get("status") == RUNNING:  # read_run_record says KILLED when its process is gone
+        return
     tmp, previous = folder.with_name(f".tmp_{folder.name}"), folder.with_name(f".previous_{folder.name}")
     if not folder.exists():
         for candidate in (tmp, previous):
@@ -159,8 +166,9 @@ def recover_model_folder(folder: Path) -> None:
                 log.warning("restored %s from %s (a save was interrupted)", folder, candidate.name)
                 break
     for leftover in (tmp, previous):
-        if leftover.exists() and folder.exists():
+        if leftover.exists():
             shutil.rmtree(leftover, ignore_errors=True)
+            log.info("removed %s, left by an interrupted save", leftover)
 
 
 def model_folder_problem(folder: Path) -> str | None:

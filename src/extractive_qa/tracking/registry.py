@@ -23,6 +23,22 @@ log = logging.getLogger(__name__)
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
 
 
+def check_records(rows: list[dict]) -> None:
+    """Every record has a non-empty string ``question`` and ``context``; else one error naming the record and the
+    field, which MLflow's scoring server answers with HTTP 400 (a ``null`` context used to be answered as if it
+    were the text "None")."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+    for i, row in enumerate(rows):
+        for field in ("question", "context"):
+            value = row.get(field)
+            if not isinstance(value, str) or not value.strip():
+                shown = "missing" if field not in row else "null" if value is None or value != value else repr(value)
+                raise MlflowException(f"record {i}: the field {field!r} is {shown}; every record needs a non-empty "
+                                      f"{field} (text)", error_code=INVALID_PARAMETER_VALUE)
+
+
 class ExtractiveQAModel(mlflow.pyfunc.PythonModel):
     """pyfunc wrapper: questions and contexts in, answers (context spans) out."""
 
@@ -41,6 +57,7 @@ class ExtractiveQAModel(mlflow.pyfunc.PythonModel):
         from ..engine.ensemble import predict_members
 
         rows = model_input.to_dict("records") if hasattr(model_input, "to_dict") else list(model_input)
+        check_records(rows)
         examples = [Example(id=str(row.get("id", i)), question=str(row["question"]), context=str(row["context"]),
                             context_key=f"c{i}") for i, row in enumerate(rows)]
         _, predictions, _ = predict_members([self.member], examples, "auto", "auto", self.accelerator, "pyfunc")
