@@ -176,3 +176,21 @@ def test_make_serve_answers_a_real_http_request(seed_sweep, tmp_path):
         os.killpg(proc.pid, signal.SIGKILL)  # make, mlflow and uvicorn's workers alike
         proc.wait()
         log.close()
+
+
+def test_a_sweep_that_registers_every_job_marks_its_best(seed_sweep):
+    """Registering inside a sweep registered v1-v3 with nothing marking the best: each version now carries its dev
+    scores, and the sweep's best job by optimize_metric gets the aliases `best` and `sweep-<id>-best`."""
+    from mlflow.tracking import MlflowClient
+
+    uri = seed_sweep["uri"]
+    client = MlflowClient(uri, registry_uri=uri)
+    versions = client.search_model_versions("name='seeds-qa'")
+    assert len(versions) == 3 and all("dev_em" in v.tags for v in versions)
+    best = max(versions, key=lambda v: (float(v.tags["dev_em"]), float(v.tags["dev_f1"])))
+    assert client.get_model_version_by_alias("seeds-qa", "best").version == best.version
+    parent = next(r for r in client.search_runs([best.run_id and client.get_run(best.run_id).info.experiment_id])
+                  if r.data.tags.get("sweep.parent") == "true")
+    sweep_id = parent.data.tags["sweep.id"]
+    assert client.get_model_version_by_alias("seeds-qa", f"sweep-{sweep_id}-best").version == best.version
+    assert parent.data.tags["sweep.best_model"] == f"seeds-qa@{best.version}"

@@ -48,3 +48,24 @@ def test_bad_files_are_named(tmp_path, references):
     good = write_json(tmp_path / "preds.json", {"q1": "台北"})
     res = run_module("extractive_qa.evaluate", str(good), str(test_file), check=False)
     assert res.returncode == 2 and "no question has a reference answer" in res.stderr
+
+
+def test_a_limited_run_is_scored_on_the_questions_it_predicted(shared_run):
+    """`make evaluate` on a run of a preset that limits the dev set (offline_smoke, the README's example): it
+    printed EM 0.0032 where the run logged 0.0200, 1,593 "missing" ids, exit 1. Now it scores the 48 questions
+    the run scored, agrees with the run, and says how many of the file's that is; --all keeps the old reading."""
+    import json as json_module
+
+    from helpers import HW7_DIR, run_module
+
+    res = run_module("extractive_qa.evaluate", str(shared_run / "dev_predictions.jsonl"),
+                     str(HW7_DIR / "hw7_dev.json"))
+    report = json_module.loads(res.stdout)
+    logged = json_module.loads((shared_run / "metrics.json").read_text())
+    assert report["questions"] == 48 and report["missing"] == 0 and report["questions_in_file"] == 1893
+    assert report["scope"].startswith("the 48 of the file's 1893 questions the run scored")
+    for key in ("em", "f1", "em_cmrc2018", "f1_cmrc2018"):
+        assert report[key] == logged[f"best_dev_{key}"], key
+    whole = run_module("extractive_qa.evaluate", str(shared_run / "dev_predictions.jsonl"),
+                       str(HW7_DIR / "hw7_dev.json"), "--all", check=False)
+    assert whole.returncode == 1 and json_module.loads(whole.stdout)["missing"] == 1893 - 48

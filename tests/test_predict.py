@@ -146,3 +146,27 @@ def test_predict_says_when_the_weights_are_not_the_ones_the_run_saved(shared_run
     picked = run_module("extractive_qa.predict", f"paths.output_dir={tmp_path}", f"output={tmp_path}/d.csv",
                         f"test_file={small}")
     assert f"skipped {newer}: its best_model/ is incomplete (model.safetensors has 0 bytes" in picked.stderr
+
+
+def test_plain_make_predict_after_a_sweep_takes_the_sweeps_best_and_says_so(tmp_path, capsys):
+    """The newest job of a sweep is as often its worst (the probe: dev EM 0.0, named only in a progress bar).
+    Plain `make predict` takes the newest sweep's best finished run by optimize_metric and says so first."""
+    from extractive_qa.engine.checkpointing import write_manifest
+    from extractive_qa.predict import default_run
+
+    sweep = tmp_path / "sweeps" / "s"
+    for job, (em, f1) in enumerate([(0.40, 0.50), (0.55, 0.60), (0.0, 0.1)]):  # job 2, the newest, is the worst
+        run = sweep / str(job)
+        (run / "best_model").mkdir(parents=True)
+        (run / "best_model" / "config.json").write_text("{}")
+        write_manifest(run / "best_model")
+        (run / "config_resolved.yaml").write_text("data: {}\n")
+        (run / "run.json").write_text(json.dumps({"status": "FINISHED", "run_name": f"lr={job} · abcdef",
+                                                  "sweep": {"dir": str(sweep), "id": "abcdef", "job": job},
+                                                  "optimize_metric": "em", "best": {"em": em, "f1": f1}}))
+        os.utime(run / "best_model", (1000 + job, 1000 + job))
+    assert default_run(tmp_path) == sweep / "1"
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first.startswith(f"predicting with lr=1 · abcdef ({sweep / '1'}): the best of sweep abcdef (3 finished runs)"
+                            " by dev EM 0.5500")
+    assert default_run(tmp_path, "f1") == sweep / "1"

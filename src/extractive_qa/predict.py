@@ -137,8 +137,43 @@ def member_sources(cfg: DictConfig) -> list[tuple[str, Path]]:
     if cfg.run_dirs:
         dirs = [Path(str(d)) for d in cfg.run_dirs]
     else:
-        dirs = [Path(str(cfg.run_dir)) if cfg.run_dir else newest_run(Path(cfg.paths.output_dir))]
+        dirs = [Path(str(cfg.run_dir)) if cfg.run_dir else default_run(Path(cfg.paths.output_dir),
+                                                                        cfg.get("optimize_metric"))]
     return [(run_name(d), check_run_dir(d)) for d in dirs]
+
+
+def default_run(output_dir: Path, metric: str | None = None) -> Path:
+    """What plain ``make predict`` predicts with: the newest run -- and when it belongs to a sweep, that sweep's
+    best finished run by ``optimize_metric`` (the newest job of a sweep is as often its worst). Its first line
+    says which run it took and why, with its dev score."""
+    from .core.metrics import METRIC_LABELS, selection_key
+    from .core.runs import read_run_record
+    from .engine.checkpointing import model_folder_problem
+
+    newest = newest_run(output_dir)
+    record = read_run_record(newest) or {}
+    sweep = record.get("sweep") or {}
+    metric = metric or str(record.get("optimize_metric") or "em")
+    candidates = []
+    if sweep.get("dir"):
+        for path in Path(sweep["dir"]).glob("*/run.json"):
+            other = read_run_record(path.parent) or {}
+            if other.get("status") != "FINISHED" or not other.get("best") or not (path.parent / "best_model").is_dir():
+                continue
+            problem = model_folder_problem(path.parent / "best_model")
+            if problem is None or problem.startswith("unverified"):
+                candidates.append((selection_key(other["best"], metric), path.parent, other))
+    if candidates:
+        _, chosen, best = max(candidates, key=lambda c: (c[0], str(c[1])))
+        why = (f"the best of sweep {sweep.get('id')} ({len(candidates)} finished runs) by dev "
+               f"{METRIC_LABELS.get(metric, metric)} {best['best'].get(metric, float('nan')):.4f}")
+    else:
+        chosen, best = newest, record
+        score = (best.get("best") or {}).get(metric)
+        why = "the newest run" + (f", dev {METRIC_LABELS.get(metric, metric)} {score:.4f}" if score is not None else "")
+    print(f"predicting with {run_name(chosen)} ({chosen}): {why}; run_dir=... or top_k=... for another",
+          flush=True)
+    return chosen
 
 
 def run_name(run_dir: Path) -> str:

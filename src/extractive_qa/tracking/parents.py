@@ -146,6 +146,14 @@ def close_parent_run(info: dict, counts: dict[str, int]) -> None:
     jobs = [row_of(r) for r in children_of(client, parent)]
     metric = info.get("optimize_metric") or "em"
     _log_at_step_0(client, run_id, parent_metrics(jobs, metric))
+    finished = [j for j in jobs if j.status == "FINISHED" and j.metrics]
+    if finished:
+        from .registry import mark_best_version
+        from .summary import rank
+
+        marked = mark_best_version(client, rank(finished, metric)[0].run_id, info["id"])
+        if marked:
+            _set_tags(client, run_id, {"sweep.best_model": ", ".join(marked)})
     configuration_runs(client, parent, jobs, info)
     colour_by_configuration(client, parent, jobs)
     from .mlflow_view import publish_view

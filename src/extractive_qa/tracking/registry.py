@@ -81,8 +81,26 @@ def log_qa_model(uri: str, run_id: str, run_dir: Path, example: dict, register: 
                                     "config": str(run_dir / "config_resolved.yaml")},
                          input_example=pd.DataFrame([example]), registered_model_name=register)
     version = str(info.registered_model_version) if register and info.registered_model_version else None
+    if version:  # each version says what it scored, so the registry's list can be read without the runs
+        client = mlflow.MlflowClient(uri)
+        metrics = client.get_run(run_id).data.metrics
+        for key in ("best/dev_em", "best/dev_f1"):
+            if key in metrics:
+                client.set_model_version_tag(register, version, key.replace("best/", ""), f"{metrics[key]:.4f}")
     log.info("logged model %s%s", info.model_id, f", registered as {register} version {version}" if version else "")
     return info.model_id, version
+
+
+def mark_best_version(client, run_id: str, sweep_id: str) -> list[str]:
+    """The registered versions of ``run_id`` (a sweep's best job) get the aliases ``best`` and
+    ``sweep-<id>-best``: registering inside a sweep registers every job, and these say which one to use
+    (``models:/NAME@best``). Returns ``NAME@version`` of each version marked."""
+    marked = []
+    for version in client.search_model_versions(f"run_id='{run_id}'"):
+        for alias in ("best", f"sweep-{sweep_id}-best"):
+            client.set_registered_model_alias(version.name, alias, version.version)
+        marked.append(f"{version.name}@{version.version}")
+    return marked
 
 
 def open_downloaded_model(folder: Path) -> Path:
