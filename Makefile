@@ -59,7 +59,7 @@ gpu-check: install
 # Lint first (ruff, line length 120), then the tests on every core (pytest-xdist; a test file stays on one
 # worker; shared fixtures are built once).
 test: install lint
-	$(PY) -m pytest -q -n auto --dist loadfile $(ARGS)
+	$(PY) -m pytest -q -n auto --dist loadfile --durations=15 $(ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check src tests

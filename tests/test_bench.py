@@ -44,6 +44,10 @@ def test_bench_prints_json_lines_with_like_for_like_ratios(tmp_path):
         "bf16 GEMM" if hardware["precision"] == "bf16" else "fp32 GEMM")
 
 
+def _lists(rows) -> list:
+    return [list(map(int, r)) for r in rows]
+
+
 def test_model_flops_match_torch_flop_counter():
     """The MFU numerator, T * (2N + 4*L*d*T) per window, against torch's own FLOP counter on bert-base's shape
     (random weights): within 1% (the formula also counts LayerNorm and bias parameters as matmul weights)."""
@@ -77,7 +81,8 @@ def test_feature_cache_tokenizes_once(tmp_path, char_tokenizer, monkeypatch):
 
     monkeypatch.setattr("extractive_qa.core.features.encode_examples", fail)
     second = encode_cached(examples, char_tokenizer, window, tmp_path / "cache")
-    assert second.context_ids == first.context_ids and second.question_ids == first.question_ids
+    assert _lists(second.context_ids) == _lists(first.context_ids)
+    assert _lists(second.question_ids) == _lists(first.question_ids)
     assert second.examples[0] is examples.examples[0]
     # Another question length is another key (and would tokenize again).
     with pytest.raises(AssertionError, match="tokenized again"):

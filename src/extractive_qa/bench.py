@@ -38,7 +38,7 @@ from .benchmarks.common import emit, in_fresh_process, set_threads
 from .benchmarks.comparison import comparison_speed
 from .benchmarks.evaluation import eval_naive, eval_ours
 from .benchmarks.gemm import gemm_peak
-from .benchmarks.memory import prediction_memory
+from .benchmarks.memory import prediction_memory, train_file_memory
 from .benchmarks.profiling import profile_bench
 from .benchmarks.quality import bf16_agreement
 from .benchmarks.summary import summarize
@@ -84,6 +84,8 @@ def main(cfg: DictConfig) -> None:
         out["profile"] = emit(in_fresh_process(profile_bench, plain))
     if "memory" in parts:
         out["memory"] = emit(in_fresh_process(prediction_memory, plain))
+        out["train_memory"] = emit(in_fresh_process(train_file_memory, plain))
+        out["train_memory_limited"] = emit(in_fresh_process(train_file_memory, plain, 40))
     if "compare" in parts:
         out["compare"] = emit(in_fresh_process(comparison_speed, plain))
     emit(summarize(cfg, out))

@@ -58,3 +58,62 @@ def prediction_memory(cfg: dict) -> dict:
         return {"bench": "prediction_memory", "questions": n, "windows": len(windows),
                 "seconds": time.perf_counter() - start, "rss_before_mb": before, "peak_rss_mb": peak,
                 "kb_per_window": (peak - before) * 1024 / max(len(windows), 1), "predictions": len(predictions)}
+
+
+def write_large_train_file(folder: Path, megabytes: int, source: Path | None) -> Path:
+    """An hw7 training file of about ``megabytes``: ``source`` (../shared's hw7_train.json, else a synthetic
+    set) repeated with fresh ids and paragraph indexes, so questions per paragraph and text are real."""
+    from ..core.synthetic import make_split
+
+    base = json.loads(source.read_text(encoding="utf-8")) if source and source.is_file() else make_split(3000, 1, True)
+    size = len(json.dumps(base, ensure_ascii=False).encode())
+    copies = max(1, round(megabytes * 2**20 / size))
+    out = {"paragraphs": [], "questions": []}
+    for c in range(copies):
+        offset = len(out["paragraphs"])
+        out["paragraphs"].extend(base["paragraphs"])
+        out["questions"].extend({**q, "id": f"{c}-{q['id']}", "paragraph_id": q["paragraph_id"] + offset}
+                                for q in base["questions"])
+    path = folder / "hw7_train.json"
+    path.write_text(json.dumps(out, ensure_ascii=False), encoding="utf-8")
+    return path
+
+
+def train_file_memory(cfg: dict, limit: int | None = None) -> dict:
+    """Peak RSS of what training does with its training file before the first step -- read it, tokenize it,
+    cut its training windows -- for a ``bench.memory_train_mb`` file (~363,000 questions at 200 MB), or with
+    ``data.limit_train`` = ``limit``. ``data_growth_x``: the peak above the process before reading, over the
+    file's size."""
+    from ..core.datafiles import load_split
+    from ..core.features import window_config
+    from ..core.windowing import encode_examples
+    from ..engine.batching import TrainWindowDataset
+    from ..engine.modeling import load_tokenizer
+
+    set_threads(cfg)
+    c = OmegaConf.create(cfg)
+    with tempfile.TemporaryDirectory() as tmp:
+        source = Path(str(c.data.dir)) / "hw7_train.json"
+        path = write_large_train_file(Path(tmp), int(c.bench.memory_train_mb), source)
+        tokenizer = load_tokenizer(c.model)
+        window = window_config(c.bench.windows.default)
+        data_cfg = OmegaConf.merge(c.data, {"train_file": str(path), "limit_train": limit})
+        before = _hwm_mb()
+        start = time.perf_counter()
+        examples = load_split(data_cfg, "train")
+        read_peak = _hwm_mb()
+        windows = len(TrainWindowDataset(encode_examples(examples.examples, tokenizer, window), window, 0))
+        peak = _hwm_mb()
+        file_mb = path.stat().st_size / 2**20
+        return {"bench": "train_file_memory", "file_mb": round(file_mb, 1), "questions": len(examples),
+                "limit_train": limit, "windows": windows, "seconds": round(time.perf_counter() - start, 1),
+                "rss_before_mb": round(before, 1), "peak_after_reading_mb": round(read_peak, 1),
+                "peak_rss_mb": round(peak, 1), "data_growth_x": round((peak - before) / file_mb, 2)}
+
+
+def _hwm_mb() -> float:
+    """This process's peak RSS (VmHWM: unlike ru_maxrss, not inherited from a forking parent)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM"):
+            return int(line.split()[1]) / 1024
+    return peak_rss_mb()

@@ -47,6 +47,9 @@ def summarize(cfg: DictConfig, out: dict) -> dict:
         summary["bf16_same_prediction"] = out["bf16"].get("same_prediction")
     if _ok(out, "memory"):
         summary["prediction_peak_rss_mb"] = out["memory"].get("peak_rss_mb")
+    if _ok(out, "train_memory"):
+        summary["train_file_peak_rss_mb"] = out["train_memory"].get("peak_rss_mb")
+        summary["train_file_data_growth_x"] = out["train_memory"].get("data_growth_x")
     if _ok(out, "compare"):
         summary["comparison_seconds"] = out["compare"].get("seconds")
     return summary

@@ -166,12 +166,14 @@ def _check_text(example: Example, repairs: Counter) -> None:
 
 
 def _read_hw7(raw: dict, path: Path, repairs: Counter) -> list[Example]:
+    """``raw["questions"]`` may be any iterable (a stream): each question becomes an Example as it comes;
+    ``raw["paragraphs"]`` holds ``None`` for paragraphs a limited read did not keep."""
     questions, paragraphs = raw["questions"], raw["paragraphs"]
-    if not isinstance(questions, list) or not isinstance(paragraphs, list):
+    if not isinstance(questions, list | Iterator) or not isinstance(paragraphs, list):
         raise DataFormatError(path, None, "'questions' and 'paragraphs' must be lists",
                               "rewrite the file in the hw7 format")
     for i, p in enumerate(paragraphs):
-        if not isinstance(p, str):
+        if not isinstance(p, str) and p is not None:
             raise DataFormatError(path, f"paragraphs[{i}]", "paragraph is not a string",
                                   "make every paragraph a string")
     fix = "each question needs id, paragraph_id and question_text (answer_* may be null in test files)"
@@ -180,7 +182,8 @@ def _read_hw7(raw: dict, path: Path, repairs: Counter) -> list[Example]:
         rid = f"#{i}" + (f" (id={q.get('id')!r})" if isinstance(q, dict) and "id" in q else "")
         _require(q, ("id", "paragraph_id", "question_text"), path, rid, fix)
         pid = q["paragraph_id"]
-        if not isinstance(pid, int) or isinstance(pid, bool) or not 0 <= pid < len(paragraphs):
+        if not isinstance(pid, int) or isinstance(pid, bool) or not 0 <= pid < len(paragraphs) \
+                or paragraphs[pid] is None:
             raise DataFormatError(
                 path, rid, f"paragraph_id {pid!r} is not an index into the {len(paragraphs)} paragraphs",
                 "point paragraph_id at an existing paragraph (0-based)",
@@ -310,7 +313,67 @@ def _load_json(path: Path) -> Any:
                               "write null or a number there; JSON has no NaN or Infinity") from err
 
 
-def read_examples(path: str | Path, require_questions: bool = True, unanswerable: str = "error") -> ExampleSet:
+STREAM_ABOVE = 32 * 2**20  # an hw7 file larger than this is read streaming (a limited read always is)
+
+
+class _NoDuplicates(dict):
+    """A JSON object that refuses a key twice (see :func:`_refuse_duplicate_keys`), for the streaming reader."""
+
+    def __setitem__(self, key, value):
+        if key in self:
+            raise _DuplicateKey(key, self.get("id"))
+        super().__setitem__(key, value)
+
+
+def _open_json(path: Path):
+    """The file as bytes, gzip undone, a UTF-8 BOM skipped."""
+    with open(path, "rb") as probe:
+        head = probe.read(3)
+    f = gzip.open(path, "rb") if head[:2] == b"\x1f\x8b" else open(path, "rb")
+    if f.read(3) != b"\xef\xbb\xbf":
+        f.seek(0)
+    return f
+
+
+def _looks_hw7(path: Path) -> bool:
+    import ijson
+
+    try:
+        with _open_json(path) as f:
+            for prefix, event, value in ijson.parse(f):
+                if prefix == "" and event == "map_key":
+                    return value in ("questions", "paragraphs")
+                if event not in ("start_map",):
+                    return False
+    except Exception:  # noqa: BLE001 - not readable as a stream: the full reader says what is wrong
+        return False
+    return False
+
+
+def _stream_hw7(path: Path, limit: int | None) -> dict:
+    """An hw7 file read as a stream (ijson), holding only what is kept: with ``limit``, the first questions and the
+    paragraphs they use (the file's other questions are never built); without, every paragraph, then the
+    questions one at a time (each becomes an Example before the next is read)."""
+    import ijson
+
+    def items(prefix: str):
+        with _open_json(path) as f:
+            yield from ijson.items(f, prefix, map_type=_NoDuplicates, use_float=True)
+
+    if limit is not None:
+        questions = []
+        for q in items("questions.item"):
+            questions.append(q)
+            if len(questions) >= limit:
+                break
+        needed = {q.get("paragraph_id") for q in questions if isinstance(q, dict)}
+        paragraphs = [p if i in needed else None for i, p in enumerate(items("paragraphs.item"))]
+        return {"questions": questions, "paragraphs": paragraphs}
+    return {"questions": items("questions.item"), "paragraphs": list(items("paragraphs.item"))}
+
+
+def read_examples(path: str | Path, require_questions: bool = True, unanswerable: str = "error",
+                  limit: int | None = None) -> ExampleSet:
     """Read an hw7 or SQuAD-format file (detected from its top-level keys) into an :class:`ExampleSet`.
 
     SQuAD v2 unanswerable questions (``is_impossible``) are counted; ``unanswerable="error"`` refuses
@@ -319,8 +382,21 @@ def read_examples(path: str | Path, require_questions: bool = True, unanswerable
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such data file")
-    raw: Any = _load_json(path)
     repairs: Counter = Counter()
+    if (limit is not None or path.stat().st_size > STREAM_ABOVE) and _looks_hw7(path):
+        try:
+            examples = _read_hw7(_stream_hw7(path, limit), path, repairs)
+        except _DuplicateKey as err:
+            raise DataFormatError(path, None if err.record is None else str(err.record),
+                                  f"the key {err.key!r} appears twice in one object (JSON readers silently keep the "
+                                  "last)", "keep one of them") from None
+        except DataFormatError:
+            raise
+        except Exception:  # noqa: BLE001 - a stream that fails to parse: the full reader names the line and the fix
+            _load_json(path)
+            raise
+        return _example_set(path, "hw7", examples, repairs, require_questions)
+    raw: Any = _load_json(path)
     if isinstance(raw, dict) and "questions" in raw and "paragraphs" in raw:
         fmt, examples = "hw7", _read_hw7(raw, path, repairs)
     elif isinstance(raw, dict) and "data" in raw:
@@ -329,6 +405,13 @@ def read_examples(path: str | Path, require_questions: bool = True, unanswerable
         shape = sorted(raw)[:5] if isinstance(raw, dict) else type(raw).__name__
         raise DataFormatError(path, None, f"unknown top-level shape {shape}",
                               "use the hw7 format {questions, paragraphs} or the SQuAD format {data: [...]}")
+    if limit is not None:
+        examples = examples[:limit]
+    return _example_set(path, fmt, examples, repairs, require_questions)
+
+
+def _example_set(path: Path, fmt: str, examples: list[Example], repairs: Counter,
+                 require_questions: bool) -> ExampleSet:
     if require_questions and not examples:
         dropped = repairs[RepairKind.UNANSWERABLE]
         dropped = f" ({dropped} unanswerable ones were dropped)" if dropped else ""

@@ -121,9 +121,7 @@ def resolve_data_file(data_cfg: DictConfig, split: str) -> Path:
 
 def load_split(data_cfg: DictConfig, split: str) -> ExampleSet:
     """Read ``split`` (the first ``data.limit_<split>`` questions when that is set)."""
-    examples = read_examples(resolve_data_file(data_cfg, split),
-                             unanswerable=str(data_cfg.get("unanswerable") or "error"))
     limit = data_cfg.get(f"limit_{split}")
-    if limit:
-        examples.examples = examples.examples[: int(limit)]
-    return examples
+    # A limit is read as such: only those questions (and their paragraphs) are built, not the whole file.
+    return read_examples(resolve_data_file(data_cfg, split), unanswerable=str(data_cfg.get("unanswerable") or "error"),
+                         limit=int(limit) if limit else None)

@@ -83,11 +83,11 @@ def _read(path: Path, key: str, examples: ExampleSet) -> EncodedExamples:
     t = meta["template"]
     template = PairTemplate(tuple(t["prefix"]), tuple(t["middle"]), tuple(t["suffix"]), int(t["pad_id"]),
                             tuple(t["type_ids"]) if t["type_ids"] is not None else None)
-    question_ids = [r.tolist() for r in _unragged(arrays["question_ids"], arrays["question_starts"])]
+    question_ids = [r.astype(np.int32) for r in _unragged(arrays["question_ids"], arrays["question_starts"])]
     if len(question_ids) != len(examples) or len(arrays["context_index"]) != len(examples):
         raise ValueError(f"{len(question_ids)} questions where the data has {len(examples)}")
-    context_ids = [r.tolist() for r in _unragged(arrays["context_ids"], arrays["context_starts"])]
-    offsets = _unragged(arrays["context_offsets"], arrays["context_starts"])
+    context_ids = [r.astype(np.int32) for r in _unragged(arrays["context_ids"], arrays["context_starts"])]
+    offsets = [o.astype(np.int32) for o in _unragged(arrays["context_offsets"], arrays["context_starts"])]
     return EncodedExamples(examples=list(examples.examples), question_ids=question_ids,
                            context_index=arrays["context_index"].tolist(), context_ids=context_ids,
                            context_offsets=offsets, template=template, stats=Counter(meta["stats"]))
