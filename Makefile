@@ -7,11 +7,11 @@ PY := $(VENV)/bin/python
 # elsewhere: make install TORCH_INDEX=https://download.pytorch.org/whl/cpu
 TORCH ?= torch==2.13.0
 TORCH_INDEX ?=
-EXTRAS ?= dev,optuna,joblib,submitit
+EXTRAS ?= dev,optuna,joblib,submitit,team
 ARGS ?=
 STAMP := $(VENV)/.installed
 
-.PHONY: install train predict report evaluate ui serve bench gpu-check test lint clean
+.PHONY: install train predict report evaluate ui serve server postgres bench gpu-check test lint clean
 
 install: $(STAMP)
 
@@ -48,6 +48,18 @@ serve: install
 	PATH="$(abspath $(VENV))/bin:$$PATH" MLFLOW_TRACKING_URI="$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db}" \
 	  $(VENV)/bin/mlflow models serve -m "$(MODEL)" --env-manager local --host 127.0.0.1 --port $${PORT:-5001}
 
+# A team's tracking server: MLflow + PostgreSQL + basic-auth logins, on 127.0.0.1:5000 (README "Teams and clusters").
+# Needs MLFLOW_AUTH_ADMIN_PASSWORD (12+ characters) and EQA_POSTGRES_PASSWORD in the environment.
+server: install postgres
+	$(PY) -m extractive_qa.server $(ARGS)
+
+# PostgreSQL's server binaries (Debian's package) for `make server` and the tests: installed when missing.
+postgres:
+	@command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql >/dev/null; \
+	  else echo "PostgreSQL's server is missing: sudo apt-get install postgresql (or your system's package)" >&2; exit 2; fi; }
+
 bench: install
 	$(PY) -m extractive_qa.bench $(ARGS)
 
@@ -58,7 +70,7 @@ gpu-check: install
 
 # Lint first (ruff, line length 120), then the tests on every core (pytest-xdist; a test file stays on one
 # worker; shared fixtures are built once).
-test: install lint
+test: install postgres lint
 	$(PY) -m pytest -q -n auto --dist loadfile --durations=15 $(ARGS)
 
 lint: install

@@ -113,3 +113,18 @@ def tracking_server(tmp_path_factory) -> dict:
     settings = mlflow_server.start(tmp_path_factory.mktemp("tracking_server"))
     yield settings
     mlflow_server.stop(settings)
+
+
+@pytest.fixture(scope="module")
+def team_server():
+    """PostgreSQL + `mlflow server --app-name basic-auth` on 127.0.0.1, as `make server` runs them (the tests
+    of a module share one; tests/helpers/team.py)."""
+    from extractive_qa.tracking import postgres
+
+    if not postgres.available():
+        pytest.fail(f"no PostgreSQL server binaries here: {postgres.INSTALL_HINT} (.ci/run does)")
+    from helpers import team
+
+    server = team.start()
+    yield server
+    team.stop(server)

@@ -70,7 +70,8 @@ def report_sweep(backend: TrackingBackend, sweep: str | None, out_dir: Path | No
     keys = record.keys or differing_params(rows)
     for row in rows:
         row.values = row.values or {k: row.params.get(k, "") for k in keys}
-    counts = ", ".join(f"{sum(r.status == s for r in rows)} {s}" for s in ("FINISHED", "FAILED", "KILLED", "RUNNING")
+    states = ("FINISHED", "PRUNED", "FAILED", "KILLED", "RUNNING")  # pruned trials counted apart
+    counts = ", ".join(f"{sum(r.status == s for r in rows)} {s}" for s in states
                        if any(r.status == s for r in rows))
     lines = [f"command: {record.command}", f"{len(rows)} runs ({counts}); swept: {', '.join(keys) or 'nothing'}"]
     comparison = comparison_of(backend, configurations_of(rows), optimize_metric_of(rows))

@@ -33,7 +33,7 @@ from .core.features import encode_cached, window_config
 from .core.metrics import METRIC_LABELS, METRICS, check_metric
 from .core.outputs import nbest_json, write_json, write_jsonl, write_submission
 from .core.postprocess import PostprocessSettings
-from .core.runs import read_run_record, this_process, update_run_record
+from .core.runs import RunPruned, read_run_record, this_process, update_run_record
 from .core.windowing import eval_windows
 from .engine.attention import attention_kernel, use_attention
 from .engine.batching import TrainWindowDataset, pad_multiple, train_loader
@@ -65,6 +65,7 @@ from .engine.setup import (
 from .tracking.base import Tracker
 from .tracking.start import start_tracking
 from .tracking.store import TrackingUnavailable
+from .tracking.study import TrialLink
 from .tracking.summary import comparison_metrics
 from .tracking.sweep import sweep_of_job
 
@@ -93,11 +94,15 @@ class Progress:
     best: dict = field(default_factory=dict)  # dev metrics of the best evaluation (by optimize_metric), step, epoch
     wall_time_s: float = 0.0  # seconds trained before the last checkpoint, over every resumed part
     micro_batch: int | None = None  # windows per forward pass after out-of-memory halving (None: batch_size)
+    evals_since_best: int = 0  # evaluations in a row without an improvement of early_stopping.min_delta
+    stopped_early_at: int | None = None  # the step early stopping ended training at
 
     @classmethod
     def from_state(cls, state: dict) -> Progress:
         return cls(step=state["step"], epoch=state["epoch"], batches_done=state["batches_done"],
                    best=dict(state["best"]), wall_time_s=float(state.get("wall_time_s", 0.0)),
+                   evals_since_best=int(state.get("evals_since_best", 0)),
+                   stopped_early_at=state.get("stopped_early_at"),
                    micro_batch=state.get("micro_batch"))
 
 
@@ -150,6 +155,9 @@ class TrainingRecipe:
         self.attention = str(cfg.get("attention") or "auto")  # the kernel setting (engine/attention.py)
         self.pad_multiple = pad_multiple(cfg.get("pad_to_multiple_of", "auto"), bool(cfg.get("compile")))
         self._started, self._wall_before = time.time(), 0.0
+        self._last_checkpoint_time = time.monotonic()
+        self._last_eval: dict[str, float] = {}
+        self.trial = TrialLink.from_cfg(cfg.get("search"))  # an Optuna trial this job reports to (sweeper)
         self._exit = ExitStack()
 
     def __enter__(self) -> TrainingRecipe:
@@ -324,10 +332,14 @@ class TrainingRecipe:
         SIGINT / SIGTERM stop after the current optimizer step or evaluation batch, with a checkpoint."""
         self._log_window = LogWindow(first_step=self.progress.step)
         self.model.train()
-        for epoch in range(self.progress.epoch, self.epochs):
-            self._train_epoch(epoch)
-            if self.progress.step >= self.total_steps:
-                break
+        self._last_checkpoint_time = time.monotonic()
+        try:
+            for epoch in range(self.progress.epoch, self.epochs):
+                self._train_epoch(epoch)
+                if self.progress.step >= self.total_steps:
+                    break
+        except StopEarly:
+            self._stopped_early()
 
     def _train_epoch(self, epoch: int) -> None:
         p, skip = self.progress, self.progress.batches_done
@@ -345,7 +357,9 @@ class TrainingRecipe:
             self._maybe_log(epoch_fraction, bar)
             if self.eval_steps and p.step % self.eval_steps == 0:
                 self.evaluate(epoch_fraction)
-            if self.checkpoint_steps and p.step % self.checkpoint_steps == 0 and p.step < self.total_steps:
+                self._maybe_stop(epoch_fraction)
+            if p.step < self.total_steps and ((self.checkpoint_steps and p.step % self.checkpoint_steps == 0)
+                                              or self._checkpoint_time_due()):
                 self._save()
             if self._stop.agreed(self.accelerator):
                 raise Interrupted(self._save(), p.step)
@@ -355,11 +369,47 @@ class TrainingRecipe:
         p.batches_done = len(self.loader)  # resuming from here re-runs only this evaluation
         if not self.eval_steps or p.step % self.eval_steps != 0:
             self.evaluate(epoch + 1.0)
+            self._maybe_stop(epoch + 1.0)
         p.epoch, p.batches_done = epoch + 1, 0
         if self.checkpoint_steps:
             self._save()
         if self._stop.agreed(self.accelerator):
             raise Interrupted(self._save(), p.step)
+
+    def _checkpoint_time_due(self) -> bool:
+        """``checkpoint_minutes``: a checkpoint when that much training time passed since the last one (on the
+        step boundary, as every checkpoint; the same decision on every process)."""
+        minutes = self.cfg.get("checkpoint_minutes")
+        if not minutes:
+            return False
+        due = torch.tensor(float(time.monotonic() - self._last_checkpoint_time >= 60 * float(minutes)))
+        return bool(self.accelerator.reduce(due.to(self.accelerator.device), reduction="max").item())
+
+    def _maybe_stop(self, epoch_fraction: float) -> None:
+        """After an evaluation: an Optuna trial reports it and may be pruned (:class:`RunPruned`); early stopping
+        ends training when ``patience`` evaluations in a row brought less than ``min_delta``."""
+        p = self.progress
+        value = float(self._last_eval.get(self.optimize_metric, 0.0))
+        if self.trial is not None and self.trial.report(value, p.step):
+            raise RunPruned(p.step, value)
+        patience = (self.cfg.get("early_stopping") or {}).get("patience")
+        if patience and p.evals_since_best >= int(patience) and p.step < self.total_steps:
+            raise StopEarly()
+
+    def _stopped_early(self) -> None:
+        p = self.progress
+        p.stopped_early_at = p.step
+        rule = self.cfg.early_stopping
+        stop = {"step": p.step, "evaluations_without_improvement": p.evals_since_best,
+                "patience": int(rule.patience), "min_delta": float(rule.min_delta)}
+        log.info("early stopping at step %d: %d evaluations without an improvement of %g in %s", p.step,
+                 p.evals_since_best, stop["min_delta"], self.optimize_metric)
+        if self.is_main:
+            update_run_record(self.run_dir, early_stopped=stop)
+        self.tracker.set_tags({"early_stopped_at_step": str(p.step),
+                               "early_stopping": f"patience {stop['patience']}, min_delta {stop['min_delta']}"})
+        if self.checkpoint_steps or self.cfg.get("checkpoint_minutes"):
+            self._save()  # the usual checkpoint: a resume finds the run stopped where it stopped
 
     def _optimizer_step(self, batch: dict) -> None:
         """One optimizer step over ``batch`` (``batch_size x grad_accum_steps`` windows): forward and backward in
@@ -485,7 +535,9 @@ class TrainingRecipe:
         self.progress.wall_time_s = self._wall_time()
         state = {**asdict(self.progress), "mlflow_run_id": self.tracker.run_id,
                  "experiment_name": str(self.cfg.experiment_name), "identity": self.identity}
-        return save_checkpoint(self.accelerator, self.run_dir, state, int(self.cfg.keep_checkpoints))
+        saved = save_checkpoint(self.accelerator, self.run_dir, state, int(self.cfg.keep_checkpoints))
+        self._last_checkpoint_time = time.monotonic()
+        return saved
 
     def _wall_time(self) -> float:
         """Seconds this run has trained, over every resumed part."""
@@ -509,6 +561,12 @@ class TrainingRecipe:
         metrics, rows = score(preds, self.encoded["dev"])
         self.tracker.log_metrics({f"dev/{k}": v for k, v in metrics.items()} | {"epoch": epoch_fraction}, p.step)
         log.info("step %d (epoch %.2f): dev EM %.4f F1 %.4f", p.step, epoch_fraction, metrics["em"], metrics["f1"])
+        self._last_eval = metrics
+        before = p.best.get(self.optimize_metric)
+        min_delta = float((self.cfg.get("early_stopping") or {}).get("min_delta") or 0.0)
+        improved = before is None or metrics[self.optimize_metric] >= before + min_delta and \
+            metrics[self.optimize_metric] > before
+        p.evals_since_best = 0 if improved else p.evals_since_best + 1
         if metrics[self.optimize_metric] > p.best.get(self.optimize_metric, -1.0):
             p.best.update(metrics, step=p.step, epoch=epoch_fraction)
             if self.is_main:
@@ -570,6 +628,10 @@ class TrainingRecipe:
                              bool(self.cfg.csv_strip_commas))
             write_json(self.run_dir / "test_nbest.json", nbest_json(preds))
         return len(preds)
+
+
+class StopEarly(Exception):
+    """Early stopping: training ends here and the run finishes as usual."""
 
 
 def recorded_best(record: dict, metric: str) -> float:

@@ -20,7 +20,7 @@ from omegaconf import DictConfig
 
 from .core.config import CONF_DIR, to_plain
 from .core.errors import SetupError, disk_full_message, log_to_files, run_cli, setup_message
-from .core.runs import FAILED, FINISHED, KILLED
+from .core.runs import FAILED, FINISHED, KILLED, PRUNED, RunPruned
 from .core.schema import ConfigError, check_train_config
 from .engine.checkpointing import Interrupted
 from .engine.setup import remove_if_only_logs
@@ -65,6 +65,10 @@ def main(cfg: DictConfig) -> float | None:
         best, run_dir = train(cfg, job_dir)
         record_job_outcome(sweep, FINISHED, run_dir, best=best)
         return best
+    except RunPruned as pruned:  # an Optuna trial its pruner stopped: not a failure; the sweep goes on
+        log.info("job %s %s", sweep["job"] if sweep else "", pruned)
+        record_job_outcome(sweep, PRUNED, job_dir, error=str(pruned), best=pruned.value)
+        return pruned.value
     except Interrupted as stopped:
         where = (f"resume={stopped.checkpoint.parent.parent}" if stopped.checkpoint
                  else "nothing to resume: run it again")

@@ -97,8 +97,11 @@ ROLES: dict[str, Role] = {
     "num_workers": RUNTIME,
     "logging_steps": RUNTIME,
     "checkpoint_steps": RUNTIME,
+    "checkpoint_minutes": RUNTIME,
     "keep_checkpoints": RUNTIME,
     "feature_cache": RUNTIME,
+    "early_stopping.": TRAJECTORY,             # where training stops, as max_steps
+    "search.": PLUMBING,                       # which Optuna trial a sweep job reports to
     "resume": PLUMBING,
     "resume_allow_changes": PLUMBING,
     "paths.": PLUMBING,

@@ -29,7 +29,15 @@ from .outputs import write_json
 log = logging.getLogger(__name__)
 
 RUN_RECORD = "run.json"
-FINISHED, FAILED, KILLED, RUNNING = "FINISHED", "FAILED", "KILLED", "RUNNING"
+FINISHED, FAILED, KILLED, RUNNING, PRUNED = "FINISHED", "FAILED", "KILLED", "RUNNING", "PRUNED"
+
+
+class RunPruned(Exception):  # noqa: N818 - a run's end, not an error
+    """An Optuna trial's run stopped by its pruner: what it wrote stays, its status is PRUNED."""
+
+    def __init__(self, step: int, value: float):
+        super().__init__(f"pruned at step {step} (dev score {value:.4f}): below what the study's pruner lets go on")
+        self.step, self.value = step, value
 
 _KILLED_LISTENERS: list[Callable[[Path, dict], None]] = []
 

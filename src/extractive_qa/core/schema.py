@@ -134,6 +134,13 @@ class Precision(BaseModel):
     mixed_precision: _choice(MIXED_PRECISIONS, "precision=auto (or bf16, fp16, fp32)")
 
 
+class EarlyStopping(BaseModel):
+    model_config = _OPEN
+    patience: _count("early_stopping.patience=3 (evaluations without improvement), or null") | None = None
+    min_delta: Annotated[float, Field(ge=0, json_schema_extra=_fix(
+        "early_stopping.min_delta=0.001 (the least improvement that counts, 0 or more)"))] = 0.0
+
+
 class TrainConfig(BaseModel):
     """``conf/train.yaml`` with its groups, as composed (interpolations resolved)."""
 
@@ -175,6 +182,10 @@ class TrainConfig(BaseModel):
     resume: str | None
     resume_allow_changes: _flag("resume_allow_changes=false or true")
     feature_cache: _flag("feature_cache=true or false")
+    checkpoint_minutes: Annotated[float, Field(gt=0, json_schema_extra=_fix(
+        "checkpoint_minutes=10 (minutes of training between checkpoints), or null"))] | None = None
+    early_stopping: EarlyStopping = EarlyStopping()
+    search: dict | None = None
     model: Model
     data: Data
     window: Window

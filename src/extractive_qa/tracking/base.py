@@ -18,7 +18,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from ..core.errors import SetupError, disk_full_message
-from ..core.runs import on_killed_run_found, read_metrics
+from ..core.runs import PRUNED, RunPruned, on_killed_run_found, read_metrics
 
 
 class TrackingUnsupported(SetupError):
@@ -39,7 +39,9 @@ class Tracker:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is not None and not issubclass(exc_type, KeyboardInterrupt):
+        if exc_type is not None and issubclass(exc_type, RunPruned):
+            self.set_tags({"status": PRUNED, "pruned": str(exc)})
+        elif exc_type is not None and not issubclass(exc_type, KeyboardInterrupt):
             where = self.writes_to()
             # A full disk is recorded as what it is, whatever the writer that met it said ("unexpected pos").
             text = (disk_full_message(exc, str(where)) if where is not None else None) or f"{exc_type.__name__}: {exc}"
@@ -77,6 +79,8 @@ class Tracker:
 def status_of(exc_type) -> str:
     if exc_type is None:
         return "FINISHED"
+    if issubclass(exc_type, RunPruned):
+        return PRUNED
     if issubclass(exc_type, KeyboardInterrupt):
         return "KILLED"
     return "FAILED"

@@ -230,7 +230,10 @@ class MlflowTracker(Tracker):
             return  # the resume failed before training resumed: the run keeps the status it had
         if self._monitor is not None:
             self._monitor.finish()
-        self._send("end run", lambda: self.client.set_terminated(self.run_id, status))
+        # MLflow has no PRUNED status: a pruned trial's run ends KILLED (stopped early, not broken) with its tag
+        # `status` = PRUNED, which reports and sweep summaries count apart.
+        ended = "KILLED" if status == "PRUNED" else status
+        self._send("end run", lambda: self.client.set_terminated(self.run_id, ended))
         if not self._in_sweep:  # a sweep publishes its view once, when it ends (tracking/parents.py)
             from .mlflow_view import publish_view
 

@@ -82,11 +82,29 @@ def open_parent_run(uri: str, config: DictConfig, info: dict) -> str:
 
         spelled = [f"{s}={k}" if s != k else k for k, s in short_keys(info["swept_keys"]).items()]
         name = f"sweep {info['id']}: {', '.join(spelled) or 'one job'}"
-        run_id = with_retry(lambda: client.create_run(experiment_id, run_name=name, tags=tags),
-                            "create parent run").info.run_id
-        tags["sweep.dirs"] = info["dir"]
+        created = with_retry(lambda: client.create_run(experiment_id, run_name=name,
+                                                       tags={**tags, "sweep.dirs": info["dir"]}),
+                             "create parent run").info.run_id
+        run_id = _one_parent(client, experiment_id, info["digest"], created)
+        found = with_retry(lambda: client.get_run(run_id), "get parent run")
+        dirs = [d for d in found.data.tags.get("sweep.dirs", "").split("\n") if d]
+        tags["sweep.dirs"] = "\n".join(dict.fromkeys([*dirs, info["dir"]]))[-5000:]
     _set_tags(client, run_id, tags)
     return run_id
+
+
+def _one_parent(client, experiment_id: str, digest: str, mine: str) -> str:
+    """Several processes that start the same sweep at once (one Optuna study from several machines, a SLURM
+    array) each create a parent; they all agree on the earliest (start time, then id) and the others delete
+    their own: one parent per sweep."""
+    runs = with_retry(lambda: client.search_runs(
+        [experiment_id], filter_string=f"tags.`sweep.digest` = '{digest}' and tags.`{PARENT_TAG}` = 'true'",
+        max_results=100), "find parent runs")
+    chosen = min(runs, key=lambda r: (r.info.start_time, r.info.run_id)).info.run_id if runs else mine
+    if chosen != mine:
+        with_retry(lambda: client.delete_run(mine), "delete duplicate parent")
+        log.info("another process opened this sweep's parent first: joining %s", chosen)
+    return chosen
 
 
 def _set_tags(client, run_id: str, tags: dict[str, str]) -> None:
@@ -126,6 +144,8 @@ def row_of(run) -> RunRow:
     except ValueError:
         values = {}
     status, run_dir = run.info.status, run.data.tags.get("run_dir")
+    if run.data.tags.get("status") == "PRUNED":  # MLflow has no PRUNED status: the run's tag says it
+        status = "PRUNED"
     if status == RUNNING and run_dir and Path(run_dir).is_dir():
         # A run whose process died without a word still says RUNNING in the store: its run dir can tell (and
         # reading it as KILLED ends the store's run KILLED too, see core/runs.py).
@@ -142,8 +162,10 @@ def close_parent_run(info: dict, counts: dict[str, int]) -> None:
     client = client_for(info["tracking_uri"])
     run_id = info["parent_run_id"]
     parent = with_retry(lambda: client.get_run(run_id), "get parent run")
-    _set_tags(client, run_id, {f"jobs.{s.lower()}": str(n) for s, n in counts.items()})
     jobs = [row_of(r) for r in children_of(client, parent)]
+    if len(jobs) > sum(counts.values()):  # jobs of other processes too (an Optuna study several ran): count all
+        counts = {s: sum(j.status == s for j in jobs) for s in counts}
+    _set_tags(client, run_id, {f"jobs.{s.lower()}": str(n) for s, n in counts.items()})
     metric = info.get("optimize_metric") or "em"
     _log_at_step_0(client, run_id, parent_metrics(jobs, metric))
     finished = [j for j in jobs if j.status == "FINISHED" and j.metrics]

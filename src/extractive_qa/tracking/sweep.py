@@ -146,9 +146,13 @@ class SweepCallback(Callback):
         except (OSError, ValueError):
             return
         outcomes = job_outcomes(sweep_dir)
-        counts = {s: sum(o["status"] == s for o in outcomes) for s in ("FINISHED", "FAILED", "KILLED")}
-        _backend(config).close_sweep(info, counts)
-        failed = [o for o in outcomes if o["status"] != "FINISHED"]
+        counts = {s: sum(o["status"] == s for o in outcomes) for s in ("FINISHED", "PRUNED", "FAILED", "KILLED")}
+        if info.get("others_running"):  # a study shared with other processes: the last one closes the parent
+            log.info("%d trials of this study still run elsewhere: the sweep's parent stays open for them",
+                     info["others_running"])
+        else:
+            _backend(config).close_sweep(info, counts)
+        failed = [o for o in outcomes if o["status"] not in ("FINISHED", "PRUNED")]
         lines = [f"sweep {info['id']}: {len(outcomes)} jobs: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n)]
         lines += [f"  job {o['job']} {o['status']}: {(o.get('error') or '').splitlines()[0] if o.get('error') else ''}"
                   + (f" (log: {o['run_dir']}/train.log)" if o.get("run_dir") else "") for o in failed]

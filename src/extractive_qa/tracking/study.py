@@ -1,0 +1,80 @@
+"""A sweep job's line to its Optuna trial: each evaluation is reported, and the study's pruner says whether the
+trial goes on (:mod:`extractive_qa.tracking.optuna_sweeper` sets ``search.*`` in the job's config).
+
+The study is reached through its storage (``sqlite:///...``, ``postgresql://...``), from any process or
+machine; an in-memory study only from the process that runs the sweep (the basic launcher runs its jobs
+there), through :data:`LIVE_STUDIES`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+log = logging.getLogger(__name__)
+
+LIVE_STUDIES: dict[str, object] = {}  # study name -> the optuna.Study of an in-memory sweep in this process
+
+
+def optuna_storage(url: str | None):
+    """An Optuna storage for ``url`` (``None``: in memory). ``postgresql://`` uses psycopg 3, the driver this
+    project installs (SQLAlchemy's bare ``postgresql://`` means psycopg2)."""
+    if not url:
+        return None
+    import optuna
+
+    if url.startswith("postgresql://"):
+        url = "postgresql+psycopg://" + url[len("postgresql://"):]
+    # Several processes starting on a fresh database race to create its tables and types ("already exists"):
+    # the loser tries again and finds them made.
+    for attempt in range(6):
+        try:
+            return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
+        except Exception as err:  # noqa: BLE001 - only the creation race is retried
+            if attempt == 5 or "already exists" not in str(err) and "duplicate" not in str(err).lower():
+                raise
+            time.sleep(0.2 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
+def load_study(name: str, storage_url: str | None):
+    import optuna
+
+    if not storage_url:
+        if name not in LIVE_STUDIES:
+            raise RuntimeError(f"the in-memory study {name!r} lives in another process: give the sweeper a storage "
+                               "(hydra.sweeper.storage=sqlite:///optuna.db) to report from a worker process")
+        return LIVE_STUDIES[name]
+    return optuna.load_study(study_name=name, storage=optuna_storage(storage_url))
+
+
+class TrialLink:
+    """``report(value, step)`` -> whether the trial should be pruned (then it is told PRUNED)."""
+
+    def __init__(self, storage: str | None, study: str, trial_id: int):
+        self.storage, self.study_name, self.trial_id = storage, study, int(trial_id)
+        self._trial = None
+
+    @classmethod
+    def from_cfg(cls, search) -> TrialLink | None:
+        if not search or search.get("trial") is None:
+            return None
+        return cls(search.get("storage"), str(search.get("study")), int(search.get("trial")))
+
+    def _get(self):
+        if self._trial is None:
+            import optuna
+
+            self._trial = optuna.Trial(load_study(self.study_name, self.storage), self.trial_id)
+        return self._trial
+
+    def report(self, value: float, step: int) -> bool:
+        import optuna
+
+        trial = self._get()
+        trial.report(float(value), int(step))
+        if not trial.should_prune():
+            return False
+        trial.study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+        log.info("trial %d pruned at step %d (%.4f)", trial.number, step, value)
+        return True

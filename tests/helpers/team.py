@@ -1,0 +1,107 @@
+"""A team's tracking server for tests, made of the real parts: PostgreSQL (the project's LocalPostgres, from
+Debian's server binaries) and ``mlflow server --app-name basic-auth`` on 127.0.0.1, started the way ``make
+server`` starts them (extractive_qa.server.prepare). Waits are on conditions (/health answering, the pid gone);
+deadlines only turn a hang into a failure."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import subprocess
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+from helpers.mlflow_server import free_port
+
+ADMIN_PASSWORD = "admin-" + secrets.token_hex(8)  # MLflow asks for 12 characters or more
+
+
+ENV = "TEST_TEAM_SERVER"  # the server's settings, for a fault_runner `call:helpers.team:kill` in a training process
+
+
+def start(home: Path | None = None) -> dict:
+    """PostgreSQL and an auth-enabled MLflow server; what a test needs to reach and restart them."""
+    from extractive_qa.server import prepare, server_command
+
+    home = Path(home or tempfile.mkdtemp(prefix="eqa-team-"))  # /tmp: reachable by the postgres user when root
+    home.chmod(0o755)
+    os.environ.setdefault("EQA_POSTGRES_PASSWORD", "pg-" + secrets.token_hex(8))
+    os.environ["MLFLOW_AUTH_ADMIN_PASSWORD"] = ADMIN_PASSWORD
+    postgres, env = prepare(home, free_port())
+    port = free_port()
+    team = {"home": str(home), "port": port, "pidfile": str(home / "mlflow.pid"),
+            "command": server_command(postgres, home, "127.0.0.1", port, 2),
+            "env": {k: env[k] for k in ("MLFLOW_AUTH_CONFIG_PATH", "MLFLOW_FLASK_SERVER_SECRET_KEY",
+                                        "MLFLOW_AUTH_ADMIN_PASSWORD")},
+            "postgres": {"folder": str(postgres.folder), "port": postgres.port, "password": postgres.password,
+                         "optuna": postgres.url("optuna", "postgresql")}}
+    launch(team)
+    return team
+
+
+def launch(team: dict) -> None:
+    with open(Path(team["home"]) / "mlflow.log", "a") as log:
+        proc = subprocess.Popen(team["command"], env={**os.environ, **team["env"]}, stdout=log, stderr=log,
+                                start_new_session=True)
+    Path(team["pidfile"]).write_text(str(proc.pid))
+    deadline = time.monotonic() + 180
+    while True:
+        try:
+            urllib.request.urlopen(f"{uri(team)}/health", timeout=2)
+            return
+        except OSError:
+            assert proc.poll() is None, (Path(team["home"]) / "mlflow.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "the team's mlflow server did not start"
+            time.sleep(0.3)
+
+
+def kill(team: dict | None = None) -> None:
+    """The MLflow server dies (kill -9 of its process group); PostgreSQL stays. Waits until it is gone."""
+    import json
+
+    team = team or json.loads(os.environ[ENV])
+    pid = int(Path(team["pidfile"]).read_text())
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            os.kill(pid, 0)
+            os.waitpid(pid, os.WNOHANG)
+        except (ProcessLookupError, ChildProcessError):
+            return
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+
+
+def restart(team: dict | None = None) -> None:
+    import json
+
+    launch(team or json.loads(os.environ[ENV]))
+
+
+def settings_env(team: dict) -> dict:
+    import json
+
+    return {ENV: json.dumps(team)}
+
+
+def stop(team: dict) -> None:
+    from extractive_qa.tracking.postgres import LocalPostgres
+
+    kill(team)
+    pg = team["postgres"]
+    LocalPostgres(Path(pg["folder"]), pg["port"], password=pg["password"]).stop()
+
+
+def uri(team: dict) -> str:
+    return f"http://127.0.0.1:{team['port']}"
+
+
+def credentials(user: str = "admin", password: str | None = None) -> dict:
+    return {"MLFLOW_TRACKING_USERNAME": user, "MLFLOW_TRACKING_PASSWORD": password or ADMIN_PASSWORD}
