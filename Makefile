@@ -15,8 +15,14 @@ STAMP := $(VENV)/.installed
 
 install: $(STAMP)
 
+# A Python that already has a supported torch (Colab, Kaggle, a lab's CUDA build) lends it to the new .venv
+# (scripts/reuse_torch.py): nothing is downloaded for torch. REUSE_TORCH=no always installs the pinned one.
+PYTHON ?= python3
+REUSE_TORCH ?= auto
+
 $(STAMP): pyproject.toml
-	@test -x $(PY) || python3 -m venv $(VENV)
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@if [ "$(REUSE_TORCH)" != no ] && [ ! -f $(VENV)/.own_torch ]; then $(PYTHON) scripts/reuse_torch.py $(VENV) || touch $(VENV)/.own_torch; fi
 	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) "$(TORCH)"
 	$(PY) -m pip install -q -e ".[$(EXTRAS)]"
 	@touch $(STAMP)

@@ -206,3 +206,38 @@ def test_a_finished_run_reports_its_recorded_best_by_the_asked_metric():
     record = {"best_dev_em": 0.5, "best": {"em": 0.5, "f1": 0.75}}
     assert recorded_best(record, "f1") == 0.75 and recorded_best(record, "em") == 0.5
     assert recorded_best({"best_dev_em": 0.4}, "em") == 0.4  # a run.json from before optimize_metric
+
+
+def test_early_stopping_stops_where_an_uninterrupted_run_would_even_after_a_resume(synthetic, tmp_path):
+    """early_stopping.patience=2 with a min_delta no evaluation can reach: evaluations at steps 2, 4, 6 -- the
+    first sets the best, the next two bring too little, training ends at step 6 with the usual best model and
+    test predictions, recorded in run.json and MLflow. A run killed after step 4 (its checkpoint holds the
+    counter) and resumed stops at step 6 too."""
+    import signal
+
+    from mlflow.tracking import MlflowClient
+
+    from helpers import run_with_faults
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    args = [f"paths.output_dir={tmp_path}/outputs", f"paths.cache_dir={tmp_path}/cache", f"tracking.uri={uri}",
+            "experiment_name=early", "model=tiny", f"model.name_or_path={synthetic['model']}",
+            f"data.dir={synthetic['data']}", "data.limit_train=96", "data.limit_dev=12", "data.limit_test=8",
+            "epochs=3", "batch_size=8", "eval_steps=2", "logging_steps=2", "checkpoint_steps=2",
+            "early_stopping.patience=2", "early_stopping.min_delta=1.0", "tracking.system_metrics=false"]
+    run_module("extractive_qa.train", *args, f"hydra.run.dir={tmp_path}/whole")
+    whole = tmp_path / "whole"
+    assert json.loads((whole / "metrics.json").read_text())["steps"] == 6  # of 36
+    record = json.loads((whole / "run.json").read_text())
+    assert record["status"] == "FINISHED" and record["early_stopped"]["step"] == 6
+    assert record["early_stopped"]["evaluations_without_improvement"] == 2
+    assert (whole / "best_model" / "model.safetensors").is_file() and (whole / "test_predictions.csv").is_file()
+    client = MlflowClient(uri)
+    (logged,) = client.search_runs([client.get_experiment_by_name("early").experiment_id])
+    assert logged.data.tags["early_stopped_at_step"] == "6"
+
+    killed = run_with_faults(["after:_save:4=SIGKILL"], *args, f"hydra.run.dir={tmp_path}/cut")
+    assert killed.returncode == -signal.SIGKILL
+    run_module("extractive_qa.train", *args, f"resume={tmp_path}/cut", f"hydra.run.dir={tmp_path}/ignored")
+    assert json.loads((tmp_path / "cut" / "metrics.json").read_text())["steps"] == 6
+    assert json.loads((tmp_path / "cut" / "run.json").read_text())["early_stopped"]["step"] == 6

@@ -41,6 +41,7 @@ from .benchmarks.gemm import gemm_peak
 from .benchmarks.memory import prediction_memory, train_file_memory
 from .benchmarks.profiling import profile_bench
 from .benchmarks.quality import bf16_agreement
+from .benchmarks.search import pruning_savings
 from .benchmarks.summary import summarize
 from .benchmarks.training import optimizer_step_time, padding_share, train_bench
 from .core.config import CONF_DIR, to_plain
@@ -86,6 +87,8 @@ def main(cfg: DictConfig) -> None:
         out["memory"] = emit(in_fresh_process(prediction_memory, plain))
         out["train_memory"] = emit(in_fresh_process(train_file_memory, plain))
         out["train_memory_limited"] = emit(in_fresh_process(train_file_memory, plain, 40))
+    if "pruning" in parts:  # not in the default parts: a few minutes of searching
+        out["pruning"] = emit(in_fresh_process(pruning_savings, plain))
     if "compare" in parts:
         out["compare"] = emit(in_fresh_process(comparison_speed, plain))
     emit(summarize(cfg, out))

@@ -170,19 +170,48 @@ def test_submitit_sweep_runs_jobs_in_their_own_processes_under_one_parent(synthe
     assert len(list((tmp_path / "sweep" / ".submitit").glob("*/*_result.pkl"))) == 2  # submitit ran both jobs
 
 
-def test_optuna_study_survives_a_restart_by_replaying_finished_trials(synthetic, tmp_path):
-    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
-    args = ["-m", "hparams_search=optuna", *tiny_overrides(synthetic, tmp_path, f"sqlite:///{tmp_path}/mlflow.db"),
-            "max_steps=2", "predict_test=false"]
-    first = run_module("extractive_qa.train", *args, "hydra.sweeper.n_trials=2",
-                       f"hydra.sweep.dir={tmp_path}/outputs/s1")
+def test_an_optuna_study_in_sqlite_is_continued_by_the_same_command(synthetic, tmp_path):
+    """hparams_search=optuna on Optuna 5 (the project's own sweeper): the study lives in sqlite; re-running the
+    command with n_trials=3 continues it -- one new trial trains, the study holds 3."""
+    import optuna
+
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    args = ["-m", "hparams_search=optuna", f"hydra.sweeper.storage={storage}", "hydra.sweeper.study_name=cont",
+            *tiny_overrides(synthetic, tmp_path, f"sqlite:///{tmp_path}/mlflow.db"), "max_steps=2",
+            "predict_test=false"]
+    first = run_module("extractive_qa.train", *args, "hydra.sweeper.n_trials=2", f"hydra.sweep.dir={tmp_path}/s1")
     assert "Best value" in first.stdout + first.stderr
-    assert (tmp_path / "outputs" / "s1" / "optimization_results.yaml").is_file()
-    again = run_module("extractive_qa.train", *args, "hydra.sweeper.n_trials=3",
-                       f"hydra.sweep.dir={tmp_path}/outputs/s2")
-    # The seeded sampler proposes the same first two trials; their recorded EM is returned, only trial 3 trains.
-    assert again.stdout.count("already finished") == 2
-    assert len(list((tmp_path / "outputs").glob("s*/[0-9]*/metrics.json"))) == 3
+    assert (tmp_path / "s1" / "optimization_results.yaml").is_file()
+    run_module("extractive_qa.train", *args, "hydra.sweeper.n_trials=3", f"hydra.sweep.dir={tmp_path}/s2")
+    assert len(list(tmp_path.glob("s*/[0-9]*/metrics.json"))) == 3  # the second command trained one trial
+    study = optuna.load_study(study_name="cont", storage=storage)
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 3
+    assert optuna.__version__.split(".")[0] >= "4"
+
+
+def test_a_search_prunes_hopeless_trials_and_counts_them_apart(synthetic, tmp_path):
+    """pruner=median: trials whose learning rate cannot learn are stopped at an evaluation below the median of
+    the trials before them: PRUNED in Optuna, their MLflow runs KILLED with status=PRUNED (what they wrote kept),
+    run.json PRUNED, and the sweep's summary counts them apart from failures (exit 0)."""
+    import optuna
+
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    res = run_module("extractive_qa.train", "-m", "hparams_search=optuna", f"hydra.sweeper.storage={storage}",
+                     "hydra.sweeper.study_name=prune", "hydra.sweeper.pruner=median", "hydra.sweeper.sampler=grid",
+                     "hydra.sweeper.n_trials=6", "hydra.sweeper.seed=0",
+                     "~hydra.sweeper.params", "lr=choice(2e-3,1e-9)", "seed=choice(1,2,3)",
+                     *tiny_overrides(synthetic, tmp_path, f"sqlite:///{tmp_path}/mlflow.db", "pruning"),
+                     "data.limit_train=400", "data.limit_dev=40", "max_steps=null", "epochs=2", "eval_steps=10",
+                     "batch_size=16", "predict_test=false", f"hydra.sweep.dir={tmp_path}/sweep")
+    study = optuna.load_study(study_name="prune", storage=storage)
+    pruned = [t for t in study.trials if t.state == optuna.trial.TrialState.PRUNED]
+    assert pruned and all(t.params["lr"] == 1e-9 for t in pruned), [(t.params, t.state) for t in study.trials]
+    assert "PRUNED" in res.stdout + res.stderr  # the sweep's summary line counts them
+    runs = children(f"sqlite:///{tmp_path}/mlflow.db", "pruning")
+    tagged = [r for r in runs if r.data.tags.get("status") == "PRUNED"]
+    assert len(tagged) == len(pruned) and {r.info.status for r in tagged} == {"KILLED"}
+    records = [json.loads(p.read_text()) for p in (tmp_path / "sweep").glob("*/run.json")]
+    assert sum(r["status"] == "PRUNED" for r in records) == len(pruned)
 
 
 def test_slurm_launcher_config_composes():
