@@ -76,7 +76,8 @@ def test_fp16_trains_with_the_gradient_scaler(synthetic):
         optimizer.zero_grad()
         return float(loss)
 
-    accelerator.scaler.update(2.0**60)  # a scale that overflows fp16 gradients
+    step()  # a first step makes the scaler's state
+    accelerator.scaler.update(2.0**60)  # then a scale that overflows fp16 gradients
     before = [p.detach().clone() for p in model.parameters()]
     step()
     assert accelerator.scaler.get_scale() < 2.0**60  # the overflow was seen and the scale backed off
