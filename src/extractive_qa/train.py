@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import sys
 
-if __name__ == "__main__":  # a bad config value is refused before the imports below load torch (1.2 s)
+if __name__ == "__main__":  # a bad config value is refused before the imports below load torch (README: timings)
     from .core.precheck import refuse_bad_config
 
     refuse_bad_config("train", sys.argv[1:])

@@ -37,12 +37,11 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
 from ..core.runs import process_alive, this_process
-from .study import LIVE_STUDIES, optuna_storage
+from .study import LIVE_STUDIES, make_pruner, optuna_storage
 
 log = logging.getLogger(__name__)
 
 SAMPLERS = ("tpe", "random", "grid", "cmaes")
-PRUNERS = ("none", "median", "successive_halving", "hyperband")
 NOT_COUNTED = "not_counted"  # user attr of a trial that does not count towards n_trials (why)
 
 
@@ -110,21 +109,6 @@ def make_sampler(name: str, seed: int | None, space: SearchSpace):
                              "are intervals")
         return optuna.samplers.GridSampler(space.choices, seed=seed)
     raise ValueError(f"hydra.sweeper.sampler={name!r}: one of {SAMPLERS}")
-
-
-def make_pruner(name: str, warmup_steps: int = 0, min_resource: int | str = "auto", reduction_factor: int = 3):
-    import optuna
-
-    if name in (None, "none", "nop"):
-        return optuna.pruners.NopPruner()
-    if name == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=warmup_steps)
-    if name == "successive_halving":
-        return optuna.pruners.SuccessiveHalvingPruner(min_resource=min_resource, reduction_factor=reduction_factor)
-    if name == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=1 if min_resource == "auto" else min_resource,
-                                              reduction_factor=reduction_factor)
-    raise ValueError(f"hydra.sweeper.pruner={name!r}: one of {PRUNERS}")
 
 
 def _value(x):
@@ -219,6 +203,8 @@ class OptunaSweeper(Sweeper):
                 break
             batch = [tuple([*space.fixed, *(f"{k}={_value(v)}" for k, v in t.params.items()),
                             f"++search.study={study.study_name}", f"++search.trial={t._trial_id}",
+                            f"++search.pruner={self.pruner_name}",
+                            f"++search.pruner_warmup_steps={self.pruner_warmup_steps}",
                             f"++search.storage={storage}" if storage else "++search.storage=null"])
                      for t in trials]
             returns = self.launcher.launch(batch, initial_job_idx=min(t.number for t in trials))
@@ -228,9 +214,9 @@ class OptunaSweeper(Sweeper):
                     continue
                 value = _job_value(ret)
                 if value is None:
-                    study.tell(trial, state=optuna.trial.TrialState.FAIL)
+                    _tell(study, trial, state=optuna.trial.TrialState.FAIL)
                 else:
-                    study.tell(trial, value)
+                    _tell(study, trial, value)
         self._write_results(study)
         self._note_others(study)
 
@@ -264,6 +250,16 @@ class OptunaSweeper(Sweeper):
             log.info("Best value %s with %s (trial %d)", best.value, best.params, best.number)
         self.sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(OmegaConf.create(results), self.sweep_dir / "optimization_results.yaml")
+
+
+def _tell(study, trial, value=None, state=None) -> None:
+    """``study.tell``; the grid sampler, told its last point, calls ``Study.stop``, which Optuna allows only inside
+    ``optimize`` -- outside it (ask/tell) that raises, though the trial was told: the grid is done."""
+    try:
+        study.tell(trial, value, state=state)
+    except RuntimeError as err:
+        if "Study.stop" not in str(err):
+            raise
 
 
 def _job_value(ret) -> float | None:

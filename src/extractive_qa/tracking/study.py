@@ -13,6 +13,7 @@ import time
 
 log = logging.getLogger(__name__)
 
+PRUNERS = ("none", "median", "successive_halving", "hyperband")
 LIVE_STUDIES: dict[str, object] = {}  # study name -> the optuna.Study of an in-memory sweep in this process
 
 
@@ -37,7 +38,24 @@ def optuna_storage(url: str | None):
     raise AssertionError("unreachable")
 
 
-def load_study(name: str, storage_url: str | None):
+def make_pruner(name: str, warmup_steps: int = 0, min_resource: int | str = "auto", reduction_factor: int = 3):
+    import optuna
+
+    if name in (None, "none", "nop"):
+        return optuna.pruners.NopPruner()
+    if name == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=warmup_steps)
+    if name == "successive_halving":
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=min_resource, reduction_factor=reduction_factor)
+    if name == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1 if min_resource == "auto" else min_resource,
+                                              reduction_factor=reduction_factor)
+    raise ValueError(f"hydra.sweeper.pruner={name!r}: one of {PRUNERS}")
+
+
+def load_study(name: str, storage_url: str | None, pruner: str = "none", warmup_steps: int = 0):
+    """The study, with the sweep's pruner: a study loaded from storage does not keep one (Optuna's
+    ``load_study`` would use its default, the median pruner, whatever the sweep said)."""
     import optuna
 
     if not storage_url:
@@ -45,27 +63,31 @@ def load_study(name: str, storage_url: str | None):
             raise RuntimeError(f"the in-memory study {name!r} lives in another process: give the sweeper a storage "
                                "(hydra.sweeper.storage=sqlite:///optuna.db) to report from a worker process")
         return LIVE_STUDIES[name]
-    return optuna.load_study(study_name=name, storage=optuna_storage(storage_url))
+    return optuna.load_study(study_name=name, storage=optuna_storage(storage_url),
+                             pruner=make_pruner(pruner, warmup_steps))
 
 
 class TrialLink:
     """``report(value, step)`` -> whether the trial should be pruned (then it is told PRUNED)."""
 
-    def __init__(self, storage: str | None, study: str, trial_id: int):
+    def __init__(self, storage: str | None, study: str, trial_id: int, pruner: str = "none", warmup_steps: int = 0):
         self.storage, self.study_name, self.trial_id = storage, study, int(trial_id)
+        self.pruner, self.warmup_steps = pruner, int(warmup_steps)
         self._trial = None
 
     @classmethod
     def from_cfg(cls, search) -> TrialLink | None:
         if not search or search.get("trial") is None:
             return None
-        return cls(search.get("storage"), str(search.get("study")), int(search.get("trial")))
+        return cls(search.get("storage"), str(search.get("study")), int(search.get("trial")),
+                   str(search.get("pruner") or "none"), int(search.get("pruner_warmup_steps") or 0))
 
     def _get(self):
         if self._trial is None:
             import optuna
 
-            self._trial = optuna.Trial(load_study(self.study_name, self.storage), self.trial_id)
+            study = load_study(self.study_name, self.storage, self.pruner, self.warmup_steps)
+            self._trial = optuna.Trial(study, self.trial_id)
         return self._trial
 
     def report(self, value: float, step: int) -> bool:
