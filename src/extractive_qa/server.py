@@ -105,6 +105,11 @@ def main(argv: list[str] | None = None) -> int:
           f"artifacts in {args.home / 'artifacts'}); Ctrl-C stops both", flush=True)
     server = subprocess.Popen(server_command(postgres, args.home.resolve(), args.host, args.port, args.workers),
                               env=env, start_new_session=True)
+
+    def stop(signum, frame):  # SIGTERM (a service manager, kill) stops both, as Ctrl-C does
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
     try:
         return server.wait()
     except KeyboardInterrupt:

@@ -97,6 +97,9 @@ def stop(team: dict) -> None:
     kill(team)
     pg = team["postgres"]
     LocalPostgres(Path(pg["folder"]), pg["port"], password=pg["password"]).stop()
+    import shutil
+
+    shutil.rmtree(team["home"], ignore_errors=True)
 
 
 def uri(team: dict) -> str:
