@@ -522,7 +522,7 @@ class TrainingRecipe:
         if step % self.logging_steps != 0 and 2 * (step - window.first_step) < self.logging_steps:
             return
         metrics = window.metrics()
-        if self.accelerator.device.type == "cuda":  # a host-side counter: no device sync
+        if torch.cuda.is_available() and torch.cuda.is_initialized():  # a host-side counter: no device sync
             metrics["train/gpu_peak_memory_gb"] = torch.cuda.max_memory_allocated() / 2**30
         self.tracker.log_metrics({**metrics, "train/lr": self.scheduler.get_last_lr()[0], "epoch": epoch_fraction},
                                  step)

@@ -93,7 +93,7 @@ class ArchiveLimits(BaseModel):
 
 class Data(BaseModel):
     model_config = _OPEN
-    name: str | int | float
+    name: str | int | Annotated[float, Field(allow_inf_nan=True)]  # Hydra reads `data.name=nan` as a number
     dir: str
     train_file: str
     dev_file: str
@@ -146,7 +146,7 @@ class TrainConfig(BaseModel):
 
     model_config = _OPEN
     # Hydra reads `experiment_name=nan` or `=2024` as a number; the run uses str() of it, which is fine.
-    experiment_name: Annotated[str, Field(min_length=1)] | int | float
+    experiment_name: Annotated[str, Field(min_length=1)] | int | Annotated[float, Field(allow_inf_nan=True)]
     seed: Annotated[int, Field(json_schema_extra=_fix("seed=42 (a whole number)"))]
     epochs: _count("epochs=2 (passes over the training data, at least 1)")
     batch_size: _count("batch_size=16 (windows per micro-step, at least 1)")
@@ -202,7 +202,7 @@ class PredictConfig(BaseModel):
     run_dirs: list[str]
     top_k: _count("top_k=3 (the best runs to ensemble), or null") | None
     optimize_metric: _choice(METRICS, "optimize_metric=em (or f1, em_cmrc2018, f1_cmrc2018), or null") | None
-    sweep: str | int | float | None
+    sweep: str | int | Annotated[float, Field(allow_inf_nan=True)] | None
     experiment: str | None
     model_uri: str | None
     combine: _choice(("auto", "logits", "nbest"), "combine=auto (or logits, nbest)")
