@@ -117,6 +117,8 @@ def test_one_search_from_two_processes_is_one_study(team_server, synthetic, tmp_
     counted = [t for t in loaded.trials if NOT_COUNTED not in t.user_attrs]
     assert len(counted) == 4 and {t.state for t in counted} == {optuna.trial.TrialState.COMPLETE}
     assert len({t.number for t in counted}) == 4
+    # ... and no configuration twice: processes sharing one seed used to propose the same parameters
+    assert len({json.dumps(t.params, sort_keys=True) for t in counted}) == 4, [t.params for t in counted]
     ran_by = {t.user_attrs["process"]["pid"] for t in counted}
     client = admin_client(team_server)
     runs = client.search_runs([client.get_experiment_by_name("search").experiment_id], max_results=100)

@@ -144,8 +144,16 @@ class OptunaSweeper(Sweeper):
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         name = str(self.study_name or OmegaConf.select(self.config, "experiment_name") or "extractive-qa")
+        seed = self.seed
+        if self.storage_url and seed is not None:
+            # Processes sharing a study with one seed propose the same parameters: the same trial run twice
+            # (seen with two processes and the random sampler). Each process draws from its own stream.
+            import hashlib
+
+            me = this_process()
+            seed = int(hashlib.sha256(f"{seed}:{me['host']}:{me['pid']}".encode()).hexdigest()[:8], 16)
         study = optuna.create_study(study_name=name, storage=optuna_storage(self.storage_url),
-                                    sampler=make_sampler(self.sampler_name, self.seed, space),
+                                    sampler=make_sampler(self.sampler_name, seed, space),
                                     pruner=make_pruner(self.pruner_name, self.pruner_warmup_steps),
                                     direction=self.direction, load_if_exists=True)
         if not self.storage_url:
