@@ -93,7 +93,7 @@ def search_space(params: dict | None, arguments: Sequence[str]) -> SearchSpace:
     return space
 
 
-def make_sampler(name: str, seed: int | None, space: SearchSpace):
+def _sampler(name: str, seed: int | None, space: SearchSpace):
     import optuna
 
     if name == "tpe":
@@ -109,6 +109,54 @@ def make_sampler(name: str, seed: int | None, space: SearchSpace):
                              "are intervals")
         return optuna.samplers.GridSampler(space.choices, seed=seed)
     raise ValueError(f"hydra.sweeper.sampler={name!r}: one of {SAMPLERS}")
+
+
+def trial_seed(seed: int, number: int) -> int:
+    """The random stream of trial ``number`` of a study seeded ``seed``: the same in every process."""
+    import hashlib
+
+    return int(hashlib.sha256(f"{seed}:{number}".encode()).hexdigest()[:8], 16)
+
+
+def make_sampler(name: str, seed: int | None, space: SearchSpace):
+    """Optuna's sampler ``name``; with a seed, each trial draws from the stream of its own trial number.
+
+    Why per trial: processes sharing a study with one seeded stream propose the same parameters (the same
+    trial run twice, seen with two processes and the random sampler), while a stream per process (host, pid)
+    makes a seeded study depend on its pids. Trial numbers are handed out once by the storage, so a stream
+    per trial number keeps ``seed=0`` reproducible in one process and apart across several. The grid sampler
+    needs none of this: its shuffled grid is the same for a seed and trial k takes grid point k."""
+    import optuna
+
+    if seed is None or name == "grid":
+        return _sampler(name, seed, space)
+
+    class TrialSeededSampler(optuna.samplers.BaseSampler):
+        def __init__(self) -> None:
+            self.inner = _sampler(name, seed, space)
+
+        def before_trial(self, study, trial) -> None:
+            # TPE, random and CMA-ES keep their state in the study, not the sampler: a fresh one per trial
+            # loses nothing but the random stream, which is the point.
+            self.inner = _sampler(name, trial_seed(seed, trial.number), space)
+            self.inner.before_trial(study, trial)
+
+        def infer_relative_search_space(self, study, trial):
+            return self.inner.infer_relative_search_space(study, trial)
+
+        def sample_relative(self, study, trial, search_space):
+            return self.inner.sample_relative(study, trial, search_space)
+
+        def sample_independent(self, study, trial, param_name, param_distribution):
+            return self.inner.sample_independent(study, trial, param_name, param_distribution)
+
+        def after_trial(self, study, trial, state, values) -> None:
+            self.inner.after_trial(study, trial, state, values)
+
+        def reseed_rng(self) -> None:
+            self.inner.reseed_rng()
+
+    return TrialSeededSampler()
 
 
 def _value(x):
@@ -144,16 +192,8 @@ class OptunaSweeper(Sweeper):
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         name = str(self.study_name or OmegaConf.select(self.config, "experiment_name") or "extractive-qa")
-        seed = self.seed
-        if self.storage_url and seed is not None:
-            # Processes sharing a study with one seed propose the same parameters: the same trial run twice
-            # (seen with two processes and the random sampler). Each process draws from its own stream.
-            import hashlib
-
-            me = this_process()
-            seed = int(hashlib.sha256(f"{seed}:{me['host']}:{me['pid']}".encode()).hexdigest()[:8], 16)
         study = optuna.create_study(study_name=name, storage=optuna_storage(self.storage_url),
-                                    sampler=make_sampler(self.sampler_name, seed, space),
+                                    sampler=make_sampler(self.sampler_name, self.seed, space),
                                     pruner=make_pruner(self.pruner_name, self.pruner_warmup_steps),
                                     direction=self.direction, load_if_exists=True)
         if not self.storage_url:
