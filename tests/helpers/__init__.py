@@ -52,10 +52,60 @@ def child_env(extra: dict | None = None) -> dict:
     return _env(extra)
 
 
+class _WarmInterpreter:
+    """The test process's ``warm.py`` server, started on first use (see warm.py for why and how)."""
+
+    proc: subprocess.Popen | None = None
+
+    @classmethod
+    def run(cls, argv: list[str], env: dict, timeout: float) -> subprocess.CompletedProcess:
+        import tempfile
+        import threading
+
+        if cls.proc is None or cls.proc.poll() is not None:
+            cls.proc = subprocess.Popen([sys.executable, str(HELPERS / "warm.py")], stdin=subprocess.PIPE,
+                                        stdout=subprocess.PIPE, text=True, cwd=ROOT, env=_env(None))
+        with tempfile.TemporaryDirectory(prefix="eqa-run-") as folder:
+            out, err = Path(folder) / "stdout", Path(folder) / "stderr"
+            cls.proc.stdin.write(json.dumps({"argv": argv, "env": env, "cwd": str(ROOT), "stdout": str(out),
+                                             "stderr": str(err)}) + "\n")
+            cls.proc.stdin.flush()
+            pid = json.loads(cls.proc.stdout.readline())["pid"]
+            timed_out: list[bool] = []
+
+            def kill() -> None:
+                timed_out.append(True)
+                os.kill(pid, 9)
+
+            timer = threading.Timer(timeout, kill)
+            timer.start()
+            try:
+                answer = cls.proc.stdout.readline()
+            finally:
+                timer.cancel()
+            if not answer:
+                raise RuntimeError("the warm interpreter died (tests/helpers/warm.py)")
+            code = json.loads(answer)["returncode"]
+            if timed_out:
+                raise subprocess.TimeoutExpired([sys.executable, *argv], timeout, out.read_text(), err.read_text())
+            result = subprocess.CompletedProcess([sys.executable, *argv], code,
+                                                 out.read_text(encoding="utf-8", errors="replace"),
+                                                 err.read_text(encoding="utf-8", errors="replace"))
+        return result
+
+
+def _run(argv: list[str], env: dict | None) -> subprocess.CompletedProcess:
+    """``python *argv`` from the repository root: forked from the warm interpreter, or with EQA_TESTS_COLD=1 a
+    fresh one."""
+    if os.environ.get("EQA_TESTS_COLD") == "1":
+        return subprocess.run([sys.executable, *argv], capture_output=True, text=True, cwd=ROOT, env=_env(env),
+                              timeout=900)
+    return _WarmInterpreter.run(argv, _env(env), timeout=900)
+
+
 def run_module(module: str, *overrides: str, env: dict | None = None,
                check: bool = True) -> subprocess.CompletedProcess:
-    out = subprocess.run([sys.executable, "-m", module, *overrides], capture_output=True, text=True, cwd=ROOT,
-                         env=_env(env), timeout=900)
+    out = _run(["-m", module, *overrides], env)
     if check and out.returncode != 0:
         raise AssertionError(f"{module} failed ({out.returncode}):\n{out.stdout[-3000:]}\n{out.stderr[-5000:]}")
     return out
@@ -65,9 +115,7 @@ def run_with_faults(faults: list[str], *overrides: str, env: dict | None = None,
                     module: str = "extractive_qa.train") -> subprocess.CompletedProcess:
     """``module``'s CLI with faults injected at exact points of the recipe (see fault_runner.py)."""
     args = [a for f in faults for a in ("--fault", f)]
-    out = subprocess.run([sys.executable, str(HELPERS / "fault_runner.py"), "--module", module, *args, "--",
-                          *overrides],
-                         capture_output=True, text=True, cwd=ROOT, env=_env(env), timeout=900)
+    out = _run([str(HELPERS / "fault_runner.py"), "--module", module, *args, "--", *overrides], env)
     if "fault_runner: these faults never fired" in out.stderr:  # the test did not test what it says
         raise AssertionError(out.stderr[-3000:])
     if check and out.returncode != 0:

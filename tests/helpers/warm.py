@@ -1,0 +1,99 @@
+"""A warm interpreter for the tests' CLI runs: torch, MLflow's SQL store and Hydra imported once, then one
+``fork`` per run.
+
+Why: a tiny training run takes about 10 s on 2 cores and 4 s of it is importing torch, MLflow (SQLAlchemy,
+alembic) and Hydra; the suite starts about a hundred such runs. A forked child is still a process of its own
+-- its own environment, working directory, argv, exit status, signals (a SIGKILL fault kills it alone),
+atexit handlers and interpreter shutdown -- and runs ``python -m MODULE`` / ``python SCRIPT`` exactly as
+``runpy`` does for the command line. What it shares with its siblings is what those imports did, so only
+modules that read nothing from the environment at import are warmed: transformers, huggingface_hub and
+accelerate read HF_HOME, HF_ENDPOINT and friends when imported, and are imported fresh in each child.
+
+``EQA_TESTS_COLD=1`` runs every CLI in a fresh interpreter instead (``tests/helpers/__init__.py``).
+
+Protocol (one run at a time, JSON lines on stdin/stdout): the test side sends ``{"argv", "env", "cwd",
+"stdout", "stderr"}`` -- argv as after ``python``: ``["-m", module, ...]`` or ``[script, ...]`` -- and reads
+``{"pid"}`` then ``{"returncode"}`` (negative: killed by that signal, as ``subprocess`` reports it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+WARM_MODULES = ("numpy", "scipy.stats", "pandas", "pyarrow", "psutil", "torch", "hydra", "omegaconf", "mlflow",
+                "mlflow.tracking", "mlflow.store.tracking.sqlalchemy_store", "sqlalchemy", "alembic", "fastapi",
+                "nltk.tokenize")
+
+
+def _status(wait_status: int) -> int:
+    return -os.WTERMSIG(wait_status) if os.WIFSIGNALED(wait_status) else os.WEXITSTATUS(wait_status)
+
+
+def serve() -> dict | None:
+    """Fork a child per request; return the request in the child, None in the server when stdin closes."""
+    channel_in, channel_out = sys.stdin, sys.stdout
+    for line in channel_in:
+        request = json.loads(line)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:
+            return request
+        channel_out.write(json.dumps({"pid": pid}) + "\n")
+        channel_out.flush()
+        _, wait_status = os.waitpid(pid, 0)
+        channel_out.write(json.dumps({"returncode": _status(wait_status)}) + "\n")
+        channel_out.flush()
+    return None
+
+
+def become(request: dict) -> None:
+    """Turn this forked child into ``python *argv`` run with the request's environment and folder."""
+    import io
+    import runpy
+
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    for fd, path in ((1, request["stdout"]), (2, request["stderr"])):
+        target = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        os.dup2(target, fd)
+        os.close(target)
+    os.close(null)
+    # The server's sys.stdout was its channel: new streams on the redirected descriptors, unbuffered as the
+    # tests' PYTHONUNBUFFERED=1 makes them.
+    sys.stdin = io.TextIOWrapper(io.FileIO(0, "r", closefd=False), encoding="utf-8")
+    sys.stdout = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), encoding="utf-8", write_through=True)
+    sys.stderr = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), encoding="utf-8", errors="backslashreplace",
+                                  write_through=True)
+    sys.__stdout__, sys.__stderr__, sys.__stdin__ = sys.stdout, sys.stderr, sys.stdin
+    os.environ.clear()
+    os.environ.update(request["env"])
+    os.chdir(request["cwd"])
+    # What the interpreter would have put on sys.path at start: the script's folder or the working folder
+    # for -m, then PYTHONPATH.
+    argv = list(request["argv"])
+    extra = [p for p in request["env"].get("PYTHONPATH", "").split(os.pathsep) if p]
+    first = request["cwd"] if argv[0] == "-m" else os.path.dirname(os.path.abspath(argv[0]))
+    sys.path[:] = [first, *extra, *[p for p in sys.path[1:] if p not in extra]]
+    if argv[0] == "-m":
+        sys.argv = [argv[1], *argv[2:]]
+        runpy.run_module(argv[1], run_name="__main__", alter_sys=True)
+    else:
+        sys.argv = argv
+        runpy.run_path(argv[0], run_name="__main__")
+
+
+def main() -> None:
+    import importlib
+
+    for name in WARM_MODULES:
+        importlib.import_module(name)
+    request = serve()
+    if request is not None:
+        become(request)  # SystemExit and uncaught exceptions end this child as they end `python -m ...`
+
+
+if __name__ == "__main__":
+    main()
