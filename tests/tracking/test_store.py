@@ -37,3 +37,15 @@ def test_an_experiment_is_created_once_with_an_absolute_artifact_root(tmp_path):
     exp = client.get_experiment(first)
     assert first == again and exp.tags[EXPERIMENT_KIND] == MODEL_TRAINING
     assert exp.artifact_location == (Path(tmp_path) / "fresh" / "mlartifacts" / "exp").resolve().as_uri()
+
+
+def test_a_configurations_group_label_shows_sampled_floats_short_and_keeps_the_rest():
+    """The UI groups a sweep's runs by this label: an Optuna learning rate in 6 significant digits, values typed
+    by a user exactly as typed, the seed never (its runs are the group)."""
+    from extractive_qa.tracking.naming import configuration_label
+
+    keys = ["lr", "warmup_ratio", "model", "seed"]
+    assert configuration_label({"lr": "0.0004007191214345614", "warmup_ratio": "0.1", "model": "tiny", "seed": "3"},
+                               keys, "abc") == "lr=0.000400719 wr=0.1 model=tiny · abc"
+    assert configuration_label({"lr": "2e-5", "warmup_ratio": "0.10", "seed": "1"}, keys, "x") == "lr=2e-5 wr=0.10 · x"
+    assert configuration_label({"seed": "1"}, keys, "x") == "all runs · x"

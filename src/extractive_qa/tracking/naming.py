@@ -80,8 +80,20 @@ def configuration_label(values: dict[str, str], swept_keys: list[str], sweep_id:
     run names -- and its sweep: ``wr=0.1 · vbaxpx``. Every seed of a configuration and its configuration run
     carry it as the tag :data:`GROUP_TAG`, by which the UI's runs view groups them."""
     short = short_keys(list(swept_keys or values))
-    shown = " ".join(short_value(f"{short.get(k, k)}={v}") for k, v in values.items() if k not in SEED_KEYS)
+    shown = " ".join(short_value(f"{short.get(k, k)}={_readable(v)}") for k, v in values.items()
+                     if k not in SEED_KEYS)
     return f"{shown or 'all runs'} · {sweep_id}"
+
+
+def _readable(value: str) -> str:
+    """A sampled float as 6 significant digits (``0.00040071912143458`` -> ``0.000400719``): what a group row of
+    the UI can show. Two configurations an Optuna search tells apart differ long before the 7th digit."""
+    try:
+        number = float(value)
+    except ValueError:
+        return value
+    short = f"{number:.6g}"
+    return short if float(short) != number else value  # only what has more than 6 digits; 0.10 stays 0.10
 
 
 def _names_the_run(override: str) -> bool:
