@@ -81,6 +81,11 @@ class _WarmInterpreter:
             timer.start()
             try:
                 answer = cls.proc.stdout.readline()
+            except BaseException:  # the test was interrupted mid-run: a fresh server for the next one
+                os.kill(pid, 9)
+                cls.proc.kill()
+                cls.proc = None
+                raise
             finally:
                 timer.cancel()
             if not answer:

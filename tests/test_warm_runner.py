@@ -1,0 +1,40 @@
+"""The tests' CLI runner forks from a warm interpreter (tests/helpers/warm.py): each run must still be a process
+of its own, as `python SCRIPT` would be -- environment, folder, argv, output, exit status and signals."""
+import os
+import subprocess
+import sys
+
+from helpers import _run
+
+
+def _script(tmp_path, body: str):
+    path = tmp_path / "child.py"
+    path.write_text(body, encoding="utf-8")
+    return str(path)
+
+
+def test_a_run_has_its_own_environment_argv_output_and_exit_status(tmp_path):
+    script = _script(tmp_path, "import os, sys\nprint(os.environ.get('EQA_PROBE'), sys.argv[1:], os.getppid())\n"
+                               "print('問題', file=sys.stderr)\nsys.exit(3)\n")
+    out = _run([script, "a", "b=c"], {"EQA_PROBE": "here"})
+    probe, args, _ = out.stdout.split(" ", 2)
+    assert (out.returncode, probe, args, out.stderr) == (3, "here", "['a',", "問題\n")
+    assert "EQA_PROBE" not in os.environ  # set in the child only
+    again = _run([script], None)
+    assert again.stdout.startswith("None [] ")  # nothing left over from the run before
+
+
+def test_a_run_killed_by_a_signal_reports_it_as_subprocess_does(tmp_path):
+    script = _script(tmp_path, "import os, signal\nprint('before', flush=True)\nos.kill(os.getpid(), signal.SIGKILL)\n")
+    out = _run([script], None)
+    assert out.returncode == -9 and out.stdout == "before\n"
+    cold = subprocess.run([sys.executable, script], capture_output=True, text=True)
+    assert cold.returncode == out.returncode
+
+
+def test_an_uncaught_exception_and_atexit_behave_as_in_a_fresh_interpreter(tmp_path):
+    script = _script(tmp_path, "import atexit\natexit.register(lambda: print('atexit ran'))\nraise ValueError('x')\n")
+    out = _run([script], None)
+    cold = subprocess.run([sys.executable, script], capture_output=True, text=True)
+    assert (out.returncode, out.stdout) == (cold.returncode, cold.stdout) == (1, "atexit ran\n")
+    assert out.stderr.strip().endswith("ValueError: x") and cold.stderr.strip().endswith("ValueError: x")
