@@ -39,22 +39,49 @@ def start(tmp: Path, port: int | None = None) -> dict:
     return settings
 
 
-def _launch(settings: dict) -> None:
-    with open(settings["log"], "a") as log:
-        proc = subprocess.Popen([_mlflow(), "server", "--host", "127.0.0.1", "--port", str(settings["port"]),
-                                 "--backend-store-uri", f"sqlite:///{settings['db']}",
-                                 "--artifacts-destination", settings["artifacts"], "--workers", "1"],
-                                stdout=log, stderr=log, cwd=Path(settings["db"]).parent, start_new_session=True)
-    Path(settings["pidfile"]).write_text(str(proc.pid))
-    deadline = time.monotonic() + 120
+def launch_server(command: list[str], *, port: int, log: Path, pidfile: Path, env: dict | None = None,
+                  cwd: Path | None = None, seconds: float = 180) -> None:
+    """Start ``command`` (an ``mlflow server`` on 127.0.0.1:``port``) in its own process group, record its pid,
+    and return once /health answers; a server that exits first fails with its log's tail."""
+    with open(log, "a") as out:
+        proc = subprocess.Popen(command, env={**os.environ, **(env or {})}, stdout=out, stderr=out, cwd=cwd,
+                                start_new_session=True)
+    Path(pidfile).write_text(str(proc.pid))
+    deadline = time.monotonic() + seconds
     while True:
         try:
-            urllib.request.urlopen(f"http://127.0.0.1:{settings['port']}/health", timeout=2)
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
             return
         except OSError:
             if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"mlflow server did not start; see {settings['log']}") from None
+                raise RuntimeError(f"mlflow server did not start; {log}:\n{Path(log).read_text()[-3000:]}") from None
             time.sleep(0.2)
+
+
+def kill_server(pidfile: Path, port: int, seconds: float = 60) -> None:
+    """Kill -9 the server's whole process group (gunicorn/uvicorn workers too) and wait until its port is
+    free, so that it can be started again on it."""
+    pid = int(Path(pidfile).read_text())
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + seconds
+    while True:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) != 0:
+                return
+        if time.monotonic() > deadline:
+            raise RuntimeError("mlflow server did not stop")
+        time.sleep(0.1)
+
+
+def _launch(settings: dict) -> None:
+    launch_server([_mlflow(), "server", "--host", "127.0.0.1", "--port", str(settings["port"]),
+                   "--backend-store-uri", f"sqlite:///{settings['db']}",
+                   "--artifacts-destination", settings["artifacts"], "--workers", "1"],
+                  port=settings["port"], log=Path(settings["log"]), pidfile=Path(settings["pidfile"]),
+                  cwd=Path(settings["db"]).parent, seconds=120)
 
 
 def uri(settings: dict) -> str:
@@ -67,19 +94,7 @@ def env(settings: dict) -> dict:
 
 def stop(settings: dict) -> None:
     """Kill the server (its whole process group: gunicorn/uvicorn workers too) and wait until it is gone."""
-    pid = int(Path(settings["pidfile"]).read_text())
-    try:
-        os.killpg(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + 60
-    while True:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", settings["port"])) != 0:
-                return
-        if time.monotonic() > deadline:
-            raise RuntimeError("mlflow server did not stop")
-        time.sleep(0.1)
+    kill_server(Path(settings["pidfile"]), settings["port"])
 
 
 def kill() -> None:

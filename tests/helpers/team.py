@@ -7,14 +7,10 @@ from __future__ import annotations
 
 import os
 import secrets
-import signal
-import subprocess
 import tempfile
-import time
-import urllib.request
 from pathlib import Path
 
-from helpers.mlflow_server import free_port
+from helpers.mlflow_server import free_port, kill_server, launch_server
 
 ADMIN_PASSWORD = "admin-" + secrets.token_hex(8)  # MLflow asks for 12 characters or more
 
@@ -43,40 +39,16 @@ def start(home: Path | None = None) -> dict:
 
 
 def launch(team: dict) -> None:
-    with open(Path(team["home"]) / "mlflow.log", "a") as log:
-        proc = subprocess.Popen(team["command"], env={**os.environ, **team["env"]}, stdout=log, stderr=log,
-                                start_new_session=True)
-    Path(team["pidfile"]).write_text(str(proc.pid))
-    deadline = time.monotonic() + 180
-    while True:
-        try:
-            urllib.request.urlopen(f"{uri(team)}/health", timeout=2)
-            return
-        except OSError:
-            assert proc.poll() is None, (Path(team["home"]) / "mlflow.log").read_text()[-3000:]
-            assert time.monotonic() < deadline, "the team's mlflow server did not start"
-            time.sleep(0.3)
+    launch_server(team["command"], port=team["port"], log=Path(team["home"]) / "mlflow.log",
+                  pidfile=Path(team["pidfile"]), env=team["env"])
 
 
 def kill(team: dict | None = None) -> None:
-    """The MLflow server dies (kill -9 of its process group); PostgreSQL stays. Waits until it is gone."""
+    """The MLflow server dies (kill -9 of its process group); PostgreSQL stays. Waits until its port is free."""
     import json
 
     team = team or json.loads(os.environ[ENV])
-    pid = int(Path(team["pidfile"]).read_text())
-    try:
-        os.killpg(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            os.kill(pid, 0)
-            os.waitpid(pid, os.WNOHANG)
-        except (ProcessLookupError, ChildProcessError):
-            return
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
+    kill_server(Path(team["pidfile"]), team["port"])
 
 
 def restart(team: dict | None = None) -> None:
