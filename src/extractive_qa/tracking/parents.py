@@ -56,6 +56,26 @@ def end_if_orphaned(client, parent) -> object:
     return with_retry(lambda: client.get_run(parent.info.run_id), "get parent run")
 
 
+DIR_TAG_PREFIX = "sweep.dirs."  # + a digest of a folder the sweep ran in; the folder is the value
+
+
+def dir_tag(folder: str) -> str:
+    """The parent's tag naming one folder its sweep ran in. One tag per folder, not one list in a tag: processes
+    that join a sweep at once (one Optuna study from two machines) each add theirs, and a read-modify-write of
+    a shared list lost one of them (seen once in three runs of the two-process test)."""
+    import hashlib
+
+    return DIR_TAG_PREFIX + hashlib.sha256(folder.encode()).hexdigest()[:12]
+
+
+def sweep_dirs(run) -> list[str]:
+    """Every folder the parent's sweep ran in (also from stores written before, with a ``sweep.dirs`` list)."""
+    tags = run.data.tags
+    listed = tags.get("sweep.dirs", tags.get("sweep.dir", "")).split("\n")
+    tagged = [v for k, v in tags.items() if k.startswith(DIR_TAG_PREFIX)]
+    return list(dict.fromkeys(d for d in [*listed, *tagged] if d))
+
+
 def find_parent_run(client, experiment_id: str, digest: str):
     runs = with_retry(lambda: client.search_runs(
         [experiment_id], filter_string=f"tags.`sweep.digest` = '{digest}' and tags.`{PARENT_TAG}` = 'true'",
@@ -70,11 +90,10 @@ def open_parent_run(uri: str, config: DictConfig, info: dict) -> str:
             "sweep.command": info["command"][:5000], "sweep.overrides": " ".join(info["overrides"])[:5000],
             "sweep.dir": info["dir"], PARENT_TAG: "true", "mlflow.note.content": _note(info),
             LAUNCHER_TAG: json.dumps(info.get("launcher") or {})}
+    tags[dir_tag(info["dir"])] = info["dir"]
     found = find_parent_run(client, experiment_id, info["digest"])
     if found is not None:
         run_id = found.info.run_id
-        dirs = [d for d in found.data.tags.get("sweep.dirs", found.data.tags.get("sweep.dir", "")).split("\n") if d]
-        tags["sweep.dirs"] = "\n".join(dict.fromkeys([*dirs, info["dir"]]))[-5000:]
         with_retry(lambda: client.update_run(run_id, status="RUNNING"), "reopen parent run")
         log.info("continuing sweep %s: parent run %s", info["id"], run_id)
     else:
@@ -82,13 +101,9 @@ def open_parent_run(uri: str, config: DictConfig, info: dict) -> str:
 
         spelled = [f"{s}={k}" if s != k else k for k, s in short_keys(info["swept_keys"]).items()]
         name = f"sweep {info['id']}: {', '.join(spelled) or 'one job'}"
-        created = with_retry(lambda: client.create_run(experiment_id, run_name=name,
-                                                       tags={**tags, "sweep.dirs": info["dir"]}),
+        created = with_retry(lambda: client.create_run(experiment_id, run_name=name, tags=tags),
                              "create parent run").info.run_id
         run_id = _one_parent(client, experiment_id, info["digest"], created)
-        found = with_retry(lambda: client.get_run(run_id), "get parent run")
-        dirs = [d for d in found.data.tags.get("sweep.dirs", "").split("\n") if d]
-        tags["sweep.dirs"] = "\n".join(dict.fromkeys([*dirs, info["dir"]]))[-5000:]
     _set_tags(client, run_id, tags)
     return run_id
 
@@ -273,15 +288,20 @@ def find_sweep(client, sweep: str | None):
     experiments = [e.experiment_id for e in client.search_experiments()]
     condition = f"tags.`{PARENT_TAG}` = 'true'"
     folder = str(Path(sweep).resolve()) if sweep and ("/" in sweep or os.sep in sweep) else None
-    if folder:  # any folder the sweep ran in (a re-run adds one): matched loosely here, exactly below
-        condition += f" and tags.`sweep.dirs` LIKE '%{folder}%'"
+    if folder:  # any folder the sweep ran in (a re-run adds one)
+        condition += f" and tags.`{dir_tag(folder)}` = '{folder}'"
     elif sweep:
         condition += f" and tags.`sweep.id` = '{sweep}'"
-    found = with_retry(lambda: client.search_runs(experiments, filter_string=condition,
-                                                  order_by=["attributes.start_time DESC"], max_results=100),
-                                                  "find sweep")
-    if folder:
-        found = [r for r in found if folder in r.data.tags.get("sweep.dirs", "").split("\n")]
+
+    def search(condition: str) -> list:
+        return with_retry(lambda: client.search_runs(experiments, filter_string=condition,
+                                                     order_by=["attributes.start_time DESC"], max_results=100),
+                          "find sweep")
+
+    found = search(condition)
+    if folder and not found:  # a parent written before the folders had a tag each: matched loosely, then exactly
+        found = [r for r in search(f"tags.`{PARENT_TAG}` = 'true' and tags.`sweep.dirs` LIKE '%{folder}%'")
+                 if folder in sweep_dirs(r)]
     if not found:
         raise SystemExit(f"error: no sweep {sweep!r} in the store" if sweep else
                          "error: no sweep in the store; run one (python -m extractive_qa.train -m ...) "
