@@ -49,3 +49,21 @@ def test_a_configurations_group_label_shows_sampled_floats_short_and_keeps_the_r
                                keys, "abc") == "lr=0.000400719 wr=0.1 model=tiny · abc"
     assert configuration_label({"lr": "2e-5", "warmup_ratio": "0.10", "seed": "1"}, keys, "x") == "lr=2e-5 wr=0.10 · x"
     assert configuration_label({"seed": "1"}, keys, "x") == "all runs · x"
+
+
+def test_a_sweep_is_found_by_any_folder_it_ran_in_old_list_or_one_tag_each(tmp_path):
+    """Parents written before each folder had its own tag hold them as a ``sweep.dirs`` list: both are found."""
+    from mlflow.tracking import MlflowClient
+
+    from extractive_qa.tracking.naming import PARENT_TAG
+    from extractive_qa.tracking.parents import dir_tag, find_sweep
+
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    experiment = client.create_experiment("sweeps")
+    ab, b, c = (str(tmp_path / name) for name in ("ab", "b", "c"))
+    old = client.create_run(experiment, tags={PARENT_TAG: "true", "sweep.id": "old", "sweep.dirs": f"{ab}\n{b}"})
+    new = client.create_run(experiment, tags={PARENT_TAG: "true", "sweep.id": "new", dir_tag(c): c})
+    assert find_sweep(client, b).info.run_id == old.info.run_id
+    assert find_sweep(client, c).info.run_id == new.info.run_id
+    with pytest.raises(SystemExit, match="no sweep"):
+        find_sweep(client, str(tmp_path / "a"))  # the start of a folder's name is not that folder
