@@ -288,8 +288,9 @@ class OptunaSweeper(Sweeper):
     def _write_results(self, study) -> None:
         import optuna
 
-        done = [t for t in self.counted(study) if t.state == optuna.trial.TrialState.COMPLETE]
-        states = {s.name: sum(t.state == s for t in self.counted(study)) for s in optuna.trial.TrialState}
+        counted = self.counted(study)  # one read of the storage for both
+        done = [t for t in counted if t.state == optuna.trial.TrialState.COMPLETE]
+        states = {s.name: sum(t.state == s for t in counted) for s in optuna.trial.TrialState}
         results = {"study": study.study_name, "storage": self.storage_url or "memory", "n_trials": self.n_trials,
                    "trials": {k: v for k, v in states.items() if v}}
         if done:
