@@ -38,3 +38,16 @@ def test_an_uncaught_exception_and_atexit_behave_as_in_a_fresh_interpreter(tmp_p
     cold = subprocess.run([sys.executable, script], capture_output=True, text=True)
     assert (out.returncode, out.stdout) == (cold.returncode, cold.stdout) == (1, "atexit ran\n")
     assert out.stderr.strip().endswith("ValueError: x") and cold.stderr.strip().endswith("ValueError: x")
+
+
+def test_a_run_whose_hub_settings_differ_imports_transformers_with_its_own(tmp_path):
+    """transformers and huggingface_hub read HF_HOME, HF_ENDPOINT and proxies when imported: a run that sets its
+    own must not fork from the server that imported them with the tests' settings."""
+    script = _script(tmp_path, "import sys\nwarm = 'transformers' in sys.modules\nimport transformers\n"
+                               "from huggingface_hub import constants\n"
+                               "print(warm, constants.HF_HOME, constants.ENDPOINT)\n")
+    own = _run([script], {"HF_HOME": str(tmp_path / "hf"), "HF_ENDPOINT": "http://mirror.invalid"})
+    assert own.stdout.split() == ["False", str(tmp_path / "hf"), "http://mirror.invalid"], own.stderr[-2000:]
+    default = _run([script], None)
+    warm, home, endpoint = default.stdout.split()
+    assert warm == "True" and home != str(tmp_path / "hf") and endpoint != "http://mirror.invalid"

@@ -53,24 +53,36 @@ def child_env(extra: dict | None = None) -> dict:
 
 
 class _WarmInterpreter:
-    """The test process's ``warm.py`` server, started on first use (see warm.py for why and how)."""
+    """The test process's ``warm.py`` servers, each started on first use (see warm.py for why and how): ``hf``
+    (transformers and accelerate imported too) for runs whose import-time variables are the tests' own, ``base``
+    for the others."""
 
-    proc: subprocess.Popen | None = None
+    procs: dict[str, subprocess.Popen] = {}
+
+    @classmethod
+    def _server(cls, env: dict) -> subprocess.Popen:
+        from helpers.warm import import_env
+
+        kind = "hf" if import_env(env) == import_env(_env(None)) else "base"
+        proc = cls.procs.get(kind)
+        if proc is None or proc.poll() is not None:
+            proc = cls.procs[kind] = subprocess.Popen([sys.executable, str(HELPERS / "warm.py"), kind],
+                                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                                      cwd=ROOT, env=_env(None))
+        return proc
 
     @classmethod
     def run(cls, argv: list[str], env: dict, timeout: float) -> subprocess.CompletedProcess:
         import tempfile
         import threading
 
-        if cls.proc is None or cls.proc.poll() is not None:
-            cls.proc = subprocess.Popen([sys.executable, str(HELPERS / "warm.py")], stdin=subprocess.PIPE,
-                                        stdout=subprocess.PIPE, text=True, cwd=ROOT, env=_env(None))
+        proc = cls._server(env)
         with tempfile.TemporaryDirectory(prefix="eqa-run-") as folder:
             out, err = Path(folder) / "stdout", Path(folder) / "stderr"
-            cls.proc.stdin.write(json.dumps({"argv": argv, "env": env, "cwd": str(ROOT), "stdout": str(out),
-                                             "stderr": str(err)}) + "\n")
-            cls.proc.stdin.flush()
-            pid = json.loads(cls.proc.stdout.readline())["pid"]
+            proc.stdin.write(json.dumps({"argv": argv, "env": env, "cwd": str(ROOT), "stdout": str(out),
+                                         "stderr": str(err)}) + "\n")
+            proc.stdin.flush()
+            pid = json.loads(proc.stdout.readline())["pid"]
             timed_out: list[bool] = []
 
             def kill() -> None:
@@ -80,11 +92,10 @@ class _WarmInterpreter:
             timer = threading.Timer(timeout, kill)
             timer.start()
             try:
-                answer = cls.proc.stdout.readline()
+                answer = proc.stdout.readline()
             except BaseException:  # the test was interrupted mid-run: a fresh server for the next one
                 os.kill(pid, 9)
-                cls.proc.kill()
-                cls.proc = None
+                proc.kill()
                 raise
             finally:
                 timer.cancel()

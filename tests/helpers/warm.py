@@ -5,9 +5,12 @@ Why: a tiny training run takes about 10 s on 2 cores and 4 s of it is importing 
 alembic) and Hydra; the suite starts about a hundred such runs. A forked child is still a process of its own
 -- its own environment, working directory, argv, exit status, signals (a SIGKILL fault kills it alone),
 atexit handlers and interpreter shutdown -- and runs ``python -m MODULE`` / ``python SCRIPT`` exactly as
-``runpy`` does for the command line. What it shares with its siblings is what those imports did, so only
-modules that read nothing from the environment at import are warmed: transformers, huggingface_hub and
-accelerate read HF_HOME, HF_ENDPOINT and friends when imported, and are imported fresh in each child.
+``runpy`` does for the command line. What it shares with its siblings is what those imports did, so a
+module that reads the environment when imported is warmed only for children whose environment agrees:
+transformers, huggingface_hub and accelerate read HF_HOME, HF_ENDPOINT, proxies and friends at import, so
+they are imported by a second server (``python warm.py hf``) that serves only runs whose every such variable
+(``import_env``) equals its own -- the tests that point HF_ENDPOINT at a mirror or HF_HOME at a folder of
+their own go to the first server and import them fresh. Importing them costs a child about 2 s.
 
 ``EQA_TESTS_COLD=1`` runs every CLI in a fresh interpreter instead (``tests/helpers/__init__.py``).
 
@@ -20,11 +23,23 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 
 WARM_MODULES = ("numpy", "scipy.stats", "pandas", "pyarrow", "psutil", "torch", "hydra", "omegaconf", "mlflow",
                 "mlflow.tracking", "mlflow.store.tracking.sqlalchemy_store", "sqlalchemy", "alembic", "fastapi",
                 "nltk.tokenize")
+# Imported only by the ``hf`` server: they read these variables when imported (``import_env``).
+HF_MODULES = ("transformers", "accelerate", "transformers.models.bert.modeling_bert",
+              "transformers.models.bert.tokenization_bert")
+_IMPORT_ENV = re.compile(r"^(HF_|HUGGINGFACE|TRANSFORMERS|ACCELERATE|TOKENIZERS|SAFETENSORS|USE_|XDG_|HOME$)|PROXY",
+                         re.IGNORECASE)
+
+
+def import_env(env: dict) -> dict:
+    """The variables HF_MODULES may read when imported: a child may fork from the ``hf`` server only when its
+    own are these exactly."""
+    return {k: v for k, v in env.items() if _IMPORT_ENV.search(k)}
 
 
 def _status(wait_status: int) -> int:
@@ -88,7 +103,7 @@ def become(request: dict) -> None:
 def main() -> None:
     import importlib
 
-    for name in WARM_MODULES:
+    for name in WARM_MODULES + (HF_MODULES if sys.argv[1:] == ["hf"] else ()):
         importlib.import_module(name)
     request = serve()
     if request is not None:
