@@ -81,13 +81,20 @@ def test_a_registered_model_predicts_what_its_run_dir_predicts_sqlite(seed_sweep
     version = MlflowClient(uri, registry_uri=uri).get_model_version("seeds-qa", "2")
     run_dir = Path(MlflowClient(uri).get_run(version.run_id).data.tags["run_dir"])
     _same_csv_from_registry_and_run_dir(uri, "seeds-qa/2", run_dir, tmp_path)
-    # ... and it is an ordinary pyfunc model with its tokenizer and an input schema.
+    # ... and it is an ordinary pyfunc model with its tokenizer, an input schema and what it needs installed.
     code = ("import mlflow, pandas as pd, sys; mlflow.set_registry_uri(sys.argv[1]); m = mlflow.pyfunc.load_model("
             "'models:/seeds-qa/2'); print(m.metadata.get_input_schema().input_names()); "
-            "print(m.predict(pd.DataFrame({'question': ['王小明住在哪裡？'], 'context': ['王小明住在台北。']})))")
+            "print(m.predict(pd.DataFrame({'question': ['王小明住在哪裡？'], 'context': ['王小明住在台北。']}))); "
+            "print(open(mlflow.pyfunc.get_model_dependencies('models:/seeds-qa/2')).read())")
     out = subprocess.run([sys.executable, "-c", code, uri], capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "['question', 'context']" in out.stdout
+    from importlib.metadata import version
+
+    requirements = out.stdout.splitlines()
+    for package in ("torch", "transformers", "accelerate", "mlflow"):  # pinned to what trained it
+        assert f"{package}=={version(package).split('+')[0]}" in requirements, requirements
+    assert not any(line.startswith("extractive-qa") for line in requirements)  # its code travels in the model
 
 
 def test_a_registered_model_predicts_what_its_run_dir_predicts_server(synthetic, tmp_path, tracking_server):

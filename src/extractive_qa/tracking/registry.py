@@ -6,9 +6,9 @@ Why pyfunc and not MLflow's ``transformers`` flavour: that flavour saves a model
 ``question-answering`` pipeline ("The task question-answering has been removed from transformers"),
 so it cannot save any extractive-QA model there. The pyfunc model below carries the same Hugging
 Face files (``artifacts/best_model/``: weights and tokenizer, loadable with
-``AutoModelForQuestionAnswering``/``AutoTokenizer`` by anyone), the run's ``config_resolved.yaml`` and
-this package's code, and predicts exactly as ``make predict`` does: ``pyfunc.load_model(uri).predict(
-pandas.DataFrame({"question": [...], "context": [...]}))`` returns one answer per row.
+``AutoModelForQuestionAnswering``/``AutoTokenizer`` by anyone), the run's ``config_resolved.yaml``,
+this package's code and its pinned dependencies, and predicts exactly as ``make predict`` does:
+``pyfunc.load_model(uri).predict(pandas.DataFrame({"question": [...], "context": [...]}))`` returns one answer per row.
 """
 
 from __future__ import annotations
@@ -64,6 +64,37 @@ class ExtractiveQAModel(mlflow.pyfunc.PythonModel):
         return [p.text for p in predictions]
 
 
+def model_requirements() -> list[str]:
+    """The package's own dependencies, each pinned to the version installed here (a local build tag such as
+    ``+cpu`` dropped: no index has it). Given to MLflow instead of letting it infer them, which loads the model
+    in a subprocess (7 s of a tiny model's 13 s log) and still misses torch and transformers, imported lazily,
+    while naming ``extractive-qa``, which no index has either: the package travels in the model's ``code/``."""
+    from importlib.metadata import PackageNotFoundError, requires, version
+
+    from packaging.requirements import Requirement
+
+    pinned = []
+    for line in requires("extractive-qa") or []:
+        req = Requirement(line)
+        if req.marker is not None and "extra" in str(req.marker):
+            continue  # an optional extra (dev, optuna, team ...), not needed to predict
+        try:
+            pinned.append(f"{req.name}=={version(req.name).split('+')[0]}")
+        except PackageNotFoundError:
+            pinned.append(str(req))
+    return pinned
+
+
+def model_signature():
+    """Questions and contexts (strings) in, one answer (a string) per row out: what ``predict`` takes and
+    returns, stated rather than inferred (inferring it loads the model once more)."""
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema
+
+    return ModelSignature(inputs=Schema([ColSpec("string", "question"), ColSpec("string", "context")]),
+                          outputs=Schema([ColSpec("string")]))
+
+
 def log_qa_model(uri: str, run_id: str, run_dir: Path, example: dict, register: str | None) -> tuple[str, str | None]:
     """``run_dir``'s best model as an MLflow 3 **logged model** of the run (``name="model"``): listed in the
     run's "Logged models" and the experiment's Models tab, linked to the run's step-0 metrics (its best dev
@@ -79,7 +110,8 @@ def log_qa_model(uri: str, run_id: str, run_dir: Path, example: dict, register: 
                          python_model=str(Path(__file__).with_name("pyfunc_model.py")), code_paths=[str(PACKAGE_DIR)],
                          artifacts={"model": str(run_dir / "best_model"),
                                     "config": str(run_dir / "config_resolved.yaml")},
-                         input_example=pd.DataFrame([example]), registered_model_name=register)
+                         input_example=pd.DataFrame([example]), signature=model_signature(),
+                         pip_requirements=model_requirements(), registered_model_name=register)
     version = str(info.registered_model_version) if register and info.registered_model_version else None
     if version:  # each version says what it scored, so the registry's list can be read without the runs
         client = mlflow.MlflowClient(uri)
