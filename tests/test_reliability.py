@@ -96,7 +96,7 @@ def test_two_processes_match_one(synthetic, tmp_path):
 
 
 def _resume_args(synthetic, tmp: Path) -> list[str]:
-    return [*tiny(synthetic, tmp), "data.limit_train=320", "epochs=2", "checkpoint_steps=10", "keep_checkpoints=2",
+    return [*tiny(synthetic, tmp), "data.limit_train=160", "epochs=2", "checkpoint_steps=10", "keep_checkpoints=2",
             "predict_test=false", "logging_steps=5"]
 
 
@@ -120,18 +120,18 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(synthetic, tmp_path):
     run_module("extractive_qa.train", *args, "experiment_name=straight", f"hydra.run.dir={tmp_path}/straight")
 
     killed = tmp_path / "killed"
-    # SIGKILL right after the step-30 checkpoint is written (mid-epoch: 40 steps per epoch).
-    res = run_with_faults(["after:_save:30=SIGKILL"], *args, "experiment_name=killed", f"hydra.run.dir={killed}")
+    # SIGKILL right after the step-10 checkpoint is written (mid-epoch: 20 steps per epoch).
+    res = run_with_faults(["after:_save:10=SIGKILL"], *args, "experiment_name=killed", f"hydra.run.dir={killed}")
     assert res.returncode == -signal.SIGKILL
     run_module("extractive_qa.train", *args, "experiment_name=killed", f"resume={killed}",
                f"hydra.run.dir={tmp_path}/ignored")
 
     name_a, a = _final_weights(tmp_path / "straight")
     name_b, b = _final_weights(killed)
-    assert name_a == name_b == "step_80"
+    assert name_a == name_b == "step_40"
     assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
     ma, mb = (json.loads((d / "metrics.json").read_text()) for d in (tmp_path / "straight", killed))
-    assert ma["best_dev_em"] == mb["best_dev_em"] and ma["best_dev_f1"] == mb["best_dev_f1"] and mb["steps"] == 80
+    assert ma["best_dev_em"] == mb["best_dev_em"] and ma["best_dev_f1"] == mb["best_dev_f1"] and mb["steps"] == 40
     client = MlflowClient(uri)
     runs = client.search_runs([client.get_experiment_by_name("killed").experiment_id])
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"  # the same MLflow run, continued
