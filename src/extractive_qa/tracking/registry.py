@@ -76,7 +76,7 @@ def model_requirements() -> list[str]:
     pinned = []
     for line in requires("extractive-qa") or []:
         req = Requirement(line)
-        if req.marker is not None and "extra" in str(req.marker):
+        if req.marker is not None and not req.marker.evaluate({"extra": ""}):
             continue  # an optional extra (dev, optuna, team ...), not needed to predict
         try:
             pinned.append(f"{req.name}=={version(req.name).split('+')[0]}")
