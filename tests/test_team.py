@@ -66,7 +66,7 @@ def test_without_permission_on_an_experiment_a_member_cannot_write(team_server):
 
 def test_jobs_at_once_log_every_step_once(team_server, synthetic, tmp_path):
     """Several processes writing to the team server at once (joblib): 4 here, EQA_TEAM_JOBS=8 for the load of
-    issue 30 (each job is a fresh interpreter: eight take ~84 s of a 2-core machine, four ~40 s)."""
+    issue 30 (each job is a fresh interpreter: on 2 cores eight took 69-84 s, four 42 s)."""
     pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
     n = int(os.environ.get("EQA_TEAM_JOBS", "4"))
     run_module("extractive_qa.train", "-m", "launcher=joblib", f"hydra.launcher.n_jobs={n}", f"seed=range(1,{n + 1})",
