@@ -61,8 +61,34 @@ def make_accelerator(cfg: DictConfig):
     # replays exactly the batches the interrupted run would have seen. Gradient accumulation is the recipe's
     # own (each loader batch is one optimizer step, split into micro-batches): Accelerate's stays at 1.
     # On a GPU, batches come from pinned memory (train_loader) and are copied without blocking the host.
-    return Accelerator(cpu=multi_cpu, mixed_precision=mixed,
-                       dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, non_blocking=cuda))
+    accelerator = Accelerator(cpu=multi_cpu, mixed_precision=mixed,
+                              dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, non_blocking=cuda))
+    if multi_cpu:
+        _destroy_process_group_at_exit()
+    return accelerator
+
+
+_DESTROY_REGISTERED: list[bool] = []
+
+
+def _destroy_process_group_at_exit() -> None:
+    """Destroy the gloo process group when the process exits, while the interpreter is still whole.
+
+    Why: left to interpreter shutdown, gloo's worker threads can be torn down joinable and the rank dies with
+    SIGABRT ("terminate called without an active exception") after the run finished -- seen here once in a
+    two-process CPU run that had written every file (pytorch/pytorch#190489). Once per process, not per job:
+    Hydra's ``-m`` jobs in one process share the group. Gloo's destroy is local (no collective), so a rank
+    leaving after an error cannot hang on it."""
+    if _DESTROY_REGISTERED:
+        return
+    import atexit
+
+    def destroy() -> None:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+    atexit.register(destroy)
+    _DESTROY_REGISTERED.append(True)
 
 
 def load_data_and_tokenizer(cfg: DictConfig, split_names: tuple[str, ...],
