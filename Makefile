@@ -39,13 +39,15 @@ report: install
 evaluate: install
 	$(PY) -m extractive_qa.evaluate $(ARGS)
 
+# MLflow's GenAI job runner (seven more processes, ~1.4 GB) stays off, as in `make server` (server.py says why).
 # MLflow 3's UI opens experiments on a GenAI view: this URL (or a click on "Model training", which the
 # browser remembers) shows the runs table.
 ui: install
 	@echo "MLflow UI: http://127.0.0.1:$${PORT:-5000}/#/experiments?workflowType=machine_learning  (runs: click 'Model training' once)"
 	@echo "Each experiment's runs view (best dev scores first, sweeps expanded, charts led by dev EM):"
 	@MLFLOW_TRACKING_URI="sqlite:///$(CURDIR)/mlflow.db" $(PY) -m extractive_qa.compare --links http://127.0.0.1:$${PORT:-5000} 2>/dev/null | sed 's/^/  /'
-	$(VENV)/bin/mlflow ui --host 127.0.0.1 --port $${PORT:-5000} --backend-store-uri "sqlite:///$(CURDIR)/mlflow.db"
+	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=$${MLFLOW_SERVER_ENABLE_JOB_EXECUTION:-false} \
+	  $(VENV)/bin/mlflow ui --host 127.0.0.1 --port $${PORT:-5000} --backend-store-uri "sqlite:///$(CURDIR)/mlflow.db"
 
 # A logged or registered model over REST with MLflow's own scoring server: make serve MODEL=models:/hw7-qa/1 [PORT=5001]
 # `mlflow models serve` starts uvicorn from PATH: the venv's bin/ goes first, so no activated virtualenv is needed.

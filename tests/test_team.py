@@ -11,6 +11,7 @@ import time
 import urllib.error
 import urllib.request
 from base64 import b64encode
+from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -50,6 +51,19 @@ def test_without_credentials_the_server_refuses(team_server):
                     user=("admin", "not the password")) == 401
     assert _request(team_server, "/api/2.0/mlflow/experiments/search?max_results=1",
                     user=("admin", team.ADMIN_PASSWORD)) == 200
+
+
+def test_the_server_starts_no_genai_job_runner(team_server):
+    """`make server` leaves MLflow's GenAI job runner off (a runner and seven huey consumers this project never
+    uses: server.py); the server is MLflow's CLI, uvicorn and its workers."""
+    import psutil
+
+    from extractive_qa.server import JOB_EXECUTION
+
+    server = psutil.Process(int(Path(team_server["pidfile"]).read_text()))
+    commands = [" ".join(p.cmdline()) for p in [server, *server.children(recursive=True)]]
+    assert not [c for c in commands if "huey" in c or "jobs._job_runner" in c], commands
+    assert any("uvicorn" in c for c in commands) and team_server["env"][JOB_EXECUTION] == "false"
 
 
 def test_without_permission_on_an_experiment_a_member_cannot_write(team_server):

@@ -35,6 +35,12 @@ from .core.errors import SetupError
 from .tracking.postgres import LocalPostgres
 
 PERMISSIONS = ("READ", "EDIT", "MANAGE", "NO_PERMISSIONS")
+# MLflow 3.17's server also starts a GenAI job runner by default: a runner process and seven huey consumers for
+# scorer, GenAI-evaluation, issue-detection and prompt-optimisation jobs and trace roll-ups -- none of which a
+# training project logs. Off unless the environment turns it on: `mlflow server --workers 1` on this project's
+# 2-core Xeon went from 10 processes, 1.8 GB PSS and ~21 CPU-seconds in its first half-minute to 2 processes,
+# 0.43 GB and ~5 CPU-seconds (README, "Teams and clusters"). `make ui` starts MLflow the same way.
+JOB_EXECUTION = "MLFLOW_SERVER_ENABLE_JOB_EXECUTION"
 
 
 def _secret_key(home: Path) -> str:
@@ -80,7 +86,7 @@ def prepare(home: Path, pg_port: int) -> tuple[LocalPostgres, dict]:
     for name in ("mlflow", "mlflow_auth", "optuna"):
         postgres.create_database(name)
     env = {**os.environ, "MLFLOW_AUTH_CONFIG_PATH": str(auth_config(home, postgres.url("mlflow_auth"), permission)),
-           "MLFLOW_FLASK_SERVER_SECRET_KEY": _secret_key(home)}
+           "MLFLOW_FLASK_SERVER_SECRET_KEY": _secret_key(home), JOB_EXECUTION: os.environ.get(JOB_EXECUTION, "false")}
     return postgres, env
 
 
