@@ -66,6 +66,26 @@ def test_the_server_starts_no_genai_job_runner(team_server):
     assert any("uvicorn" in c for c in commands) and team_server["env"][JOB_EXECUTION] == "false"
 
 
+def test_each_worker_checks_a_password_once_a_minute_not_at_every_request(team_server, monkeypatch):
+    """MLflow's slow password hash ran at every request (a quarter of a CPU-second each): MLflow's own reader of
+    the server's auth config sees its credential cache (server.auth_config says why and what it costs)."""
+    from mlflow.server.auth.config import read_auth_config
+
+    monkeypatch.setenv("MLFLOW_AUTH_CONFIG_PATH", team_server["env"]["MLFLOW_AUTH_CONFIG_PATH"])
+    assert read_auth_config().auth_cache_ttl_seconds == 60
+
+
+def test_a_bad_auth_cache_setting_is_one_clear_error(monkeypatch, tmp_path):
+    from extractive_qa.core.errors import SetupError
+    from extractive_qa.server import prepare
+
+    monkeypatch.setenv("MLFLOW_AUTH_ADMIN_PASSWORD", "a-long-password")
+    monkeypatch.setenv("EQA_AUTH_CACHE_SECONDS", "1m")
+    with pytest.raises(SetupError, match="EQA_AUTH_CACHE_SECONDS=1m: a whole number of seconds"):
+        prepare(tmp_path, 5433)
+    assert not (tmp_path / "postgres").exists()  # refused before anything started
+
+
 def test_without_permission_on_an_experiment_a_member_cannot_write(team_server):
     """New users may read every experiment (default_permission READ) and write none but their own."""
     admin = ("admin", team.ADMIN_PASSWORD)

@@ -13,6 +13,8 @@ come from the environment and are never written into a config a run logs:
   (mode 0600) when not set.
 * ``EQA_DEFAULT_PERMISSION`` -- what a new user may do on experiments they did not create: ``READ``
   (MLflow's default), ``EDIT``, ``MANAGE`` or ``NO_PERMISSIONS``.
+* ``EQA_AUTH_CACHE_SECONDS`` -- how long a server worker trusts a password it has checked (MLflow's
+  ``auth_cache_ttl_seconds``; default 60, 0 checks every request). See :func:`auth_config`.
 
 It listens on 127.0.0.1 unless ``--host 0.0.0.0`` says otherwise. Members set ``MLFLOW_TRACKING_URI`` to it
 and ``MLFLOW_TRACKING_USERNAME`` / ``MLFLOW_TRACKING_PASSWORD`` in their environment (README, "Teams and
@@ -53,15 +55,22 @@ def _secret_key(home: Path) -> str:
     return path.read_text().strip()
 
 
-def auth_config(home: Path, auth_db_url: str, default_permission: str) -> Path:
+def auth_config(home: Path, auth_db_url: str, default_permission: str, cache_seconds: int = 60) -> Path:
     """MLflow's basic-auth config: users and permissions in PostgreSQL; no admin password in the file (the
-    environment gives it at the first start)."""
+    environment gives it at the first start).
+
+    ``cache_seconds``: MLflow checks the password of every request with a deliberately slow hash (0.25
+    CPU-seconds a request on this project's 2-core Xeon), so a few jobs logging every step keep a core busy
+    hashing; with MLflow's own credential cache each worker checks a password once per ``cache_seconds``
+    (100 requests: 25.5 -> 1.1 server CPU-seconds). The price, MLflow's: a password changed or a user deleted
+    through one worker is forgotten at once there, and by the other workers within ``cache_seconds``."""
     path = home / "basic_auth.ini"
     path.write_text("[mlflow]\n"
                     f"default_permission = {default_permission}\n"
                     f"database_uri = {auth_db_url}\n"
                     "admin_username = admin\n"
-                    "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
+                    "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+                    f"auth_cache_ttl_seconds = {cache_seconds}\n")
     path.chmod(0o600)  # the database URL holds its password
     return path
 
@@ -80,13 +89,17 @@ def prepare(home: Path, pg_port: int) -> tuple[LocalPostgres, dict]:
     permission = os.environ.get("EQA_DEFAULT_PERMISSION", "READ")
     if permission not in PERMISSIONS:
         raise SetupError(f"EQA_DEFAULT_PERMISSION={permission}: one of {', '.join(PERMISSIONS)}")
+    cache = os.environ.get("EQA_AUTH_CACHE_SECONDS", "60")
+    if not cache.isdigit():
+        raise SetupError(f"EQA_AUTH_CACHE_SECONDS={cache}: a whole number of seconds (0: check every request)")
     home.mkdir(parents=True, exist_ok=True)
     postgres = LocalPostgres(home / "postgres", pg_port).start()
     postgres.wait_ready()
     for name in ("mlflow", "mlflow_auth", "optuna"):
         postgres.create_database(name)
-    env = {**os.environ, "MLFLOW_AUTH_CONFIG_PATH": str(auth_config(home, postgres.url("mlflow_auth"), permission)),
-           "MLFLOW_FLASK_SERVER_SECRET_KEY": _secret_key(home), JOB_EXECUTION: os.environ.get(JOB_EXECUTION, "false")}
+    auth = auth_config(home, postgres.url("mlflow_auth"), permission, int(cache))
+    env = {**os.environ, "MLFLOW_AUTH_CONFIG_PATH": str(auth), "MLFLOW_FLASK_SERVER_SECRET_KEY": _secret_key(home),
+           JOB_EXECUTION: os.environ.get(JOB_EXECUTION, "false")}
     return postgres, env
 
 
