@@ -58,7 +58,7 @@ def test_the_server_starts_no_genai_job_runner(team_server):
     uses: server.py); the server is MLflow's CLI, uvicorn and its workers."""
     import psutil
 
-    from extractive_qa.server import JOB_EXECUTION
+    from extractive_qa.tracking.mlflow_server import JOB_EXECUTION
 
     server = psutil.Process(int(Path(team_server["pidfile"]).read_text()))
     commands = [" ".join(p.cmdline()) for p in [server, *server.children(recursive=True)]]

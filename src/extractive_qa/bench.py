@@ -19,6 +19,8 @@ Prints one JSON object per line (the measurements are :mod:`extractive_qa.benchm
   in training batches at the default windows, grouped by length or not.
 * ``profile``, ``bf16_agreement``, ``prediction_memory``, ``comparison`` -- where the time goes, bf16 against
   fp32 answers, prediction memory, the report's statistics on 100,000 questions.
+* ``server`` (asked for: ``bench.parts=[server]``) -- MLflow's server with its GenAI job runner on and off, and
+  its basic-auth app with its credential cache off and on (benchmarks/server.py).
 * ``summary`` -- the like-for-like ratios first, then the rest.
 
 Model FLOPs (the MFU numerator) count real, non-padding tokens: a window of T tokens costs
@@ -42,6 +44,7 @@ from .benchmarks.memory import prediction_memory, train_file_memory
 from .benchmarks.profiling import profile_bench
 from .benchmarks.quality import bf16_agreement
 from .benchmarks.search import pruning_savings
+from .benchmarks.server import server_costs
 from .benchmarks.summary import summarize
 from .benchmarks.training import optimizer_step_time, padding_share, train_bench
 from .core.config import CONF_DIR, to_plain
@@ -89,6 +92,8 @@ def main(cfg: DictConfig) -> None:
         out["train_memory_limited"] = emit(in_fresh_process(train_file_memory, plain, 40))
     if "pruning" in parts:  # not in the default parts: a few minutes of searching
         out["pruning"] = emit(in_fresh_process(pruning_savings, plain))
+    if "server" in parts:  # not in the default parts: MLflow's server as `make server` starts it and as MLflow does
+        out["server"] = emit(in_fresh_process(server_costs, plain))
     if "compare" in parts:
         out["compare"] = emit(in_fresh_process(comparison_speed, plain))
     emit(summarize(cfg, out))

@@ -34,15 +34,10 @@ from pathlib import Path
 
 from .core.config import project_root
 from .core.errors import SetupError
+from .tracking.mlflow_server import JOB_EXECUTION, auth_config
 from .tracking.postgres import LocalPostgres
 
 PERMISSIONS = ("READ", "EDIT", "MANAGE", "NO_PERMISSIONS")
-# MLflow 3.17's server also starts a GenAI job runner by default: a runner process and seven huey consumers for
-# scorer, GenAI-evaluation, issue-detection and prompt-optimisation jobs and trace roll-ups -- none of which a
-# training project logs. Off unless the environment turns it on: `mlflow server --workers 1` on this project's
-# 2-core Xeon went from 10 processes, 1.8 GB PSS and ~21 CPU-seconds in its first half-minute to 2 processes,
-# 0.43 GB and ~5 CPU-seconds (README, "Teams and clusters"). `make ui` starts MLflow the same way.
-JOB_EXECUTION = "MLFLOW_SERVER_ENABLE_JOB_EXECUTION"
 
 
 def _secret_key(home: Path) -> str:
@@ -53,26 +48,6 @@ def _secret_key(home: Path) -> str:
         path.write_text(secrets.token_hex(32))
         path.chmod(0o600)
     return path.read_text().strip()
-
-
-def auth_config(home: Path, auth_db_url: str, default_permission: str, cache_seconds: int = 60) -> Path:
-    """MLflow's basic-auth config: users and permissions in PostgreSQL; no admin password in the file (the
-    environment gives it at the first start).
-
-    ``cache_seconds``: MLflow checks the password of every request with a deliberately slow hash (0.25
-    CPU-seconds a request on this project's 2-core Xeon), so a few jobs logging every step keep a core busy
-    hashing; with MLflow's own credential cache each worker checks a password once per ``cache_seconds``
-    (100 requests: 25.5 -> 1.1 server CPU-seconds). The price, MLflow's: a password changed or a user deleted
-    through one worker is forgotten at once there, and by the other workers within ``cache_seconds``."""
-    path = home / "basic_auth.ini"
-    path.write_text("[mlflow]\n"
-                    f"default_permission = {default_permission}\n"
-                    f"database_uri = {auth_db_url}\n"
-                    "admin_username = admin\n"
-                    "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
-                    f"auth_cache_ttl_seconds = {cache_seconds}\n")
-    path.chmod(0o600)  # the database URL holds its password
-    return path
 
 
 def server_command(postgres: LocalPostgres, home: Path, host: str, port: int, workers: int) -> list[str]:

@@ -20,7 +20,8 @@ ENV = "TEST_TEAM_SERVER"  # the server's settings, for a fault_runner `call:help
 
 def start(home: Path | None = None) -> dict:
     """PostgreSQL and an auth-enabled MLflow server; what a test needs to reach and restart them."""
-    from extractive_qa.server import JOB_EXECUTION, prepare, server_command
+    from extractive_qa.server import prepare, server_command
+    from extractive_qa.tracking.mlflow_server import JOB_EXECUTION
 
     home = Path(home or tempfile.mkdtemp(prefix="eqa-team-"))  # /tmp: reachable by the postgres user when root
     home.chmod(0o755)

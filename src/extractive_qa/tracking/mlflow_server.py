@@ -1,0 +1,36 @@
+"""How the project starts MLflow's own server (``make server``, ``make ui``), where it departs from MLflow's
+defaults and why: no GenAI job runner, and a credential cache in front of the basic-auth app's password hash.
+``make bench ARGS="bench.parts=[server]"`` measures both (benchmarks/server.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+# MLflow 3.17's server also starts a GenAI job runner by default: a runner process and seven huey consumers for
+# scorer, GenAI-evaluation, issue-detection and prompt-optimisation jobs and trace roll-ups -- none of which a
+# training project logs. Off unless the environment turns it on: `mlflow server --workers 1` on this project's
+# 2-core Xeon went from 10 processes, 1,802 MB PSS and 21.5 CPU-seconds (start to 20 s after it answered) to 2
+# processes, 421 MB and 4.9 CPU-seconds (bench part server; README, "Teams and clusters"). `make ui` starts
+# MLflow the same way.
+JOB_EXECUTION = "MLFLOW_SERVER_ENABLE_JOB_EXECUTION"
+
+
+def auth_config(home: Path, auth_db_url: str, default_permission: str, cache_seconds: int = 60) -> Path:
+    """MLflow's basic-auth config: users and permissions in the database at ``auth_db_url`` (PostgreSQL for
+    ``make server``); no admin password in the file (the environment gives it at the first start).
+
+    ``cache_seconds``: MLflow checks the password of every request with a deliberately slow hash (0.27
+    CPU-seconds a request on this project's 2-core Xeon), so a few jobs logging every step keep a core busy
+    hashing; with MLflow's own credential cache each worker checks a password once per ``cache_seconds``
+    (100 requests: 27.2 -> 0.8 server CPU-seconds, bench part server). The price, MLflow's: a password changed
+    or a user deleted through one worker is forgotten at once there, and by the other workers within
+    ``cache_seconds``."""
+    path = home / "basic_auth.ini"
+    path.write_text("[mlflow]\n"
+                    f"default_permission = {default_permission}\n"
+                    f"database_uri = {auth_db_url}\n"
+                    "admin_username = admin\n"
+                    "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+                    f"auth_cache_ttl_seconds = {cache_seconds}\n")
+    path.chmod(0o600)  # the database URL holds its password
+    return path
