@@ -1,6 +1,7 @@
 """The users' first real run, without the internet: the default `make train` fetches `bert-base-chinese` from a
 hub mirror on a local port (HF_ENDPOINT) and the course zip from its URL, trains and writes every test id;
-then runs from the caches with the mirror gone; through a proxy; offline; and pinned to a commit."""
+then the command it runs (``python -m extractive_qa.train``) runs from the caches with the mirror gone; through
+a proxy; offline; and pinned to a commit."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import pytest
 
 from extractive_qa.core.data import read_examples
 
-from helpers import HW7_DIR, OFFLINE_MODEL, ROOT
+from helpers import HW7_DIR, OFFLINE_MODEL, ROOT, run_module
 from helpers.hub import HubServer
 
 ZIP = "ml2023spring-hw7.zip"  # the course archive's name: hw7_{train,dev,test}.json at its top level
@@ -59,14 +60,26 @@ def mirror(synthetic, tmp_path_factory):
     hub.stop()
 
 
+def _overrides(tmp: Path, args: tuple[str, ...]) -> list[str]:
+    """The default config, only sizes (and where files go) overridden."""
+    return [f"paths.output_dir={tmp}/outputs", f"paths.cache_dir={tmp}/cache", f"tracking.uri=sqlite:///{tmp}/mlflow.db",
+            "data.limit_train=48", "data.limit_dev=24", "epochs=1", "max_steps=3", "batch_size=8",
+            "tracking.system_metrics=false", *args]
+
+
 def make_train(tmp: Path, hf_home: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    """`make train` as a user types it -- the default config, only sizes (and where files go) overridden."""
-    overrides = [f"paths.output_dir={tmp}/outputs", f"paths.cache_dir={tmp}/cache",
-                 f"tracking.uri=sqlite:///{tmp}/mlflow.db", "data.limit_train=48", "data.limit_dev=24", "epochs=1",
-                 "max_steps=3", "batch_size=8", "tracking.system_metrics=false", *args]
+    """`make train` as a user types it, in a fresh interpreter."""
     full_env = {**os.environ, "HF_HOME": str(hf_home), "PYTHONUNBUFFERED": "1", **(env or {})}
-    return subprocess.run(["make", "-s", "train", f"ARGS={' '.join(overrides)}"], cwd=ROOT, env=full_env,
-                          capture_output=True, text=True, timeout=900)
+    return subprocess.run(["make", "-s", "train", f"ARGS={' '.join(_overrides(tmp, args))}"], cwd=ROOT,
+                          env=full_env, capture_output=True, text=True, timeout=900)
+
+
+def train(tmp: Path, hf_home: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """What `make train` runs, ``python -m extractive_qa.train``, forked from the tests' warm interpreter that has
+    not imported transformers or huggingface_hub (they read HF_HOME, HF_ENDPOINT and proxies when imported:
+    tests/helpers/warm.py) -- for the runs after a test's first."""
+    return run_module("extractive_qa.train", *_overrides(tmp, args), env={"HF_HOME": str(hf_home), **(env or {})},
+                      check=False)
 
 
 def test_the_default_run_through_a_mirror_then_from_the_caches(mirror):
@@ -96,18 +109,18 @@ def test_the_default_run_through_a_mirror_then_from_the_caches(mirror):
     hub.stop()
     try:
         # (The reruns check the caches, not the submission again: 20 test questions each.)
-        again = make_train(tmp / "a", hf_home, f"data.archive_url={hub.url}/files/{ZIP}", f"hydra.run.dir={tmp}/a/run2",
+        again = train(tmp / "a", hf_home, f"data.archive_url={hub.url}/files/{ZIP}", f"hydra.run.dir={tmp}/a/run2",
                            "data.limit_test=20", env={"HF_ENDPOINT": hub.url})
         log = again.stdout + again.stderr
         assert again.returncode == 0, log[-3000:]
         assert "cannot be reached" in log and "from the Hugging Face cache" in log and "Retrying" not in log
         assert json.loads((tmp / "a" / "run2" / "run.json").read_text())["model"]["commit"] == mirror["commit"]
-        offline = make_train(tmp / "a", hf_home, f"hydra.run.dir={tmp}/a/run3", "data.limit_test=20",
+        offline = train(tmp / "a", hf_home, f"hydra.run.dir={tmp}/a/run3", "data.limit_test=20",
                              env={"HF_HUB_OFFLINE": "1"})
         assert offline.returncode == 0, offline.stderr[-3000:]  # HF_HUB_OFFLINE=1 with the model cached
 
         # No cache and no mirror: one message, naming HF_ENDPOINT and the offline preset, no traceback.
-        down = make_train(tmp / "b", tmp / "empty-hf", f"data.archive_url={hub.url}/files/{ZIP}",
+        down = train(tmp / "b", tmp / "empty-hf", f"data.archive_url={hub.url}/files/{ZIP}",
                           f"hydra.run.dir={tmp}/b/run", env={"HF_ENDPOINT": hub.url})
         assert down.returncode == 2 and "Traceback" not in down.stderr
         assert f"the hub at {hub.url} (HF_ENDPOINT) cannot be reached" in down.stderr
@@ -120,7 +133,7 @@ def test_a_mirror_behind_a_proxy_is_reached_through_the_proxy(mirror):
     """HF_ENDPOINT names a host this machine cannot even resolve; HTTP_PROXY is the only way there."""
     hub, tmp = mirror["hub"], mirror["tmp"]
     before = len(hub.requests)
-    res = make_train(tmp / "p", tmp / "proxy-hf", f"data.archive_url={hub.url}/files/{ZIP}", "data.limit_test=20",
+    res = train(tmp / "p", tmp / "proxy-hf", f"data.archive_url={hub.url}/files/{ZIP}", "data.limit_test=20",
                      f"hydra.run.dir={tmp}/p/run",
                      env={"HF_ENDPOINT": "http://hub.mirror.invalid", "HTTP_PROXY": hub.url, "http_proxy": hub.url,
                           "NO_PROXY": "", "no_proxy": ""})
@@ -133,8 +146,8 @@ def test_a_pinned_revision_loads_those_weights_after_main_moved(mirror, syntheti
     newer = hub.publish_folder("bert-base-chinese", _checkpoint(tmp / "checkpoint-v2", synthetic))
     assert newer != mirror["commit"]
     common = [f"data.archive_url={hub.url}/files/{ZIP}", "data.limit_test=20"]
-    latest = make_train(tmp / "r", tmp / "r-hf", *common, f"hydra.run.dir={tmp}/r/latest", env={"HF_ENDPOINT": hub.url})
-    pinned = make_train(tmp / "r", tmp / "r-hf", *common, f"model.revision={mirror['commit']}",
+    latest = train(tmp / "r", tmp / "r-hf", *common, f"hydra.run.dir={tmp}/r/latest", env={"HF_ENDPOINT": hub.url})
+    pinned = train(tmp / "r", tmp / "r-hf", *common, f"model.revision={mirror['commit']}",
                         f"hydra.run.dir={tmp}/r/pinned", env={"HF_ENDPOINT": hub.url})
     assert latest.returncode == 0 and pinned.returncode == 0, (latest.stderr + pinned.stderr)[-3000:]
     commits = {name: json.loads((tmp / "r" / name / "run.json").read_text())["model"]["commit"]
