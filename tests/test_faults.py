@@ -13,7 +13,7 @@ from mlflow.tracking import MlflowClient
 
 from extractive_qa.engine.checkpointing import checkpoints_of
 
-from helpers import mlflow_server, run_module, run_with_faults
+from helpers import empty_store, mlflow_server, run_module, run_with_faults
 
 
 def tiny(synthetic, tmp: Path, uri: str | None = None, experiment: str = "faults") -> list[str]:
@@ -44,7 +44,7 @@ def metric_steps(run_dir: Path, key: str) -> list[int]:
 def lr_sweep(synthetic, tmp_path_factory):
     """`-m lr=1e-3,5e-3 resume=auto checkpoint_steps=5`: the exact command of the bug report."""
     tmp = tmp_path_factory.mktemp("lr_sweep")
-    uri = f"sqlite:///{tmp}/mlflow.db"
+    uri = empty_store(tmp)
     args = ["-m", "lr=1e-3,5e-3", "resume=auto", "checkpoint_steps=5", *tiny(synthetic, tmp, uri, "identity")]
     first = run_module("extractive_qa.train", *args, f"hydra.sweep.dir={tmp}/outputs/sweep1")
     return {"tmp": tmp, "uri": uri, "args": args, "first": first}
@@ -135,7 +135,7 @@ def test_server_gone_for_good_then_sync_and_server_down_at_start(synthetic, tmp_
 
 # ---------------------------------------------------------------- damaged checkpoints
 def test_damaged_checkpoints_fall_back_and_never_silently(synthetic, tmp_path):
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    uri = empty_store(tmp_path)
     args = [*tiny(synthetic, tmp_path, uri, "damage"), "checkpoint_steps=4", "keep_checkpoints=3"]
     run = tmp_path / "outputs" / "runs" / "r"
     res = run_with_faults(["after:_save:12=SIGKILL"], *args, f"hydra.run.dir={run}")
@@ -172,7 +172,7 @@ def test_no_good_checkpoint_is_one_clear_error(synthetic, tmp_path):
 
 # ---------------------------------------------------------------- sweeps survive a bad job
 def test_a_bad_job_fails_alone_and_the_sweep_says_so(synthetic, tmp_path):
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    uri = empty_store(tmp_path)
     res = run_module("extractive_qa.train", "-m",
                      f"data.dev_file={synthetic['data']}/hw7_dev.json,{tmp_path}/missing.json",
                      "data.archive_url=null", *tiny(synthetic, tmp_path, uri, "survive"), "max_steps=2",
@@ -189,7 +189,7 @@ def test_a_bad_job_fails_alone_and_the_sweep_says_so(synthetic, tmp_path):
 
 # ---------------------------------------------------------------- signals outside the loop
 def test_sigterm_during_start_up_and_during_the_last_evaluation(synthetic, tmp_path):
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    uri = empty_store(tmp_path)
     res = run_with_faults(["after:_setup_tracking=SIGTERM"], *tiny(synthetic, tmp_path, uri, "startup"),
                           f"hydra.run.dir={tmp_path}/a")
     assert res.returncode == 130 and "during start-up" in res.stderr and "Traceback" not in res.stderr

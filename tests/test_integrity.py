@@ -17,7 +17,7 @@ from mlflow.tracking import MlflowClient
 
 from extractive_qa.core.runs import KILLED, RUNNING, read_run_record, this_process
 
-from helpers import run_module, run_with_faults
+from helpers import empty_store, run_module, run_with_faults
 from helpers.disk import FILL_ENV, LEAVE_ENV, tmpfs
 
 
@@ -71,7 +71,7 @@ def test_a_bad_config_value_is_one_line_exit_2_and_leaves_nothing(synthetic, tmp
 
 def test_a_bad_value_in_a_sweep_fails_its_job_with_the_same_line(synthetic, tmp_path):
     """In a sweep (checked per job, inside Hydra's job): that job FAILED with the line, no MLflow run for it."""
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    uri = empty_store(tmp_path)
     res = run_module("extractive_qa.train", "-m", *tiny(synthetic, tmp_path, uri, "sweepbad"), "batch_size=0",
                      f"hydra.sweep.dir={tmp_path}/sweep", check=False)
     assert res.returncode == 1
@@ -109,7 +109,7 @@ def test_a_full_disk_during_a_checkpoint_fails_the_run_truly_and_frees_the_space
     with tmpfs(tmp_path / "disk", 40) as disk:
         if disk is None:
             pytest.skip("mounting a tmpfs needs root (the injected ENOSPC test below covers the same path)")
-        uri = f"sqlite:///{tmp_path}/mlflow.db"  # the store lives on another disk, as a server's would
+        uri = empty_store(tmp_path)  # the store lives on another disk, as a server's would
         run = disk / "run"
         res = run_with_faults(["before:_save:2=call:helpers.disk:fill_disk"], *tiny(synthetic, tmp_path, uri, "full"),
                               "checkpoint_steps=2", f"paths.output_dir={disk}", f"hydra.run.dir={run}",
@@ -124,7 +124,7 @@ def test_a_full_disk_met_by_torchs_writer_is_named_a_full_disk(synthetic, tmp_pa
     with tmpfs(tmp_path / "disk", 40) as disk:
         if disk is None:
             pytest.skip("mounting a tmpfs needs root")
-        uri = f"sqlite:///{tmp_path}/mlflow.db"
+        uri = empty_store(tmp_path)
         run = disk / "run"
         res = run_with_faults(["before:_save:2=call:helpers.disk:fill_disk"], *tiny(synthetic, tmp_path, uri, "torch"),
                               "checkpoint_steps=2", f"paths.output_dir={disk}", f"hydra.run.dir={run}",
@@ -138,7 +138,7 @@ def test_a_write_failing_with_enospc_inside_the_best_model_removes_the_half_writ
     """The same path without a tmpfs: the write of the first best model fails at a named point (its manifest,
     after the weights); the half-written folder goes (a kill while a later best is written keeps the previous
     one: tests/test_first_run.py)."""
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    uri = empty_store(tmp_path)
     run = tmp_path / "run"
     res = run_with_faults(["before:extractive_qa.engine.checkpointing.write_manifest=enospc"],
                           *tiny(synthetic, tmp_path, uri, "enospc"), "eval_steps=5", f"hydra.run.dir={run}")
@@ -170,7 +170,7 @@ def test_a_running_record_whose_process_is_gone_reads_killed_and_a_live_one_runn
 
 
 def test_a_run_killed_before_its_first_checkpoint_reads_killed_to_resume_reports_and_mlflow(synthetic, tmp_path):
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    uri = empty_store(tmp_path)
     args = tiny(synthetic, tmp_path, uri, "killed")
     killed = tmp_path / "outputs" / "runs" / "killed"
     res = run_with_faults(["after:_optimizer_step:3=SIGKILL"], *args, f"hydra.run.dir={killed}")
@@ -223,7 +223,7 @@ def test_a_report_reads_a_dead_run_as_killed(tmp_path):
 
 # ---------------------------------------------------------------- resume without duplicates
 def test_resume_after_a_kill_during_the_second_checkpoint_logs_every_step_once(synthetic, tmp_path):
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    uri = empty_store(tmp_path)
     args = [*tiny(synthetic, tmp_path, uri, "dupes"), "checkpoint_steps=2"]
     run = tmp_path / "outputs" / "runs" / "r"
     res = run_with_faults(["before:_save:4=SIGKILL"], *args, f"hydra.run.dir={run}")
@@ -355,7 +355,7 @@ def test_a_dead_run_is_ended_in_the_store_by_whichever_reader_can(tmp_path, monk
     from extractive_qa.core.runs import read_run_record
     from extractive_qa.tracking.mlflow_backend import MlflowBackend
 
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    uri = empty_store(tmp_path)
     client = MlflowClient(uri)
     run_id = client.create_run(client.create_experiment("dead")).info.run_id
     run_dir = tmp_path / "run"

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from helpers import read_metrics, run_module, run_with_faults
+from helpers import empty_store, read_metrics, run_module, run_with_faults
 
 
 def tiny(synthetic, tmp: Path) -> list[str]:
@@ -22,7 +22,7 @@ def tiny(synthetic, tmp: Path) -> list[str]:
 
 
 def test_non_finite_loss_stops_fails_the_run_and_keeps_the_finite_checkpoint(synthetic, tmp_path):
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    uri = empty_store(tmp_path)
     run_dir = tmp_path / "run"
     res = run_module("extractive_qa.train", *tiny(synthetic, tmp_path), "lr=1e25", "eval_steps=1", "warmup_ratio=0",
                      "tracking=mlflow", f"tracking.uri={uri}", "experiment_name=nan", f"hydra.run.dir={run_dir}",
@@ -115,7 +115,7 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(synthetic, tmp_path):
 
     import torch
 
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    uri = empty_store(tmp_path)
     args = [*_resume_args(synthetic, tmp_path), "tracking=mlflow", f"tracking.uri={uri}"]
     run_module("extractive_qa.train", *args, "experiment_name=straight", f"hydra.run.dir={tmp_path}/straight")
 

@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 
 from extractive_qa.core.data import read_examples
 
-from helpers import HW7_DIR, needs_shared, read_metrics, run_module
+from helpers import HW7_DIR, empty_store, needs_shared, read_metrics, run_module
 
 TEST_SLICE = 200  # test questions the shared run predicts (conftest.shared_run)
 
@@ -219,7 +219,7 @@ def test_early_stopping_stops_where_an_uninterrupted_run_would_even_after_a_resu
 
     from helpers import run_with_faults
 
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    uri = empty_store(tmp_path)
     args = [f"paths.output_dir={tmp_path}/outputs", f"paths.cache_dir={tmp_path}/cache", f"tracking.uri={uri}",
             "experiment_name=early", "model=tiny", f"model.name_or_path={synthetic['model']}",
             f"data.dir={synthetic['data']}", "data.limit_train=96", "data.limit_dev=12", "data.limit_test=8",

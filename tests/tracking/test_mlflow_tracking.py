@@ -15,7 +15,7 @@ from extractive_qa.tracking.mlflow_tracker import MlflowTracker
 from extractive_qa.tracking.naming import run_name_from_overrides
 from extractive_qa.tracking.params import safe_params
 
-from helpers import run_module, run_with_faults
+from helpers import empty_store, run_module, run_with_faults
 
 
 def tiny_overrides(synthetic, tmp, uri: str, experiment: str = "tracking-test") -> list[str]:
@@ -68,7 +68,7 @@ def test_every_job_is_a_complete_run(seed_sweep):
 
 
 def test_a_run_that_raises_ends_failed_with_its_cause(synthetic, tmp_path):
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    uri = empty_store(tmp_path)
     res = run_with_faults(["before:_setup_training=raise"], *tiny_overrides(synthetic, tmp_path, uri),
                           f"hydra.run.dir={tmp_path}/run")
     assert res.returncode != 0 and "fault injected" in res.stderr
@@ -85,7 +85,7 @@ def _compose_cfg(tmp_path, uri, *overrides):
 
 def test_ctrl_c_marks_the_run_killed_and_secrets_stay_out(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "hunter2")
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    uri = empty_store(tmp_path)
     cfg = _compose_cfg(tmp_path, uri, "tracking.system_metrics=false")
     with pytest.raises(KeyboardInterrupt):
         with MlflowTracker(uri, cfg, tmp_path, "ctrl-c") as tracker:
@@ -104,7 +104,7 @@ def test_ctrl_c_marks_the_run_killed_and_secrets_stay_out(tmp_path, monkeypatch)
 
 
 def test_system_metrics_are_on_by_default_and_off_with_one_override(tmp_path):
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    uri = empty_store(tmp_path)
     with MlflowTracker(uri, _compose_cfg(tmp_path, uri), tmp_path, "on") as tracker:
         monitor = tracker._monitor
         assert monitor is not None
@@ -158,7 +158,7 @@ def test_parallel_joblib_jobs_share_one_fresh_sqlite_store(synthetic, tmp_path):
 
 def test_submitit_sweep_runs_jobs_in_their_own_processes_under_one_parent(synthetic, tmp_path):
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    uri = empty_store(tmp_path)
     run_module("extractive_qa.train", "-m", "launcher=submitit_local", "seed=1,2", *tiny_overrides(synthetic, tmp_path,
                                                                                                    uri),
                "max_steps=2", "predict_test=false", f"hydra.sweep.dir={tmp_path}/sweep")
@@ -177,7 +177,7 @@ def test_an_optuna_study_in_sqlite_is_continued_by_the_same_command(synthetic, t
 
     storage = f"sqlite:///{tmp_path}/optuna.db"
     args = ["-m", "hparams_search=optuna", f"hydra.sweeper.storage={storage}", "hydra.sweeper.study_name=cont",
-            *tiny_overrides(synthetic, tmp_path, f"sqlite:///{tmp_path}/mlflow.db"), "max_steps=2",
+            *tiny_overrides(synthetic, tmp_path, empty_store(tmp_path)), "max_steps=2",
             "predict_test=false"]
     first = run_module("extractive_qa.train", *args, "hydra.sweeper.n_trials=2", f"hydra.sweep.dir={tmp_path}/s1")
     assert "Best value" in first.stdout + first.stderr
@@ -201,7 +201,7 @@ def test_a_search_prunes_hopeless_trials_and_counts_them_apart(synthetic, tmp_pa
                      "hydra.sweeper.pruner_warmup_steps=10",
                      "hydra.sweeper.n_trials=6", "hydra.sweeper.seed=0",
                      "~hydra.sweeper.params", "lr=choice(2e-3,1e-9)", "seed=choice(1,2,3)",
-                     *tiny_overrides(synthetic, tmp_path, f"sqlite:///{tmp_path}/mlflow.db", "pruning"),
+                     *tiny_overrides(synthetic, tmp_path, empty_store(tmp_path), "pruning"),
                      "data.limit_train=400", "data.limit_dev=40", "max_steps=null", "epochs=2", "eval_steps=10",
                      "batch_size=16", "predict_test=false", f"hydra.sweep.dir={tmp_path}/sweep")
     study = optuna.load_study(study_name="prune", storage=storage)
@@ -241,7 +241,7 @@ def test_a_killed_launcher_leaves_no_workers_and_its_parent_ends_killed(syntheti
     from helpers import ROOT, child_env
 
     pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    uri = empty_store(tmp_path)
     sweep_dir = tmp_path / "sweep"
     args = [*tiny_overrides(synthetic, tmp_path, uri, "orphans"), "max_steps=100000", "epochs=1000",
             "data.limit_train=200", "predict_test=false", f"hydra.sweep.dir={sweep_dir}"]
@@ -288,7 +288,7 @@ def test_a_parent_whose_launcher_died_with_its_jobs_is_ended_by_the_next_reader(
     from extractive_qa.core.runs import this_process
     from extractive_qa.tracking.parents import LAUNCHER_TAG, find_sweep
 
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    uri = empty_store(tmp_path)
     client = MlflowClient(uri)
     experiment = client.create_experiment("orphan")
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)

@@ -15,7 +15,7 @@ from mlflow.tracking import MlflowClient
 from extractive_qa.compare import main as report_main
 from extractive_qa.tracking.mlflow_backend import REPORTS_EXPERIMENT
 
-from helpers import run_module, run_with_faults
+from helpers import empty_store, run_module, run_with_faults
 
 
 def experiment_runs(uri: str, name: str) -> list:
@@ -92,7 +92,7 @@ def test_report_goes_into_the_parent_and_replaces_itself(seed_sweep, tmp_path):
 
 
 def test_an_interrupted_sweep_resumes_with_the_same_command(synthetic, tmp_path):
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    uri = empty_store(tmp_path)
     args = ["-m", "lr=1e-3,2e-3,3e-3", f"paths.output_dir={tmp_path}/outputs", f"paths.cache_dir={tmp_path}/cache",
             f"tracking.uri={uri}", "experiment_name=resume-sweep", "model=tiny",
             f"model.name_or_path={synthetic['model']}",
@@ -141,7 +141,7 @@ def test_a_two_by_two_sweep_reads_apart_and_says_whether_its_configurations_diff
     (twice: no new run) says whether the configurations differ; `compare A B` does the same for any two sides."""
     import json as json_module
 
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    uri = empty_store(tmp_path)
     run_module("extractive_qa.train", "-m", "warmup_ratio=0.1,0.3", "seed=1,2", f"paths.output_dir={tmp_path}/outputs",
                f"paths.cache_dir={tmp_path}/cache", f"tracking.uri={uri}", "experiment_name=two-by-two", "model=tiny",
                f"model.name_or_path={synthetic['model']}", f"data.dir={synthetic['data']}", "data.limit_train=96",
