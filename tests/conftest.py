@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import HW7_DIR, OFFLINE_MODEL, run_module, shared_once
+from helpers import HW7_DIR, NO_DROPOUT, OFFLINE_MODEL, run_module, shared_once
 
 
 def pytest_configure(config):
@@ -80,7 +80,8 @@ def seed_sweep(synthetic, tmp_path_factory) -> dict:
                 f"tracking.uri={uri}", "experiment_name=seeds", "model=tiny",
                 f"model.name_or_path={synthetic['model']}", f"data.dir={synthetic['data']}", "data.limit_train=1500",
                 "data.limit_test=40", "epochs=4", "batch_size=32", "lr=1e-3", "warmup_ratio=0.1", "logging_steps=5",
-                "tracking.log_model=true", "tracking.register_model=seeds-qa", f"hydra.sweep.dir={sweep_dir}"]
+                *NO_DROPOUT, "tracking.log_model=true", "tracking.register_model=seeds-qa",
+                f"hydra.sweep.dir={sweep_dir}"]
         run_module("extractive_qa.train", *args)
         return {"tmp": tmp, "uri": uri, "sweep_dir": sweep_dir, "runs": [sweep_dir / str(j) for j in range(3)],
                 "args": args}
