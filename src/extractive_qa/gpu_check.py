@@ -172,7 +172,8 @@ def inputs(workdir: Path, quick: bool) -> list[str]:
     if quick:
         # One process for every measurement: its peak memory means nothing here anyway.
         args += ["bench.isolate=false", "bench.eval_questions=2", "bench.repeats=1", "bench.train_questions=40",
-                 "bench.train_steps=1", "bench.budget_questions=4", "eval_batch_tokens=512"]
+                 "bench.train_steps=1", "bench.budget_questions=4", "eval_batch_tokens=512", "bench.gemm_trials=1",
+                 "bench.gemm_trial_s=0.02"]
     return args
 
 
