@@ -43,11 +43,25 @@ def test_an_uncaught_exception_and_atexit_behave_as_in_a_fresh_interpreter(tmp_p
 def test_a_run_whose_hub_settings_differ_imports_transformers_with_its_own(tmp_path):
     """transformers and huggingface_hub read HF_HOME, HF_ENDPOINT and proxies when imported: a run that sets its
     own must not fork from the server that imported them with the tests' settings."""
-    script = _script(tmp_path, "import sys\nwarm = 'transformers' in sys.modules\nimport transformers\n"
+    script = _script(tmp_path, "import sys\nfrom helpers.warm import HF_FAMILY\n"
+                               "warm = any(name in sys.modules for name in HF_FAMILY)\n"
+                               "project = 'extractive_qa.recipe' in sys.modules\nimport transformers\n"
                                "from huggingface_hub import constants\n"
-                               "print(warm, constants.HF_HOME, constants.ENDPOINT)\n")
+                               "print(warm, project, constants.HF_HOME, constants.ENDPOINT)\n")
     own = _run([script], {"HF_HOME": str(tmp_path / "hf"), "HF_ENDPOINT": "http://mirror.invalid"})
-    assert own.stdout.split() == ["False", str(tmp_path / "hf"), "http://mirror.invalid"], own.stderr[-2000:]
+    assert own.stdout.split() == ["False", "True", str(tmp_path / "hf"), "http://mirror.invalid"], own.stderr[-2000:]
     default = _run([script], None)
-    warm, home, endpoint = default.stdout.split()
-    assert warm == "True" and home != str(tmp_path / "hf") and endpoint != "http://mirror.invalid"
+    warm, project, home, endpoint = default.stdout.split()
+    assert (warm, project) == ("True", "True") and home != str(tmp_path / "hf") and endpoint != "http://mirror.invalid"
+
+
+def test_the_base_interpreter_refuses_the_hub_libraries_while_it_imports_the_project():
+    """A project module that imported transformers at its top would be skipped there, not warm it for everyone."""
+    import pytest
+
+    from helpers.warm import _RefuseHF
+
+    for name in ("transformers", "huggingface_hub.constants", "accelerate", "tokenizers"):
+        with pytest.raises(ImportError):
+            _RefuseHF().find_spec(name)
+    assert _RefuseHF().find_spec("torch") is None
