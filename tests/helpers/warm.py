@@ -98,6 +98,9 @@ def become(request: dict) -> None:
     sys.path[:] = [first, *extra, *[p for p in sys.path[1:] if p not in extra]]
     if argv[0] == "-m":
         sys.argv = [argv[1], *argv[2:]]
+        # As in a fresh interpreter, the module run as __main__ is not also imported under its name (import_project
+        # imported it: runpy would warn, and the module would exist twice).
+        sys.modules.pop(argv[1], None)
         runpy.run_module(argv[1], run_name="__main__", alter_sys=True)
     else:
         sys.argv = argv
