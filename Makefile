@@ -39,7 +39,7 @@ report: install
 evaluate: install
 	$(PY) -m extractive_qa.evaluate $(ARGS)
 
-# MLflow's GenAI job runner (seven more processes, ~1.4 GB) stays off, as in `make server` (server.py says why).
+# MLflow's GenAI job runner (seven more processes, ~1.4 GB) stays off, as in `make server` (tracking/mlflow_server.py says why).
 # MLflow 3's UI opens experiments on a GenAI view: this URL (or a click on "Model training", which the
 # browser remembers) shows the runs table.
 ui: install

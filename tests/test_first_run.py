@@ -110,18 +110,18 @@ def test_the_default_run_through_a_mirror_then_from_the_caches(mirror):
     try:
         # (The reruns check the caches, not the submission again: 20 test questions each.)
         again = train(tmp / "a", hf_home, f"data.archive_url={hub.url}/files/{ZIP}", f"hydra.run.dir={tmp}/a/run2",
-                           "data.limit_test=20", env={"HF_ENDPOINT": hub.url})
+                      "data.limit_test=20", env={"HF_ENDPOINT": hub.url})
         log = again.stdout + again.stderr
         assert again.returncode == 0, log[-3000:]
         assert "cannot be reached" in log and "from the Hugging Face cache" in log and "Retrying" not in log
         assert json.loads((tmp / "a" / "run2" / "run.json").read_text())["model"]["commit"] == mirror["commit"]
         offline = train(tmp / "a", hf_home, f"hydra.run.dir={tmp}/a/run3", "data.limit_test=20",
-                             env={"HF_HUB_OFFLINE": "1"})
+                        env={"HF_HUB_OFFLINE": "1"})
         assert offline.returncode == 0, offline.stderr[-3000:]  # HF_HUB_OFFLINE=1 with the model cached
 
         # No cache and no mirror: one message, naming HF_ENDPOINT and the offline preset, no traceback.
         down = train(tmp / "b", tmp / "empty-hf", f"data.archive_url={hub.url}/files/{ZIP}",
-                          f"hydra.run.dir={tmp}/b/run", env={"HF_ENDPOINT": hub.url})
+                     f"hydra.run.dir={tmp}/b/run", env={"HF_ENDPOINT": hub.url})
         assert down.returncode == 2 and "Traceback" not in down.stderr
         assert f"the hub at {hub.url} (HF_ENDPOINT) cannot be reached" in down.stderr
         assert "experiment=offline_smoke" in down.stderr
@@ -134,9 +134,9 @@ def test_a_mirror_behind_a_proxy_is_reached_through_the_proxy(mirror):
     hub, tmp = mirror["hub"], mirror["tmp"]
     before = len(hub.requests)
     res = train(tmp / "p", tmp / "proxy-hf", f"data.archive_url={hub.url}/files/{ZIP}", "data.limit_test=20",
-                     f"hydra.run.dir={tmp}/p/run",
-                     env={"HF_ENDPOINT": "http://hub.mirror.invalid", "HTTP_PROXY": hub.url, "http_proxy": hub.url,
-                          "NO_PROXY": "", "no_proxy": ""})
+                f"hydra.run.dir={tmp}/p/run",
+                env={"HF_ENDPOINT": "http://hub.mirror.invalid", "HTTP_PROXY": hub.url, "http_proxy": hub.url,
+                     "NO_PROXY": "", "no_proxy": ""})
     assert res.returncode == 0, res.stderr[-3000:]
     assert (f"/bert-base-chinese/resolve/{mirror['commit']}/model.safetensors") in {p for _, p in hub.requests[before:]}
 
@@ -148,7 +148,7 @@ def test_a_pinned_revision_loads_those_weights_after_main_moved(mirror, syntheti
     common = [f"data.archive_url={hub.url}/files/{ZIP}", "data.limit_test=20"]
     latest = train(tmp / "r", tmp / "r-hf", *common, f"hydra.run.dir={tmp}/r/latest", env={"HF_ENDPOINT": hub.url})
     pinned = train(tmp / "r", tmp / "r-hf", *common, f"model.revision={mirror['commit']}",
-                        f"hydra.run.dir={tmp}/r/pinned", env={"HF_ENDPOINT": hub.url})
+                   f"hydra.run.dir={tmp}/r/pinned", env={"HF_ENDPOINT": hub.url})
     assert latest.returncode == 0 and pinned.returncode == 0, (latest.stderr + pinned.stderr)[-3000:]
     commits = {name: json.loads((tmp / "r" / name / "run.json").read_text())["model"]["commit"]
                for name in ("latest", "pinned")}

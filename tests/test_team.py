@@ -55,7 +55,7 @@ def test_without_credentials_the_server_refuses(team_server):
 
 def test_the_server_starts_no_genai_job_runner(team_server):
     """`make server` leaves MLflow's GenAI job runner off (a runner and seven huey consumers this project never
-    uses: server.py); the server is MLflow's CLI, uvicorn and its workers."""
+    uses: tracking/mlflow_server.py); the server is MLflow's CLI, uvicorn and its workers."""
     import psutil
 
     from extractive_qa.tracking.mlflow_server import JOB_EXECUTION
@@ -68,7 +68,8 @@ def test_the_server_starts_no_genai_job_runner(team_server):
 
 def test_each_worker_checks_a_password_once_a_minute_not_at_every_request(team_server, monkeypatch):
     """MLflow's slow password hash ran at every request (a quarter of a CPU-second each): MLflow's own reader of
-    the server's auth config sees its credential cache (server.auth_config says why and what it costs)."""
+    the server's auth config sees its credential cache (tracking/mlflow_server.py: auth_config says why and what it
+    costs)."""
     from mlflow.server.auth.config import read_auth_config
 
     monkeypatch.setenv("MLFLOW_AUTH_CONFIG_PATH", team_server["env"]["MLFLOW_AUTH_CONFIG_PATH"])

@@ -34,7 +34,7 @@ from pathlib import Path
 
 from .core.config import project_root
 from .core.errors import SetupError
-from .tracking.mlflow_server import JOB_EXECUTION, auth_config
+from .tracking.mlflow_server import auth_config, server_env
 from .tracking.postgres import LocalPostgres
 
 PERMISSIONS = ("READ", "EDIT", "MANAGE", "NO_PERMISSIONS")
@@ -74,7 +74,7 @@ def prepare(home: Path, pg_port: int) -> tuple[LocalPostgres, dict]:
         postgres.create_database(name)
     auth = auth_config(home, postgres.url("mlflow_auth"), permission, int(cache))
     env = {**os.environ, "MLFLOW_AUTH_CONFIG_PATH": str(auth), "MLFLOW_FLASK_SERVER_SECRET_KEY": _secret_key(home),
-           JOB_EXECUTION: os.environ.get(JOB_EXECUTION, "false")}
+           **server_env()}
     return postgres, env
 
 

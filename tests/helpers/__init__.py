@@ -4,6 +4,7 @@ files, and running the project's CLIs in a subprocess -- plainly or with faults 
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -162,7 +163,19 @@ def shared_once(tmp_path_factory, name: str, build) -> dict:
     return json.loads(record.read_text())
 
 
-_EMPTY_STORE: list[Path] = []
+@functools.cache
+def _empty_store_template() -> Path:
+    """An empty MLflow sqlite store with its schema made, once per process (removed at exit)."""
+    import atexit
+    import shutil
+    import tempfile
+
+    from mlflow.tracking import MlflowClient
+
+    template = Path(tempfile.mkdtemp(prefix="eqa-empty-store-")) / "mlflow.db"
+    MlflowClient(f"sqlite:///{template}").search_experiments()  # makes the schema and the Default experiment
+    atexit.register(shutil.rmtree, template.parent, True)
+    return template
 
 
 def empty_store(folder: Path) -> str:
@@ -170,19 +183,10 @@ def empty_store(folder: Path) -> str:
     is not how a store comes to be. MLflow runs about sixty schema migrations on a new sqlite store (0.7-0.8
     CPU-seconds, in the first process that opens it); the tests of new stores (tests/tracking/test_store.py, the
     parallel jobs racing on a fresh one, the seed sweep) still start from none."""
-    import atexit
     import shutil
-    import tempfile
 
-    if not _EMPTY_STORE:
-        from mlflow.tracking import MlflowClient
-
-        template = Path(tempfile.mkdtemp(prefix="eqa-empty-store-")) / "mlflow.db"
-        MlflowClient(f"sqlite:///{template}").search_experiments()  # makes the schema and the Default experiment
-        atexit.register(shutil.rmtree, template.parent, True)
-        _EMPTY_STORE.append(template)
     Path(folder).mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(_EMPTY_STORE[0], Path(folder) / "mlflow.db")
+    shutil.copyfile(_empty_store_template(), Path(folder) / "mlflow.db")
     return f"sqlite:///{folder}/mlflow.db"
 
 

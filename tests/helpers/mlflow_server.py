@@ -18,13 +18,9 @@ import time
 import urllib.request
 from pathlib import Path
 
+from extractive_qa.tracking.mlflow_server import free_port, server_env
+
 ENV = "TEST_MLFLOW_SERVER"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _mlflow() -> str:
@@ -77,14 +73,12 @@ def kill_server(pidfile: Path, port: int, seconds: float = 60) -> None:
 
 
 def _launch(settings: dict) -> None:
-    from extractive_qa.tracking.mlflow_server import JOB_EXECUTION
-
     launch_server([_mlflow(), "server", "--host", "127.0.0.1", "--port", str(settings["port"]),
                    "--backend-store-uri", f"sqlite:///{settings['db']}",
                    "--artifacts-destination", settings["artifacts"], "--workers", "1"],
                   port=settings["port"], log=Path(settings["log"]), pidfile=Path(settings["pidfile"]),
                   cwd=Path(settings["db"]).parent, seconds=120,
-                  env={JOB_EXECUTION: "false"})  # as `make ui` and `make server` start MLflow
+                  env=server_env())  # as `make ui` and `make server` start MLflow
 
 
 def uri(settings: dict) -> str:

@@ -21,7 +21,7 @@ ENV = "TEST_TEAM_SERVER"  # the server's settings, for a fault_runner `call:help
 def start(home: Path | None = None) -> dict:
     """PostgreSQL and an auth-enabled MLflow server; what a test needs to reach and restart them."""
     from extractive_qa.server import prepare, server_command
-    from extractive_qa.tracking.mlflow_server import JOB_EXECUTION
+    from extractive_qa.tracking.mlflow_server import server_env
 
     home = Path(home or tempfile.mkdtemp(prefix="eqa-team-"))  # /tmp: reachable by the postgres user when root
     home.chmod(0o755)
@@ -32,7 +32,7 @@ def start(home: Path | None = None) -> dict:
     team = {"home": str(home), "port": port, "pidfile": str(home / "mlflow.pid"),
             "command": server_command(postgres, home, "127.0.0.1", port, 2),
             "env": {k: env[k] for k in ("MLFLOW_AUTH_CONFIG_PATH", "MLFLOW_FLASK_SERVER_SECRET_KEY",
-                                        "MLFLOW_AUTH_ADMIN_PASSWORD", JOB_EXECUTION)},
+                                        "MLFLOW_AUTH_ADMIN_PASSWORD", *server_env())},
             "postgres": {"folder": str(postgres.folder), "port": postgres.port, "password": postgres.password,
                          "optuna": postgres.url("optuna", "postgresql")}}
     launch(team)

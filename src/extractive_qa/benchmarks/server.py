@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -19,12 +18,6 @@ from base64 import b64encode
 from pathlib import Path
 
 ADMIN_PASSWORD = "bench-admin-password"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _tree(pid: int) -> list:
@@ -50,7 +43,9 @@ class _Server:
     """``mlflow server`` on a free port in its own process group; stopped (the whole group) on exit."""
 
     def __init__(self, folder: Path, env: dict, *extra: str) -> None:
-        self.port = _free_port()
+        from ..tracking.mlflow_server import free_port
+
+        self.port = free_port()
         folder.mkdir(parents=True, exist_ok=True)
         command = [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port",
                    str(self.port), "--backend-store-uri", f"sqlite:///{folder}/mlflow.db",

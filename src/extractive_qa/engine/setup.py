@@ -6,6 +6,7 @@ message is written once.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import shutil
@@ -68,9 +69,7 @@ def make_accelerator(cfg: DictConfig):
     return accelerator
 
 
-_DESTROY_REGISTERED: list[bool] = []
-
-
+@functools.cache
 def _destroy_process_group_at_exit() -> None:
     """Destroy the gloo process group when the process exits, while the interpreter is still whole.
 
@@ -79,8 +78,6 @@ def _destroy_process_group_at_exit() -> None:
     two-process CPU run that had written every file (pytorch/pytorch#190489). Once per process, not per job:
     Hydra's ``-m`` jobs in one process share the group. Gloo's destroy is local (no collective), so a rank
     leaving after an error cannot hang on it."""
-    if _DESTROY_REGISTERED:
-        return
     import atexit
 
     def destroy() -> None:
@@ -88,7 +85,6 @@ def _destroy_process_group_at_exit() -> None:
             torch.distributed.destroy_process_group()
 
     atexit.register(destroy)
-    _DESTROY_REGISTERED.append(True)
 
 
 def load_data_and_tokenizer(cfg: DictConfig, split_names: tuple[str, ...],

@@ -4,6 +4,8 @@ defaults and why: no GenAI job runner, and a credential cache in front of the ba
 
 from __future__ import annotations
 
+import os
+import socket
 from pathlib import Path
 
 # MLflow 3.17's server also starts a GenAI job runner by default: a runner process and seven huey consumers for
@@ -13,6 +15,18 @@ from pathlib import Path
 # processes, 421 MB and 4.9 CPU-seconds (bench part server; README, "Teams and clusters"). `make ui` starts
 # MLflow the same way.
 JOB_EXECUTION = "MLFLOW_SERVER_ENABLE_JOB_EXECUTION"
+
+
+def server_env() -> dict[str, str]:
+    """What the project adds to MLflow's server environment: the job runner off unless the environment says."""
+    return {JOB_EXECUTION: os.environ.get(JOB_EXECUTION, "false")}
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 nothing listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def auth_config(home: Path, auth_db_url: str, default_permission: str, cache_seconds: int = 60) -> Path:
