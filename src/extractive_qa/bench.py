@@ -21,6 +21,9 @@ Prints one JSON object per line (the measurements are :mod:`extractive_qa.benchm
   fp32 answers, prediction memory, the report's statistics on 100,000 questions.
 * ``server`` (asked for: ``bench.parts=[server]``) -- MLflow's server with its GenAI job runner on and off, and
   its basic-auth app with its credential cache off and on (benchmarks/server.py).
+* ``exit`` (asked for: ``bench.parts=[exit]``) -- seconds from a process's last line to its end with a training
+  run's libraries loaded: CPython's shutdown against the entry points' ``collect_then_freeze``
+  (benchmarks/shutdown.py).
 * ``summary`` -- the like-for-like ratios first, then the rest.
 
 Model FLOPs (the MFU numerator) count real, non-padding tokens: a window of T tokens costs
@@ -45,9 +48,11 @@ from .benchmarks.profiling import profile_bench
 from .benchmarks.quality import bf16_agreement
 from .benchmarks.search import pruning_savings
 from .benchmarks.server import server_costs
+from .benchmarks.shutdown import shutdown_costs
 from .benchmarks.summary import summarize
 from .benchmarks.training import optimizer_step_time, padding_share, train_bench
 from .core.config import CONF_DIR, to_plain
+from .core.shutdown import exits_promptly
 
 
 def hardware_line(cfg: DictConfig) -> dict:
@@ -94,6 +99,8 @@ def main(cfg: DictConfig) -> None:
         out["pruning"] = emit(in_fresh_process(pruning_savings, plain))
     if "server" in parts:  # not in the default parts: MLflow's server as `make server` starts it and as MLflow does
         out["server"] = emit(in_fresh_process(server_costs, plain))
+    if "exit" in parts:  # not in the default parts: what a process's end costs with and without core/shutdown.py
+        out["exit"] = emit(in_fresh_process(shutdown_costs, plain))
     if "compare" in parts:
         out["compare"] = emit(in_fresh_process(comparison_speed, plain))
     emit(summarize(cfg, out))
@@ -102,4 +109,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with exits_promptly():  # ends when the work has, not 1.5 s later (core/shutdown.py)
+        main()

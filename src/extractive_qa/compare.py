@@ -33,6 +33,7 @@ from pathlib import Path
 
 from .core.config import project_root
 from .core.errors import SetupError
+from .core.shutdown import exits_promptly
 from .tracking.base import RunRow, TrackingBackend, backend_named
 from .tracking.comparison import SCORES, Comparison, Configuration, compare, load, question_buckets
 from .tracking.report import MEANING, REPORT_FILES, write_report
@@ -185,4 +186,5 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    with exits_promptly():  # ends when the work has, not 1.5 s later (core/shutdown.py)
+        sys.exit(main())

@@ -25,6 +25,7 @@ from pathlib import Path
 from .core.answers import read_answers
 from .core.data import DataFormatError, read_examples
 from .core.metrics import score_answers
+from .core.shutdown import exits_promptly
 
 
 def run_scored_ids(predictions: str) -> list[str] | None:
@@ -91,4 +92,5 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with exits_promptly():  # ends when the work has, not 1.5 s later (core/shutdown.py)
+        main()

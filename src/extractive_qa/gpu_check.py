@@ -27,6 +27,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from .core.config import CONF_DIR, to_plain
+from .core.shutdown import exits_promptly
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -221,4 +222,5 @@ def _check(args: argparse.Namespace, overrides: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    with exits_promptly():  # ends when the work has, not 1.5 s later (core/shutdown.py)
+        sys.exit(main())

@@ -17,6 +17,7 @@ from .core.config import CONF_DIR
 from .core.errors import SetupError
 from .core.features import window_config
 from .core.postprocess import PostprocessSettings
+from .core.shutdown import exits_promptly
 from .core.windowing import encode_examples, eval_windows
 from .engine.setup import load_data_and_tokenizer
 
@@ -37,4 +38,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with exits_promptly():  # ends when the work has, not 1.5 s later (core/shutdown.py)
+        main()

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from .core.config import project_root
 from .core.errors import SetupError
+from .core.shutdown import exits_promptly
 from .tracking.base import backend_named
 
 
@@ -38,4 +39,5 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    with exits_promptly():  # ends when the work has, not 1.5 s later (core/shutdown.py)
+        sys.exit(main())

@@ -86,7 +86,8 @@ class OutputDirError(ValueError):
 
 def run_cli(main) -> None:
     """Run a Hydra ``main`` so that a run folder that cannot be created -- which Hydra meets before any
-    project code runs -- ends in one line naming the folder and the fix (exit 2), not a traceback.
+    project code runs -- ends in one line naming the folder and the fix (exit 2), not a traceback; and the
+    process ends as soon as the work has, however it ended (:mod:`.shutdown`).
 
     Hydra's own error report is bypassed (its formatter fails on errors raised while it resolves the
     run dir): config mistakes still print Hydra's one-line message (exit 1), anything else its full
@@ -96,17 +97,20 @@ def run_cli(main) -> None:
 
     from hydra.errors import CompactHydraException
 
+    from .shutdown import exits_promptly
+
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")
-    try:
-        main()
-    except Exception as err:  # noqa: BLE001 - translated below, or re-raised as it is
-        cause: BaseException | None = err
-        while cause is not None and not isinstance(cause, OutputDirError):
-            cause = cause.__cause__ or cause.__context__
-        if cause is not None:
-            print(f"error: {cause}", file=sys.stderr)
-            sys.exit(2)
-        if isinstance(err, CompactHydraException):
-            print(err, *([err.__cause__] if err.__cause__ else []), sep="\n", file=sys.stderr)
-            sys.exit(1)
-        raise
+    with exits_promptly():
+        try:
+            main()
+        except Exception as err:  # noqa: BLE001 - translated below, or re-raised as it is
+            cause: BaseException | None = err
+            while cause is not None and not isinstance(cause, OutputDirError):
+                cause = cause.__cause__ or cause.__context__
+            if cause is not None:
+                print(f"error: {cause}", file=sys.stderr)
+                sys.exit(2)
+            if isinstance(err, CompactHydraException):
+                print(err, *([err.__cause__] if err.__cause__ else []), sep="\n", file=sys.stderr)
+                sys.exit(1)
+            raise
