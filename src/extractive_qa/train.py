@@ -22,6 +22,7 @@ from .core.config import CONF_DIR, to_plain
 from .core.errors import SetupError, disk_full_message, log_to_files, run_cli, setup_message
 from .core.runs import FAILED, FINISHED, KILLED, PRUNED, RunPruned
 from .core.schema import ConfigError, check_train_config
+from .core.shutdown import collect_then_freeze_at_exit
 from .engine.checkpointing import Interrupted
 from .engine.setup import remove_if_only_logs
 from .recipe import train
@@ -49,6 +50,7 @@ def main(cfg: DictConfig) -> float | None:
     failed job is logged to its own train.log, recorded FAILED and returns ``None`` (Optuna marks the
     trial failed), and the sweep goes on; the sweep's summary and exit code tell (see tracking/sweep.py)."""
     sweep, job_dir = sweep_of_job(), run_dir_of_job()
+    collect_then_freeze_at_exit()  # a launcher's worker process ends promptly too, not only `python -m` (run_cli)
     try:
         check_train_config(to_plain(cfg))
     except ConfigError as err:  # before anything is made: no run folder (Hydra's is removed), no MLflow run

@@ -3,11 +3,14 @@
 When the interpreter shuts down, CPython tears its modules down in stages and runs a full garbage collection
 after each stage. With what a training or prediction run loads (torch, transformers, MLflow, nltk: about 5,500
 modules and 700,000 objects the collector tracks) those passes cost 1.4-1.5 s after the last line was printed,
-on every run (2 cores, Xeon; ``make bench ARGS="bench.parts=[cli]"`` measures it on yours).
+on every run (2 cores, Xeon; ``make bench ARGS="bench.parts=[exit]"`` measures it on yours). Entry points end
+through :func:`exits_promptly`; a launcher's worker process, whose end no entry point sees, through
+:func:`collect_then_freeze_at_exit`.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -35,3 +38,13 @@ def exits_promptly() -> Iterator[None]:
         yield
     finally:
         collect_then_freeze()
+
+
+@functools.cache
+def collect_then_freeze_at_exit() -> None:
+    """For a process whose end no entry point sees -- a launcher's worker (joblib's loky, submitit) that runs jobs
+    and is ended by its launcher: :func:`collect_then_freeze` as its interpreter starts to shut down (an atexit
+    handler, once per process), so jobs a worker runs meanwhile are collected as usual."""
+    import atexit
+
+    atexit.register(collect_then_freeze)
