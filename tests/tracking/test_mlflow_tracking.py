@@ -31,42 +31,6 @@ def children(uri: str, experiment: str) -> list:
     return sorted((r for r in runs if "job.num" in r.data.tags), key=lambda r: int(r.data.tags["job.num"]))
 
 
-def test_every_job_is_a_complete_run(seed_sweep):
-    uri, sweep_dir = seed_sweep["uri"], seed_sweep["sweep_dir"]
-    client = MlflowClient(uri)
-    exp = client.get_experiment_by_name("seeds")
-    assert exp.artifact_location.startswith("file://") and str(seed_sweep["tmp"]) in exp.artifact_location
-    runs = children(uri, "seeds")
-    for job, run in enumerate(runs):
-        tags, params, metrics = run.data.tags, run.data.params, run.data.metrics
-        assert run.info.status == "FINISHED" and params["seed"] == str(job + 1)
-        assert tags["sweep.dir"] == str(sweep_dir.resolve())
-        assert json.loads(tags["sweep.values"]) == {"seed": str(job + 1)}
-        assert len(tags["git.commit"]) in (40, 7) or tags["git.commit"] == "unknown"
-        assert tags["git.dirty"] in ("true", "false", "unknown")
-        assert tags["command"].startswith("python -m extractive_qa.train -m seed=1,2,3")
-        assert params["window.max_seq_len"] == "384" and params["optimizer._target_"] == "torch.optim.AdamW"
-        assert {"train/loss", "train/acc", "train/lr", "train/tokens_per_s", "dev/em", "dev/f1", "dev/em_cmrc2018",
-                "dev/f1_cmrc2018", "best/dev_em", "best/dev_f1_cmrc2018", "wall_time_s"} <= set(metrics)
-        run_dir = sweep_dir / str(job)
-        logged = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()
-                  if "train/loss" in line]
-        assert [m.step for m in sorted(client.get_metric_history(run.info.run_id, "train/loss"),
-                                       key=lambda m: m.step)] == logged
-        inputs = {(d.dataset.name, [t.value for t in d.tags][0]) for d in run.inputs.dataset_inputs}
-        assert inputs == {("hw7_train.json", "train"), ("hw7_dev.json", "dev"), ("hw7_test.json", "test")}
-        artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-        assert {"config_resolved.yaml", "dev_predictions.jsonl", "test_predictions.csv", "test_nbest.json", "run.json",
-                "dev_nbest.json", "data_report.json", "metrics.json", ".hydra"} <= artifacts
-        # tracking.log_model: an MLflow 3 logged model of this run, READY, linked to the run's best dev scores
-        (model,) = client.search_logged_models([exp.experiment_id],
-                                               filter_string=f"source_run_id = '{run.info.run_id}'")
-        assert model.name == "model" and str(model.status) in ("READY", "LoggedModelStatus.READY")
-        assert {m.key for m in model.metrics} >= {"best/dev_em", "best/dev_f1"}
-        assert {m.step for m in model.metrics} == {0}
-        assert [o.model_id for o in run.outputs.model_outputs] == [model.model_id]
-
-
 def test_a_run_that_raises_ends_failed_with_its_cause(synthetic, tmp_path):
     uri = empty_store(tmp_path)
     res = run_with_faults(["before:_setup_training=raise"], *tiny_overrides(synthetic, tmp_path, uri),
@@ -322,3 +286,41 @@ def test_a_jobs_trial_prunes_with_the_sweeps_pruner_not_optunas_default(tmp_path
     for pruner, pruned in (("none", False), ("median", True)):
         trial = study.ask()
         assert TrialLink(storage, "p", trial._trial_id, pruner).report(0.0, 10) is pruned, pruner
+
+
+# Last in this file: the seed sweep it reads is built by the first test that asks (test_train.py's first, which
+# often starts at the same moment on the other worker); the tests above run meanwhile instead of waiting on its lock.
+def test_every_job_is_a_complete_run(seed_sweep):
+    uri, sweep_dir = seed_sweep["uri"], seed_sweep["sweep_dir"]
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("seeds")
+    assert exp.artifact_location.startswith("file://") and str(seed_sweep["tmp"]) in exp.artifact_location
+    runs = children(uri, "seeds")
+    for job, run in enumerate(runs):
+        tags, params, metrics = run.data.tags, run.data.params, run.data.metrics
+        assert run.info.status == "FINISHED" and params["seed"] == str(job + 1)
+        assert tags["sweep.dir"] == str(sweep_dir.resolve())
+        assert json.loads(tags["sweep.values"]) == {"seed": str(job + 1)}
+        assert len(tags["git.commit"]) in (40, 7) or tags["git.commit"] == "unknown"
+        assert tags["git.dirty"] in ("true", "false", "unknown")
+        assert tags["command"].startswith("python -m extractive_qa.train -m seed=1,2,3")
+        assert params["window.max_seq_len"] == "384" and params["optimizer._target_"] == "torch.optim.AdamW"
+        assert {"train/loss", "train/acc", "train/lr", "train/tokens_per_s", "dev/em", "dev/f1", "dev/em_cmrc2018",
+                "dev/f1_cmrc2018", "best/dev_em", "best/dev_f1_cmrc2018", "wall_time_s"} <= set(metrics)
+        run_dir = sweep_dir / str(job)
+        logged = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()
+                  if "train/loss" in line]
+        assert [m.step for m in sorted(client.get_metric_history(run.info.run_id, "train/loss"),
+                                       key=lambda m: m.step)] == logged
+        inputs = {(d.dataset.name, [t.value for t in d.tags][0]) for d in run.inputs.dataset_inputs}
+        assert inputs == {("hw7_train.json", "train"), ("hw7_dev.json", "dev"), ("hw7_test.json", "test")}
+        artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+        assert {"config_resolved.yaml", "dev_predictions.jsonl", "test_predictions.csv", "test_nbest.json", "run.json",
+                "dev_nbest.json", "data_report.json", "metrics.json", ".hydra"} <= artifacts
+        # tracking.log_model: an MLflow 3 logged model of this run, READY, linked to the run's best dev scores
+        (model,) = client.search_logged_models([exp.experiment_id],
+                                               filter_string=f"source_run_id = '{run.info.run_id}'")
+        assert model.name == "model" and str(model.status) in ("READY", "LoggedModelStatus.READY")
+        assert {m.key for m in model.metrics} >= {"best/dev_em", "best/dev_f1"}
+        assert {m.step for m in model.metrics} == {0}
+        assert [o.model_id for o in run.outputs.model_outputs] == [model.model_id]
