@@ -17,7 +17,7 @@ from mlflow.tracking import MlflowClient
 
 from extractive_qa.core.runs import KILLED, RUNNING, read_run_record, this_process
 
-from helpers import empty_store, run_module, run_with_faults
+from helpers import empty_store, run_module, run_script, run_with_faults
 from helpers.disk import FILL_ENV, LEAVE_ENV, tmpfs
 
 
@@ -336,8 +336,7 @@ def test_a_kill_while_a_better_model_is_saved_keeps_a_complete_best_model(synthe
     (run / "config_resolved.yaml").write_text("{}\n")
     script = tmp_path / "save_twice.py"
     script.write_text(_SAVE_TWICE)
-    res = subprocess.run([sys.executable, str(script), str(synthetic["model"]), str(run / "best_model"), kill_after],
-                         capture_output=True, text=True)
+    res = run_script(script, str(synthetic["model"]), str(run / "best_model"), kill_after)
     assert res.returncode == -signal.SIGKILL, res.stderr[-2000:]
     assert newest_run(tmp_path / "outputs") == run
     assert model_folder_problem(run / "best_model") is None

@@ -1,6 +1,4 @@
 import json
-import subprocess
-import sys
 
 import pytest
 from hydra import compose, initialize_config_dir
@@ -12,7 +10,7 @@ from extractive_qa.core.features import window_config
 from extractive_qa.core.postprocess import PostprocessSettings
 from extractive_qa.core.windowing import encode_examples, eval_windows
 
-from helpers import HW7_DIR, ROOT, SQUAD_DIR, needs_shared
+from helpers import HW7_DIR, SQUAD_DIR, needs_shared, run_module
 
 DATASETS = {  # file -> data preset whose max_answer_len applies
     HW7_DIR / "hw7_dev.json": "hw7",
@@ -42,10 +40,7 @@ def test_oracle_em_is_at_least_0998(bert_tokenizer, path, window_preset):
 
 @needs_shared
 def test_report_cli_prints_one_json_object():
-    out = subprocess.run(
-        [sys.executable, "-m", "extractive_qa.report", f"data.dir={HW7_DIR}", "model=tiny", "data.limit_dev=50"],
-        capture_output=True, text=True, cwd=ROOT, check=True,
-    )
+    out = run_module("extractive_qa.report", f"data.dir={HW7_DIR}", "model=tiny", "data.limit_dev=50")
     report = json.loads(out.stdout)
     assert report["questions"] == 50 and report["oracle_em"] == 1.0
     assert set(report) >= {"windows_per_question", "tokens_per_question", "repairs", "unk_rate_context_tokens",
@@ -53,10 +48,7 @@ def test_report_cli_prints_one_json_object():
 
 
 def test_report_cli_missing_data_gives_one_clear_message(tmp_path):
-    out = subprocess.run(
-        [sys.executable, "-m", "extractive_qa.report", f"data.dir={tmp_path}", "data.archive_url=null"],
-        capture_output=True, text=True, cwd=ROOT,
-    )
+    out = run_module("extractive_qa.report", f"data.dir={tmp_path}", "data.archive_url=null", check=False)
     assert out.returncode == 2
     assert "Traceback" not in out.stderr
     assert "hw7_dev.json" in out.stderr and "data.dir=" in out.stderr

@@ -135,6 +135,11 @@ def run_module(module: str, *overrides: str, env: dict | None = None,
     return out
 
 
+def run_script(script: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """``python SCRIPT *args`` from the repository root (forked from the warm interpreter, as ``run_module``)."""
+    return _run([str(script), *args], env)
+
+
 def run_with_faults(faults: list[str], *overrides: str, env: dict | None = None, check: bool = False,
                     module: str = "extractive_qa.train") -> subprocess.CompletedProcess:
     """``module``'s CLI with faults injected at exact points of the recipe (see fault_runner.py)."""
