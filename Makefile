@@ -25,7 +25,7 @@ $(STAMP): pyproject.toml
 	@if [ "$(REUSE_TORCH)" != no ] && [ ! -f $(VENV)/.own_torch ]; then $(PYTHON) scripts/reuse_torch.py $(VENV) || touch $(VENV)/.own_torch; fi
 	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q --no-compile $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) "$(TORCH)"
 	$(PY) -m pip install -q --no-compile -e ".[$(EXTRAS)]"
-	@# Byte-compiled once here on every core (pip compiles on one: a first install 78 -> 62 s on 2 cores). What does
+	@# Byte-compiled once here on every core (pip compiles on one: a first install 82 -> 68 s on 2 cores). What does
 	@# not compile (other Pythons' code some packages ship) is skipped, as pip skips it.
 	@$(PY) -m compileall -q -j 0 "$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" >/dev/null || true
 	@touch $(STAMP)

@@ -2,7 +2,7 @@
 
 When the interpreter shuts down, CPython tears its modules down in stages and runs a full garbage collection
 after each stage. With what a training or prediction run loads (torch, transformers, MLflow, nltk: about 5,500
-modules and 700,000 objects the collector tracks) those passes cost 1.4-1.5 s after the last line was printed,
+modules and 660,000 objects the collector tracks) those passes cost 1.4-1.5 s after the last line was printed,
 on every run (2 cores, Xeon; ``make bench ARGS="bench.parts=[exit]"`` measures it on yours). Entry points end
 through :func:`exits_promptly`; a launcher's worker process, whose end no entry point sees, through
 :func:`collect_then_freeze_at_exit`.
