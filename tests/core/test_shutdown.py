@@ -12,16 +12,19 @@ import pytest
 
 from helpers import child_env
 
-SCRIPT = """
-import gc, sys
+LEFT_IN_A_CYCLE = """
 from pathlib import Path
-from extractive_qa.core.errors import run_cli
 
 class LeftInACycle:  # only the garbage collector can free it: what an unclosed writer in a cycle looks like
     def __init__(self, path):
         self.path, self.me = path, self
     def __del__(self):
         Path(self.path).write_text("finalised")
+"""
+
+SCRIPT = LEFT_IN_A_CYCLE + """
+import gc, sys
+from extractive_qa.core.errors import run_cli
 
 def main():
     LeftInACycle(sys.argv[1])
@@ -50,17 +53,10 @@ def test_what_a_run_left_in_a_cycle_is_finalised_and_the_rest_frozen(tmp_path, e
         assert "RuntimeError: boom" in out.stderr  # the traceback still reaches the user
 
 
-WORKER = """
+WORKER = LEFT_IN_A_CYCLE + """
 import atexit, gc, sys
-from pathlib import Path
 atexit.register(lambda: print("frozen at the end", gc.get_freeze_count(), flush=True))  # runs after ours
 from extractive_qa.core.shutdown import collect_then_freeze_at_exit
-
-class LeftInACycle:
-    def __init__(self, path):
-        self.path, self.me = path, self
-    def __del__(self):
-        Path(self.path).write_text("finalised")
 
 for job in range(2):  # a worker running two jobs: each asks, once per process is what happens
     collect_then_freeze_at_exit()

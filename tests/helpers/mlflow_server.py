@@ -15,10 +15,9 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
-from extractive_qa.tracking.mlflow_server import free_port, server_env
+from extractive_qa.tracking.mlflow_server import answers, free_port, server_env, wait_until_answering
 
 ENV = "TEST_MLFLOW_SERVER"
 
@@ -43,15 +42,10 @@ def launch_server(command: list[str], *, port: int, log: Path, pidfile: Path, en
         proc = subprocess.Popen(command, env={**os.environ, **(env or {})}, stdout=out, stderr=out, cwd=cwd,
                                 start_new_session=True)
     Path(pidfile).write_text(str(proc.pid))
-    deadline = time.monotonic() + seconds
-    while True:
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
-            return
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"mlflow server did not start; {log}:\n{Path(log).read_text()[-3000:]}") from None
-            time.sleep(0.2)
+    try:
+        wait_until_answering(port, proc, seconds)
+    except RuntimeError as err:
+        raise RuntimeError(f"{err}; {log}:\n{Path(log).read_text()[-3000:]}") from None
 
 
 def kill_server(pidfile: Path, port: int, seconds: float = 60) -> None:
@@ -99,17 +93,9 @@ def kill() -> None:
     stop(json.loads(os.environ[ENV]))
 
 
-def is_up(settings: dict) -> bool:
-    try:
-        urllib.request.urlopen(f"http://127.0.0.1:{settings['port']}/health", timeout=2)
-        return True
-    except OSError:
-        return False
-
-
 def ensure_running(settings: dict) -> dict:
     """The shared server, started again if a test before left it stopped."""
-    if not is_up(settings):
+    if not answers(settings["port"]):
         _launch(settings)
     return settings
 

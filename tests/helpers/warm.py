@@ -150,7 +150,7 @@ def main() -> None:
     import_project(hf)
     # What was imported stays for good: collected once and frozen, so a child's collections -- and its shutdown's
     # -- neither walk these ~680,000 objects again nor copy their pages on write (gc.freeze's documented use: a
-    # server about to fork). A tiny run's child took 3.0 s, 1.3 s of it in that shutdown; 1.6 s now.
+    # server about to fork; what it saves a child: the module docstring).
     gc.collect()
     gc.freeze()
     request = serve()

@@ -62,14 +62,11 @@ class _Server:
             return answer.status
 
     def wait_ready(self) -> float:
-        while True:
-            try:
-                self.get("/health")
-                return time.monotonic() - self.started
-            except OSError:
-                if self.proc.poll() is not None:
-                    raise RuntimeError("mlflow server exited at start") from None
-                time.sleep(0.2)
+        """Seconds from the start until the server answers."""
+        from ..tracking.mlflow_server import wait_until_answering
+
+        wait_until_answering(self.port, self.proc, 180)
+        return time.monotonic() - self.started
 
     def __enter__(self) -> _Server:
         return self

@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import time
+import urllib.request
 from pathlib import Path
 
 # MLflow 3.17's server also starts a GenAI job runner by default: a runner process and seven huey consumers for
@@ -27,6 +30,27 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def answers(port: int) -> bool:
+    """Whether the MLflow server on 127.0.0.1:``port`` answers ``/health``."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+def wait_until_answering(port: int, proc: subprocess.Popen, seconds: float) -> None:
+    """Return once the server ``proc`` started on 127.0.0.1:``port`` answers; RuntimeError if it exits first or
+    ``seconds`` pass (the deadline only turns a hang into a failure)."""
+    deadline = time.monotonic() + seconds
+    while not answers(port):
+        if proc.poll() is not None:
+            raise RuntimeError(f"mlflow server exited ({proc.returncode}) before answering on port {port}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"mlflow server did not answer on port {port} within {seconds:.0f} s")
+        time.sleep(0.2)
 
 
 def auth_config(home: Path, auth_db_url: str, default_permission: str, cache_seconds: int = 60) -> Path:
