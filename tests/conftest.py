@@ -23,15 +23,14 @@ def pytest_configure(config):
     os.environ["OMP_NUM_THREADS"] = share
 
 
-# The test files that take longest, longest first (seconds of one worker in `make test` on 2 cores, this Xeon, two
-# runs: 60, 60-67, 56-72, 48-51, 38-48, 40-42, 33-36, 28, 18-24, 23, 20, 14-19, 12-15, 14, 8, 7.5, 3-7), then the
-# rest (1-4 s each) in their collected order. pytest-xdist hands out whole files (--dist loadfile) in this order
-# (`make test` passes --no-loadscope-reorder): ordered by their number of tests instead, the few-test files came
-# last (test_first_run, test_install) and one worker ran them alone for the last 19 s of a 284 s suite.
+# The test files that take longest, longest first (seconds of one worker, `make test` on 2 cores, this Xeon: 62, 60, 56,
+# 48, 48, 42, 33, 28, 24, 23, 20, 19), run before the rest (in their collected order). pytest-xdist hands out whole
+# files (--dist loadfile) in this order (`make test` passes --no-loadscope-reorder): ordered by their number of tests
+# instead, the few-test files came last (test_first_run, test_install) and one worker ran them alone for the last
+# 19 s of a 284 s suite.
 LONGEST_FIRST = ("test_train.py", "test_model_families.py", "tracking/test_mlflow_tracking.py", "test_team.py",
                  "test_ensembles.py", "test_faults.py", "test_first_run.py", "test_notebook.py", "test_integrity.py",
-                 "test_reliability.py", "test_bench.py", "test_install.py", "tracking/test_sweeps.py",
-                 "test_report.py", "test_predict.py", "core/test_significance.py", "test_warm_runner.py")
+                 "test_reliability.py", "test_bench.py", "test_install.py")
 
 
 def pytest_collection_modifyitems(config, items):
