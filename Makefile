@@ -88,9 +88,9 @@ gpu-check: install
 	$(PY) -m extractive_qa.gpu_check $(ARGS)
 
 # Lint first (ruff, line length 120), then the tests on every core (pytest-xdist; a test file stays on one
-# worker, the longest files first: tests/conftest.py LONGEST_FIRST; shared fixtures are built once).
+# worker; shared fixtures are built once).
 test: install postgres lint
-	$(PY) -m pytest -q -n auto --dist loadfile --no-loadscope-reorder --durations=15 $(ARGS)
+	$(PY) -m pytest -q -n auto --dist loadfile --durations=15 $(ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check src tests

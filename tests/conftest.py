@@ -23,21 +23,6 @@ def pytest_configure(config):
     os.environ["OMP_NUM_THREADS"] = share
 
 
-# The test files that take longest, longest first (seconds of one worker, `make test` on 2 cores, this Xeon: 62, 60, 56,
-# 48, 48, 42, 33, 28, 24, 23, 20, 19), run before the rest (in their collected order). pytest-xdist hands out whole
-# files (--dist loadfile) in this order (`make test` passes --no-loadscope-reorder): ordered by their number of tests
-# instead, the few-test files came last (test_first_run, test_install) and one worker ran them alone for the last
-# 19 s of a 284 s suite.
-LONGEST_FIRST = ("test_train.py", "test_model_families.py", "tracking/test_mlflow_tracking.py", "test_team.py",
-                 "test_ensembles.py", "test_faults.py", "test_first_run.py", "test_notebook.py", "test_integrity.py",
-                 "test_reliability.py", "test_bench.py", "test_install.py")
-
-
-def pytest_collection_modifyitems(config, items):
-    rank = {f"tests/{name}": i for i, name in enumerate(LONGEST_FIRST)}
-    items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(rank)))  # stable: files keep their order
-
-
 @pytest.fixture(scope="session")
 def char_tokenizer(tmp_path_factory):
     from extractive_qa.core.synthetic import build_char_tokenizer
