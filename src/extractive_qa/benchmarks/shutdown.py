@@ -6,6 +6,7 @@ parent times from that line to the process's end (the median of ``bench.exit_rep
 
 from __future__ import annotations
 
+import json
 import statistics
 import subprocess
 import sys
@@ -28,8 +29,6 @@ if sys.argv[1] == "freeze":
 
 def exit_time(mode: str) -> dict:
     """One fresh interpreter: seconds from its last line to its end."""
-    import json
-
     proc = subprocess.Popen([sys.executable, "-c", _CHILD, mode, *RUN_MODULES], stdout=subprocess.PIPE, text=True)
     line = json.loads(proc.stdout.readline())
     proc.wait()
