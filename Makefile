@@ -10,6 +10,12 @@ TORCH_INDEX ?=
 EXTRAS ?= dev,optuna,joblib,submitit,team
 ARGS ?=
 STAMP := $(VENV)/.installed
+# Bytecode is cached as Python does by default, module by module the first time one is imported, for every command
+# make runs: a PYTHONDONTWRITEBYTECODE from the environment would make each new interpreter compile the ~5,500
+# modules a run imports again (seconds per process). Nothing is compiled at install (pip's --no-compile): of the
+# ~20,000 files installed, a run imports about 5,500 and the tests a few more; compiling all of them up front took
+# 23 s on 2 cores (43 CPU-s) here.
+unexport PYTHONDONTWRITEBYTECODE
 
 .PHONY: install train predict report evaluate ui serve server postgres bench gpu-check test lint clean
 
@@ -27,15 +33,7 @@ $(STAMP): pyproject.toml
 	@$(PY) -m pip install -q --no-compile --upgrade "pip>=24" 2>/dev/null || true
 	@if [ "$(REUSE_TORCH)" != no ] && [ ! -f $(VENV)/.own_torch ]; then $(PYTHON) scripts/reuse_torch.py $(VENV) || touch $(VENV)/.own_torch; fi
 	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q --no-compile $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) "$(TORCH)"
-	@# Byte-compiled here, on every core (pip compiles on one): the folders installed so far (torch and its
-	@# dependencies) in the background while pip installs the rest on one core, then everything left. Should pip
-	@# replace a file meanwhile, Python checks each .pyc against its source's size and time before using it.
-	@# What does not compile (other Pythons' code some packages ship) is skipped, as pip skips it.
-	@site="$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"; \
-	  (cd "$$site" && $(PY) -m compileall -q -j 1 */ >/dev/null 2>&1) & early=$$!; \
-	  echo '$(PY) -m pip install -q --no-compile -e ".[$(EXTRAS)]"'; \
-	  $(PY) -m pip install -q --no-compile -e ".[$(EXTRAS)]"; status=$$?; wait $$early; \
-	  [ $$status = 0 ] || exit $$status; $(PY) -m compileall -q -j 0 "$$site" >/dev/null || true
+	$(PY) -m pip install -q --no-compile -e ".[$(EXTRAS)]"
 	@touch $(STAMP)
 
 train: install
