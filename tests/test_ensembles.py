@@ -15,7 +15,7 @@ import pytest
 
 from extractive_qa.core.data import read_examples
 
-from helpers import ROOT, mlflow_server, run_module
+from helpers import ROOT, mlflow_server, run_module, run_script
 
 
 def lines_of(res) -> list[dict]:
@@ -81,12 +81,17 @@ def test_a_registered_model_predicts_what_its_run_dir_predicts_sqlite(seed_sweep
     version = MlflowClient(uri, registry_uri=uri).get_model_version("seeds-qa", "2")
     run_dir = Path(MlflowClient(uri).get_run(version.run_id).data.tags["run_dir"])
     _same_csv_from_registry_and_run_dir(uri, "seeds-qa/2", run_dir, tmp_path)
-    # ... and it is an ordinary pyfunc model with its tokenizer, an input schema and what it needs installed.
-    code = ("import mlflow, pandas as pd, sys; mlflow.set_registry_uri(sys.argv[1]); m = mlflow.pyfunc.load_model("
-            "'models:/seeds-qa/2'); print(m.metadata.get_input_schema().input_names()); "
-            "print(m.predict(pd.DataFrame({'question': ['王小明住在哪裡？'], 'context': ['王小明住在台北。']}))); "
-            "print(open(mlflow.pyfunc.get_model_dependencies('models:/seeds-qa/2')).read())")
-    out = subprocess.run([sys.executable, "-c", code, uri], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    # ... and it is an ordinary pyfunc model with its tokenizer, an input schema and what it needs installed, loaded
+    # in a process of its own (forked from the tests' warm interpreter).
+    script = tmp_path / "load_pyfunc.py"
+    script.write_text("import mlflow, pandas as pd, sys; mlflow.set_registry_uri(sys.argv[1]); "
+                      "m = mlflow.pyfunc.load_model('models:/seeds-qa/2'); "
+                      "print(m.metadata.get_input_schema().input_names()); "
+                      "print(m.predict(pd.DataFrame({'question': ['王小明住在哪裡？'], "
+                      "'context': ['王小明住在台北。']}))); "
+                      "print(open(mlflow.pyfunc.get_model_dependencies('models:/seeds-qa/2')).read())\n",
+                      encoding="utf-8")
+    out = run_script(script, uri, cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "['question', 'context']" in out.stdout
     from importlib.metadata import version

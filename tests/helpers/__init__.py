@@ -80,14 +80,14 @@ class _WarmInterpreter:
         return proc
 
     @classmethod
-    def run(cls, argv: list[str], env: dict, timeout: float) -> subprocess.CompletedProcess:
+    def run(cls, argv: list[str], env: dict, timeout: float, cwd: Path = ROOT) -> subprocess.CompletedProcess:
         import tempfile
         import threading
 
         proc = cls._server(env)
         with tempfile.TemporaryDirectory(prefix="eqa-run-") as folder:
             out, err = Path(folder) / "stdout", Path(folder) / "stderr"
-            proc.stdin.write(json.dumps({"argv": argv, "env": env, "cwd": str(ROOT), "stdout": str(out),
+            proc.stdin.write(json.dumps({"argv": argv, "env": env, "cwd": str(cwd), "stdout": str(out),
                                          "stderr": str(err)}) + "\n")
             proc.stdin.flush()
             pid = json.loads(proc.stdout.readline())["pid"]
@@ -118,13 +118,13 @@ class _WarmInterpreter:
         return result
 
 
-def _run(argv: list[str], env: dict | None) -> subprocess.CompletedProcess:
-    """``python *argv`` from the repository root: forked from the warm interpreter, or with EQA_TESTS_COLD=1 a
-    fresh one."""
+def _run(argv: list[str], env: dict | None, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    """``python *argv`` in ``cwd`` (the repository root unless said): forked from the warm interpreter, or with
+    EQA_TESTS_COLD=1 a fresh one."""
     if os.environ.get("EQA_TESTS_COLD") == "1":
-        return subprocess.run([sys.executable, *argv], capture_output=True, text=True, cwd=ROOT, env=_env(env),
+        return subprocess.run([sys.executable, *argv], capture_output=True, text=True, cwd=cwd, env=_env(env),
                               timeout=900)
-    return _WarmInterpreter.run(argv, _env(env), timeout=900)
+    return _WarmInterpreter.run(argv, _env(env), timeout=900, cwd=cwd)
 
 
 def run_module(module: str, *overrides: str, env: dict | None = None,
@@ -135,9 +135,10 @@ def run_module(module: str, *overrides: str, env: dict | None = None,
     return out
 
 
-def run_script(script: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    """``python SCRIPT *args`` from the repository root (forked from the warm interpreter, as ``run_module``)."""
-    return _run([str(script), *args], env)
+def run_script(script: Path, *args: str, env: dict | None = None, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    """``python SCRIPT *args`` in ``cwd`` (the repository root unless said), forked from the warm interpreter as
+    ``run_module``."""
+    return _run([str(script), *args], env, cwd)
 
 
 def run_with_faults(faults: list[str], *overrides: str, env: dict | None = None, check: bool = False,
