@@ -69,6 +69,20 @@ def test_a_bad_config_value_is_one_line_exit_2_and_leaves_nothing(synthetic, tmp
     assert not mlflow_runs(uri, "integrity") if (tmp_path / "mlflow.db").exists() else True
 
 
+def test_a_fresh_process_refuses_a_bad_value_before_it_imports_torch(synthetic, tmp_path):
+    """What the entry point's precheck is for (core/precheck.py): in a fresh interpreter the bad value is refused
+    with the same line and exit 2 before torch is imported. (The test above runs forked from an interpreter that has
+    torch already, where the job's own check refuses it.)"""
+    code = ("import atexit, runpy, sys; atexit.register(lambda: print('torch imported:', 'torch' in sys.modules)); "
+            "sys.argv = ['train', *sys.argv[1:]]; runpy.run_module('extractive_qa.train', run_name='__main__')")
+    res = subprocess.run([sys.executable, "-c", code, *tiny(synthetic, tmp_path), "epochs=0"], capture_output=True,
+                         text=True, cwd=tmp_path, timeout=300)
+    lines = [line for line in res.stderr.splitlines() if line.strip()]
+    assert res.returncode == 2 and lines == [f"error: {BAD_VALUES['epochs=0']}" + lines[0].split("Fix: epochs=2", 1)[1]]
+    assert res.stdout.strip() == "torch imported: False"
+    assert not (tmp_path / "outputs").exists()  # not even the run folder Hydra would make
+
+
 def test_a_bad_value_in_a_sweep_fails_its_job_with_the_same_line(synthetic, tmp_path):
     """In a sweep (checked per job, inside Hydra's job): that job FAILED with the line, no MLflow run for it."""
     uri = empty_store(tmp_path)
