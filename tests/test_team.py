@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -16,7 +14,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from helpers import ROOT, child_env, run_module, run_with_faults, team
+from helpers import run_module, run_with_faults, start_module, team
 
 
 def tiny(synthetic, tmp, uri: str, experiment: str) -> list[str]:
@@ -145,12 +143,12 @@ def test_one_search_from_two_processes_is_one_study(team_server, synthetic, tmp_
     args = ["-m", "hparams_search=optuna", f"hydra.sweeper.storage={storage}", "hydra.sweeper.n_trials=4",
             f"hydra.sweeper.study_name={study}", "hydra.sweeper.sampler=random",
             *tiny(synthetic, tmp_path, team.uri(team_server), "search"), "max_steps=2"]
-    procs = [subprocess.Popen([sys.executable, "-m", "extractive_qa.train", *args,
-                               f"hydra.sweep.dir={tmp_path}/machine{i}"], cwd=ROOT,
-                              env=child_env(team.credentials()), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              text=True) for i in (1, 2)]
-    outputs = [p.communicate(timeout=900)[0] for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], [o[-2000:] for o in outputs]
+    # Two processes at once, each forked from the tests' warm interpreter (so they start with the same state: the
+    # random generators included, which fresh machines would not share).
+    machines = [start_module("extractive_qa.train", *args, f"hydra.sweep.dir={tmp_path}/machine{i}",
+                             env=team.credentials()) for i in (1, 2)]
+    results = [m.wait() for m in machines]
+    assert [r.returncode for r in results] == [0, 0], [(r.stdout + r.stderr)[-2000:] for r in results]
     from extractive_qa.tracking.parents import sweep_dirs
     from extractive_qa.tracking.study import optuna_storage
 

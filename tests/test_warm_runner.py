@@ -4,7 +4,7 @@ import os
 import subprocess
 import sys
 
-from helpers import _run
+from helpers import _run, start_module
 
 
 def _script(tmp_path, body: str):
@@ -65,3 +65,18 @@ def test_the_base_interpreter_refuses_the_hub_libraries_while_it_imports_the_pro
         with pytest.raises(ImportError):
             _RefuseHF().find_spec(name)
     assert _RefuseHF().find_spec("torch") is None
+
+
+def test_runs_started_beside_each_other_run_at_once_and_report_their_own_ends(tmp_path):
+    """``start_module``: two runs at once (each waits until the other has started: one after the other, the first
+    would never end), then each one's output and exit status -- a signal's too."""
+    (tmp_path / "meet.py").write_text(
+        "import pathlib, sys, time\nhere, other = (pathlib.Path(sys.argv[1]) / n for n in sys.argv[2:4])\n"
+        "here.touch()\nwhile not other.exists():\n    time.sleep(0.01)\nprint('met', sys.argv[2])\n"
+        "sys.exit(int(sys.argv[4]))\n", encoding="utf-8")
+    (tmp_path / "killed.py").write_text("import os, signal\nos.kill(os.getpid(), signal.SIGKILL)\n", encoding="utf-8")
+    env = {"PYTHONPATH": str(tmp_path)}
+    runs = [start_module("meet", str(tmp_path), "a", "b", "0", env=env),
+            start_module("meet", str(tmp_path), "b", "a", "3", env=env), start_module("killed", env=env)]
+    results = [run.wait(timeout=120) for run in runs]
+    assert [(r.returncode, r.stdout) for r in results] == [(0, "met a\n"), (3, "met b\n"), (-9, "")]

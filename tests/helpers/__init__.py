@@ -118,6 +118,49 @@ class _WarmInterpreter:
         return result
 
 
+    @classmethod
+    def start(cls, argv: list[str], env: dict, cwd: Path = ROOT) -> StartedRun:
+        import tempfile
+
+        proc = cls._server(env)
+        folder = Path(tempfile.mkdtemp(prefix="eqa-run-"))
+        proc.stdin.write(json.dumps({"argv": argv, "env": env, "cwd": str(cwd), "stdout": str(folder / "stdout"),
+                                     "stderr": str(folder / "stderr"), "status": str(folder / "status")}) + "\n")
+        proc.stdin.flush()
+        return StartedRun(argv, folder, json.loads(proc.stdout.readline())["pid"])
+
+
+class StartedRun:
+    """A run started beside others (:func:`start_module`): ``wait()`` gives its result as ``subprocess.run`` would."""
+
+    def __init__(self, argv: list[str], folder: Path, pid: int, popen: subprocess.Popen | None = None):
+        self.argv, self.folder, self.pid, self.popen = argv, folder, pid, popen
+
+    def _returncode(self, timeout: float) -> int:
+        import time
+
+        if self.popen is not None:
+            return self.popen.wait(timeout)
+        status = self.folder / "status"
+        deadline = time.monotonic() + timeout  # turns a hang into a failure; the wait is on the status file
+        while not status.is_file():
+            if time.monotonic() > deadline:
+                os.kill(self.pid, 9)
+                raise subprocess.TimeoutExpired([sys.executable, *self.argv], timeout)
+            time.sleep(0.05)
+        return json.loads(status.read_text())["returncode"]
+
+    def wait(self, timeout: float = 900) -> subprocess.CompletedProcess:
+        import shutil
+
+        code = self._returncode(timeout)
+        result = subprocess.CompletedProcess([sys.executable, *self.argv], code,
+                                             (self.folder / "stdout").read_text(encoding="utf-8", errors="replace"),
+                                             (self.folder / "stderr").read_text(encoding="utf-8", errors="replace"))
+        shutil.rmtree(self.folder, ignore_errors=True)
+        return result
+
+
 def _run(argv: list[str], env: dict | None, cwd: Path = ROOT) -> subprocess.CompletedProcess:
     """``python *argv`` in ``cwd`` (the repository root unless said): forked from the warm interpreter, or with
     EQA_TESTS_COLD=1 a fresh one."""
@@ -133,6 +176,20 @@ def run_module(module: str, *overrides: str, env: dict | None = None,
     if check and out.returncode != 0:
         raise AssertionError(f"{module} failed ({out.returncode}):\n{out.stdout[-3000:]}\n{out.stderr[-5000:]}")
     return out
+
+
+def start_module(module: str, *overrides: str, env: dict | None = None) -> StartedRun:
+    """``python -m module *overrides`` started beside the test and other runs (forked from the warm interpreter, or
+    with EQA_TESTS_COLD=1 a fresh one); ``.wait()`` for its result."""
+    argv = ["-m", module, *overrides]
+    if os.environ.get("EQA_TESTS_COLD") == "1":
+        import tempfile
+
+        folder = Path(tempfile.mkdtemp(prefix="eqa-run-"))
+        with open(folder / "stdout", "w") as out, open(folder / "stderr", "w") as err:
+            popen = subprocess.Popen([sys.executable, *argv], stdout=out, stderr=err, cwd=ROOT, env=_env(env))
+        return StartedRun(argv, folder, popen.pid, popen)
+    return _WarmInterpreter.start(argv, _env(env))
 
 
 def run_script(script: Path, *args: str, env: dict | None = None, cwd: Path = ROOT) -> subprocess.CompletedProcess:

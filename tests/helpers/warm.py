@@ -16,9 +16,11 @@ import them fresh. Importing them costs a child about 2 s.
 
 ``EQA_TESTS_COLD=1`` runs every CLI in a fresh interpreter instead (``tests/helpers/__init__.py``).
 
-Protocol (one run at a time, JSON lines on stdin/stdout): the test side sends ``{"argv", "env", "cwd",
-"stdout", "stderr"}`` -- argv as after ``python``: ``["-m", module, ...]`` or ``[script, ...]`` -- and reads
-``{"pid"}`` then ``{"returncode"}`` (negative: killed by that signal, as ``subprocess`` reports it).
+Protocol (JSON lines on stdin/stdout): the test side sends ``{"argv", "env", "cwd", "stdout", "stderr"}`` -- argv
+as after ``python``: ``["-m", module, ...]`` or ``[script, ...]`` -- and reads ``{"pid"}`` then ``{"returncode"}``
+(negative: killed by that signal, as ``subprocess`` reports it): one run at a time. A request with ``"status": PATH``
+starts a run beside others instead: the server answers ``{"pid"}`` at once and serves the next request, while a
+process of its own waits on the run and writes ``{"returncode"}`` to PATH.
 """
 
 from __future__ import annotations
@@ -58,6 +60,14 @@ def serve() -> dict | None:
         request = json.loads(line)
         sys.stdout.flush()
         sys.stderr.flush()
+        _reap_finished()
+        if "status" in request:
+            pid = _start_beside(request)
+            if pid == 0:
+                return request
+            channel_out.write(json.dumps({"pid": pid}) + "\n")
+            channel_out.flush()
+            continue
         pid = os.fork()
         if pid == 0:
             return request
@@ -67,6 +77,44 @@ def serve() -> dict | None:
         channel_out.write(json.dumps({"returncode": _status(wait_status)}) + "\n")
         channel_out.flush()
     return None
+
+
+def _start_beside(request: dict) -> int:
+    """The run's pid in the server; 0 in the run itself. Between them a waiter (the server's child, the run's
+    parent) tells the server the run's pid, writes the run's exit status to ``request["status"]`` (whole, by a
+    rename) and ends."""
+    pid_in, pid_out = os.pipe()
+    if os.fork():  # the server
+        os.close(pid_out)
+        with os.fdopen(pid_in) as answer:
+            return int(answer.read())
+    os.close(pid_in)
+    run = os.fork()
+    if run == 0:
+        os.close(pid_out)
+        return 0
+    null = os.open(os.devnull, os.O_RDWR)
+    os.dup2(null, 0)  # the waiter holds none of the server's channel open
+    os.dup2(null, 1)
+    os.write(pid_out, str(run).encode())
+    os.close(pid_out)
+    _, wait_status = os.waitpid(run, 0)
+    partial = f"{request['status']}.partial"
+    with open(partial, "w") as out:
+        json.dump({"returncode": _status(wait_status)}, out)
+    os.replace(partial, request["status"])
+    os._exit(0)
+
+
+def _reap_finished() -> None:
+    """Collect the waiters that have ended (no zombies left behind)."""
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
 
 
 def become(request: dict) -> None:
