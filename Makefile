@@ -14,7 +14,7 @@ STAMP := $(VENV)/.installed
 # make runs: a PYTHONDONTWRITEBYTECODE from the environment would make each new interpreter compile the ~5,500
 # modules a run imports again (seconds per process). pip installs with --no-compile: of the ~20,000 files installed
 # a run imports about 5,500 and the tests a few more; compiling all of them at install took 23 s on 2 cores
-# (43 CPU-s) here, against ~8 s added to the test suite's first imports.
+# (43 CPU-s) here, against 0-8 s added to the test suite's first imports (a fresh clone's pytest against a rerun).
 unexport PYTHONDONTWRITEBYTECODE
 
 .PHONY: install train predict report evaluate ui serve server postgres bench gpu-check test lint clean

@@ -78,7 +78,7 @@ def test_a_fresh_process_refuses_a_bad_value_before_it_imports_torch(synthetic, 
     res = subprocess.run([sys.executable, "-c", code, *tiny(synthetic, tmp_path), "epochs=0"], capture_output=True,
                          text=True, cwd=tmp_path, timeout=300)
     lines = [line for line in res.stderr.splitlines() if line.strip()]
-    assert res.returncode == 2 and lines == [f"error: {BAD_VALUES['epochs=0']}" + lines[0].split("Fix: epochs=2", 1)[1]]
+    assert res.returncode == 2 and len(lines) == 1 and lines[0].startswith(f"error: {BAD_VALUES['epochs=0']}"), lines
     assert res.stdout.strip() == "torch imported: False"
     assert not (tmp_path / "outputs").exists()  # not even the run folder Hydra would make
 

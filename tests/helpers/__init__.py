@@ -112,22 +112,24 @@ class _WarmInterpreter:
             code = json.loads(answer)["returncode"]
             if timed_out:
                 raise subprocess.TimeoutExpired([sys.executable, *argv], timeout, out.read_text(), err.read_text())
-            result = subprocess.CompletedProcess([sys.executable, *argv], code,
-                                                 out.read_text(encoding="utf-8", errors="replace"),
-                                                 err.read_text(encoding="utf-8", errors="replace"))
+            result = _completed(argv, code, Path(folder))
         return result
 
-
     @classmethod
-    def start(cls, argv: list[str], env: dict, cwd: Path = ROOT) -> StartedRun:
-        import tempfile
-
+    def start(cls, argv: list[str], env: dict, folder: Path) -> StartedRun:
+        """Start ``python *argv`` beside other runs, its output and exit status going to ``folder``."""
         proc = cls._server(env)
-        folder = Path(tempfile.mkdtemp(prefix="eqa-run-"))
-        proc.stdin.write(json.dumps({"argv": argv, "env": env, "cwd": str(cwd), "stdout": str(folder / "stdout"),
+        proc.stdin.write(json.dumps({"argv": argv, "env": env, "cwd": str(ROOT), "stdout": str(folder / "stdout"),
                                      "stderr": str(folder / "stderr"), "status": str(folder / "status")}) + "\n")
         proc.stdin.flush()
         return StartedRun(argv, folder, json.loads(proc.stdout.readline())["pid"])
+
+
+def _completed(argv: list[str], code: int, folder: Path) -> subprocess.CompletedProcess:
+    """What ``subprocess.run`` returns for ``python *argv``, ended with ``code``, its output in ``folder``."""
+    return subprocess.CompletedProcess([sys.executable, *argv], code,
+                                       (folder / "stdout").read_text(encoding="utf-8", errors="replace"),
+                                       (folder / "stderr").read_text(encoding="utf-8", errors="replace"))
 
 
 class StartedRun:
@@ -140,7 +142,11 @@ class StartedRun:
         import time
 
         if self.popen is not None:
-            return self.popen.wait(timeout)
+            try:
+                return self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()  # as the warm runs below and subprocess.run do
+                raise
         status = self.folder / "status"
         deadline = time.monotonic() + timeout  # turns a hang into a failure; the wait is on the status file
         while not status.is_file():
@@ -153,10 +159,7 @@ class StartedRun:
     def wait(self, timeout: float = 900) -> subprocess.CompletedProcess:
         import shutil
 
-        code = self._returncode(timeout)
-        result = subprocess.CompletedProcess([sys.executable, *self.argv], code,
-                                             (self.folder / "stdout").read_text(encoding="utf-8", errors="replace"),
-                                             (self.folder / "stderr").read_text(encoding="utf-8", errors="replace"))
+        result = _completed(self.argv, self._returncode(timeout), self.folder)
         shutil.rmtree(self.folder, ignore_errors=True)
         return result
 
@@ -181,15 +184,15 @@ def run_module(module: str, *overrides: str, env: dict | None = None,
 def start_module(module: str, *overrides: str, env: dict | None = None) -> StartedRun:
     """``python -m module *overrides`` started beside the test and other runs (forked from the warm interpreter, or
     with EQA_TESTS_COLD=1 a fresh one); ``.wait()`` for its result."""
-    argv = ["-m", module, *overrides]
-    if os.environ.get("EQA_TESTS_COLD") == "1":
-        import tempfile
+    import tempfile
 
-        folder = Path(tempfile.mkdtemp(prefix="eqa-run-"))
+    argv = ["-m", module, *overrides]
+    folder = Path(tempfile.mkdtemp(prefix="eqa-run-"))
+    if os.environ.get("EQA_TESTS_COLD") == "1":
         with open(folder / "stdout", "w") as out, open(folder / "stderr", "w") as err:
             popen = subprocess.Popen([sys.executable, *argv], stdout=out, stderr=err, cwd=ROOT, env=_env(env))
         return StartedRun(argv, folder, popen.pid, popen)
-    return _WarmInterpreter.start(argv, _env(env))
+    return _WarmInterpreter.start(argv, _env(env), folder)
 
 
 def run_script(script: Path, *args: str, env: dict | None = None, cwd: Path = ROOT) -> subprocess.CompletedProcess:
