@@ -80,3 +80,27 @@ def test_runs_started_beside_each_other_run_at_once_and_report_their_own_ends(tm
             start_module("meet", str(tmp_path), "b", "a", "3", env=env), start_module("killed", env=env)]
     results = [run.wait(timeout=120) for run in runs]
     assert [(r.returncode, r.stdout) for r in results] == [(0, "met a\n"), (3, "met b\n"), (-9, "")]
+
+
+def test_the_forked_hub_server_alone_holds_its_channel(tmp_path):
+    """The ``hf`` server is forked from ``base`` and talks over a socket: the runs it forks let go of it, so the test
+    side reads the server's end when the server ends -- even while a run it started beside others goes on."""
+    import signal
+
+    from helpers import _env, _WarmInterpreter
+
+    release = tmp_path / "release"
+    script = _script(tmp_path, f"import pathlib, time\nend = time.monotonic() + 120\n"
+                               f"while not pathlib.Path({str(release)!r}).exists() and time.monotonic() < end:\n"
+                               f"    time.sleep(0.05)\n")
+    folder = tmp_path / "run"
+    folder.mkdir()
+    run = _WarmInterpreter.start([script], _env(None), folder)
+    server = _WarmInterpreter.procs["hf"]
+    os.kill(server.pid, signal.SIGKILL)
+    server._channel.settimeout(30)  # a channel the run still held would keep this read waiting: a TimeoutError
+    try:
+        assert server.stdout.readline() == ""
+    finally:
+        release.touch()
+    assert run.wait(timeout=120).returncode == 0 and server.poll() is not None

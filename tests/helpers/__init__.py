@@ -60,23 +60,72 @@ def child_env(extra: dict | None = None) -> dict:
     return _env(extra)
 
 
+class _ForkedServer:
+    """The ``hf`` warm server, forked from ``base`` (warm.py): its channel is a Unix socket, and it is not this
+    process's child. What ``_WarmInterpreter`` uses of a ``Popen``: ``stdin``, ``stdout``, ``poll`` and ``kill``."""
+
+    def __init__(self, base: subprocess.Popen):
+        import socket
+        import tempfile
+
+        folder = tempfile.mkdtemp(prefix="eqa-warm-")
+        path = os.path.join(folder, "socket")
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:
+            listener.bind(path)
+            listener.listen(1)
+            listener.settimeout(300)  # turns a server that never connects into a failure
+            base.stdin.write(json.dumps({"serve": path}) + "\n")
+            base.stdin.flush()
+            self.pid = json.loads(base.stdout.readline())["pid"]
+            self._channel, _ = listener.accept()
+        self._channel.settimeout(None)
+        os.unlink(path)
+        os.rmdir(folder)
+        self.stdin = self._channel.makefile("w", encoding="utf-8")
+        self.stdout = self._channel.makefile("r", encoding="utf-8")
+        if json.loads(self.stdout.readline() or "{}") != {"ready": True}:
+            raise RuntimeError("the forked warm interpreter died while starting (tests/helpers/warm.py)")
+
+    def poll(self) -> int | None:
+        """None while the server lives (a zombie, not yet collected by ``base``, has ended)."""
+        try:
+            with open(f"/proc/{self.pid}/stat") as stat:
+                state = stat.read().rsplit(")", 1)[1].split()[0]
+        except FileNotFoundError:
+            return -1
+        return -1 if state in ("Z", "X") else None
+
+    def kill(self) -> None:
+        try:
+            os.kill(self.pid, 9)
+        except ProcessLookupError:
+            pass
+        self._channel.close()
+
+
 class _WarmInterpreter:
     """The test process's ``warm.py`` servers, each started on first use (see warm.py for why and how): ``hf``
-    (transformers and accelerate imported too) for runs whose import-time variables are the tests' own, ``base``
-    for the others."""
+    (transformers and accelerate imported too) for runs whose import-time variables are the tests' own, forked from
+    ``base``, which serves the others."""
 
-    procs: dict[str, subprocess.Popen] = {}
+    procs: dict[str, subprocess.Popen | _ForkedServer] = {}
 
     @classmethod
-    def _server(cls, env: dict) -> subprocess.Popen:
+    def _server(cls, env: dict) -> subprocess.Popen | _ForkedServer:
         from helpers.warm import import_env
 
-        kind = "hf" if import_env(env) == import_env(_env(None)) else "base"
+        return cls._server_of("hf" if import_env(env) == import_env(_env(None)) else "base")
+
+    @classmethod
+    def _server_of(cls, kind: str) -> subprocess.Popen | _ForkedServer:
         proc = cls.procs.get(kind)
         if proc is None or proc.poll() is not None:
-            proc = cls.procs[kind] = subprocess.Popen([sys.executable, str(HELPERS / "warm.py"), kind],
-                                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                                                      cwd=ROOT, env=_env(None))
+            if kind == "hf":
+                proc = _ForkedServer(cls._server_of("base"))
+            else:
+                proc = subprocess.Popen([sys.executable, str(HELPERS / "warm.py")], stdin=subprocess.PIPE,
+                                        stdout=subprocess.PIPE, text=True, cwd=ROOT, env=_env(None))
+            cls.procs[kind] = proc
         return proc
 
     @classmethod
