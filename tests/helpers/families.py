@@ -22,8 +22,12 @@ def xlm_roberta_dir(directory: Path, texts: Iterable[str], vocab_size: int = 600
     tok.pre_tokenizer = pre_tokenizers.Metaspace()
     tok.decoder = decoders.Metaspace()
     specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
-    tok.train_from_iterator(list(texts), trainers.UnigramTrainer(vocab_size=vocab_size, special_tokens=specials,
-                                                                 unk_token="<unk>", max_piece_length=max_piece_length))
+    # Fewer, larger pruning rounds than the trainer's defaults (0.75, 2): training on the 431,000 characters of hw7's
+    # paragraphs took 8.4 instead of 18.5 CPU-s here. The pieces still split every dev answer but 66 of 1,893 at
+    # their ends (oracle EM 0.965; 55 with the defaults), and the tiny model learns as it did (test_model_families).
+    trainer = trainers.UnigramTrainer(vocab_size=vocab_size, special_tokens=specials, unk_token="<unk>",
+                                      max_piece_length=max_piece_length, shrinking_factor=0.5, n_sub_iterations=1)
+    tok.train_from_iterator(list(texts), trainer)
     bos, eos = tok.token_to_id("<s>"), tok.token_to_id("</s>")
     tok.post_processor = processors.TemplateProcessing(single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>",
                                                        special_tokens=[("<s>", bos), ("</s>", eos)])
