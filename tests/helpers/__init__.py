@@ -65,29 +65,38 @@ class _ForkedServer:
     process's child. What ``_WarmInterpreter`` uses of a ``Popen``: ``stdin``, ``stdout``, ``poll`` and ``kill``."""
 
     def __init__(self, base: subprocess.Popen):
+        import shutil
         import socket
         import tempfile
 
         folder = tempfile.mkdtemp(prefix="eqa-warm-")
         path = os.path.join(folder, "socket")
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:
-            listener.bind(path)
-            listener.listen(1)
-            listener.settimeout(300)  # turns a server that never connects into a failure
-            base.stdin.write(json.dumps({"serve": path}) + "\n")
-            base.stdin.flush()
-            self.pid = json.loads(base.stdout.readline())["pid"]
-            self._channel, _ = listener.accept()
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:
+                listener.bind(path)
+                listener.listen(1)
+                listener.settimeout(300)  # turns a server that never connects into a failure
+                base.stdin.write(json.dumps({"serve": path}) + "\n")
+                base.stdin.flush()
+                self.pid = json.loads(base.stdout.readline())["pid"]
+                self._channel, _ = listener.accept()
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
         self._channel.settimeout(None)
-        os.unlink(path)
-        os.rmdir(folder)
         self.stdin = self._channel.makefile("w", encoding="utf-8")
         self.stdout = self._channel.makefile("r", encoding="utf-8")
         if json.loads(self.stdout.readline() or "{}") != {"ready": True}:
             raise RuntimeError("the forked warm interpreter died while starting (tests/helpers/warm.py)")
 
     def poll(self) -> int | None:
-        """None while the server lives (a zombie, not yet collected by ``base``, has ended)."""
+        """None while the server lives (a zombie, not yet collected by ``base``, has ended; without /proc, as on
+        macOS, only a process gone is seen as ended)."""
+        if not os.path.isdir("/proc"):
+            try:
+                os.kill(self.pid, 0)
+            except ProcessLookupError:
+                return -1
+            return None
         try:
             with open(f"/proc/{self.pid}/stat") as stat:
                 state = stat.read().rsplit(")", 1)[1].split()[0]
