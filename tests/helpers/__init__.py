@@ -76,9 +76,7 @@ class _ForkedServer:
                 listener.bind(path)
                 listener.listen(1)
                 listener.settimeout(300)  # turns a server that never connects into a failure
-                base.stdin.write(json.dumps({"serve": path}) + "\n")
-                base.stdin.flush()
-                self.pid = json.loads(base.stdout.readline())["pid"]
+                self.pid = _ask(base, {"serve": path})
                 self._channel, _ = listener.accept()
         finally:
             shutil.rmtree(folder, ignore_errors=True)
@@ -145,10 +143,7 @@ class _WarmInterpreter:
         proc = cls._server(env)
         with tempfile.TemporaryDirectory(prefix="eqa-run-") as folder:
             out, err = Path(folder) / "stdout", Path(folder) / "stderr"
-            proc.stdin.write(json.dumps({"argv": argv, "env": env, "cwd": str(cwd), "stdout": str(out),
-                                         "stderr": str(err)}) + "\n")
-            proc.stdin.flush()
-            pid = json.loads(proc.stdout.readline())["pid"]
+            pid = _ask(proc, {"argv": argv, "env": env, "cwd": str(cwd), "stdout": str(out), "stderr": str(err)})
             timed_out: list[bool] = []
 
             def kill() -> None:
@@ -176,11 +171,16 @@ class _WarmInterpreter:
     @classmethod
     def start(cls, argv: list[str], env: dict, folder: Path) -> StartedRun:
         """Start ``python *argv`` beside other runs, its output and exit status going to ``folder``."""
-        proc = cls._server(env)
-        proc.stdin.write(json.dumps({"argv": argv, "env": env, "cwd": str(ROOT), "stdout": str(folder / "stdout"),
-                                     "stderr": str(folder / "stderr"), "status": str(folder / "status")}) + "\n")
-        proc.stdin.flush()
-        return StartedRun(argv, folder, json.loads(proc.stdout.readline())["pid"])
+        pid = _ask(cls._server(env), {"argv": argv, "env": env, "cwd": str(ROOT), "stdout": str(folder / "stdout"),
+                                      "stderr": str(folder / "stderr"), "status": str(folder / "status")})
+        return StartedRun(argv, folder, pid)
+
+
+def _ask(server, request: dict) -> int:
+    """Send a warm server (warm.py) one request; the pid of the process it forked for it."""
+    server.stdin.write(json.dumps(request) + "\n")
+    server.stdin.flush()
+    return json.loads(server.stdout.readline())["pid"]
 
 
 def _completed(argv: list[str], code: int, folder: Path) -> subprocess.CompletedProcess:

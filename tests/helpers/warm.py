@@ -4,7 +4,7 @@
 Why: a tiny training run takes about 10 s on 2 cores and 4 s of it is importing torch, MLflow (SQLAlchemy, alembic)
 and Hydra; the suite starts about a hundred such runs. The project's own modules are imported too
 (:func:`import_project`: a tiny run 2.3-2.4 s -> 2.1-2.2 s warm), and all of it is frozen out of the garbage
-collector before the first fork (:func:`main`: test_integrity.py's tiny run, forked, 3.0 s -> 1.6-1.7 s). A forked
+collector before the first fork (:func:`_warm_up`: test_integrity.py's tiny run, forked, 3.0 s -> 1.6-1.7 s). A forked
 child is still a process of its own -- its own environment, working directory, argv, exit status, signals (a SIGKILL
 fault kills it alone), atexit handlers and interpreter shutdown -- and runs ``python -m MODULE`` / ``python SCRIPT``
 exactly as ``runpy`` does for the command line. What it shares with its siblings is what those imports did, so a
@@ -69,26 +69,35 @@ def serve(channel_in=None, channel_out=None, channel=None) -> dict | None:
             pid = os.fork()
             if pid == 0:
                 return _serve_hf(request["serve"])
-            channel_out.write(json.dumps({"pid": pid}) + "\n")
-            channel_out.flush()
+            _send(channel_out, {"pid": pid})
             continue
         if "status" in request:
             pid = _start_beside(request, channel)
             if pid == 0:
                 return request
-            channel_out.write(json.dumps({"pid": pid}) + "\n")
-            channel_out.flush()
+            _send(channel_out, {"pid": pid})
             continue
         pid = os.fork()
         if pid == 0:
             _close(channel)
             return request
-        channel_out.write(json.dumps({"pid": pid}) + "\n")
-        channel_out.flush()
+        _send(channel_out, {"pid": pid})
         _, wait_status = os.waitpid(pid, 0)
-        channel_out.write(json.dumps({"returncode": _status(wait_status)}) + "\n")
-        channel_out.flush()
+        _send(channel_out, {"returncode": _status(wait_status)})
     return None
+
+
+def _send(channel_out, answer: dict) -> None:
+    channel_out.write(json.dumps(answer) + "\n")
+    channel_out.flush()
+
+
+def _to_devnull(*fds: int) -> None:
+    """Point each of ``fds`` at /dev/null: what it named is let go of here, and a later close closes only that."""
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in fds:
+        os.dup2(null, fd)
+    os.close(null)
 
 
 def _close(channel) -> None:
@@ -96,31 +105,19 @@ def _close(channel) -> None:
     sees the server's end when it ends. (Its number then names /dev/null: the socket's file objects, never used here,
     close that.)"""
     if channel is not None:
-        null = os.open(os.devnull, os.O_RDWR)
-        os.dup2(null, channel.fileno())
-        os.close(null)
+        _to_devnull(channel.fileno())
 
 
 def _serve_hf(socket_path: str) -> dict | None:
     """The ``hf`` server, in a child of ``base``: what ``serve`` returns there."""
-    import gc
-    import importlib
     import socket
 
     channel = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     channel.connect(socket_path)
-    null = os.open(os.devnull, os.O_RDWR)
-    os.dup2(null, 0)  # none of base's channel held open here
-    os.dup2(null, 1)
-    os.close(null)
-    for name in HF_MODULES:
-        importlib.import_module(name)
-    import_project(hf=True)
-    gc.collect()
-    gc.freeze()
+    _to_devnull(0, 1)  # none of base's channel held open here
+    _warm_up(HF_MODULES, hf=True)
     channel_in, channel_out = channel.makefile("r", encoding="utf-8"), channel.makefile("w", encoding="utf-8")
-    channel_out.write(json.dumps({"ready": True}) + "\n")
-    channel_out.flush()
+    _send(channel_out, {"ready": True})
     return serve(channel_in, channel_out, channel)
 
 
@@ -139,9 +136,7 @@ def _start_beside(request: dict, channel=None) -> int:
     if run == 0:
         os.close(pid_out)
         return 0
-    null = os.open(os.devnull, os.O_RDWR)
-    os.dup2(null, 0)  # the waiter holds none of the server's channel open
-    os.dup2(null, 1)
+    _to_devnull(0, 1)  # the waiter holds none of the server's channel open
     os.write(pid_out, str(run).encode())
     os.close(pid_out)
     _, wait_status = os.waitpid(run, 0)
@@ -234,18 +229,23 @@ def import_project(hf: bool) -> None:
             sys.meta_path.remove(refuse)
 
 
-def main() -> None:
+def _warm_up(modules: tuple[str, ...], hf: bool) -> None:
+    """Import ``modules`` and the project (:func:`import_project`), then collect and freeze: what was imported stays
+    for good, so a child's collections -- and its shutdown's -- neither walk these ~680,000 objects again nor copy
+    their pages on write (gc.freeze's documented use: a server about to fork; what it saves a child: the module
+    docstring)."""
     import gc
     import importlib
 
-    for name in WARM_MODULES:
+    for name in modules:
         importlib.import_module(name)
-    import_project(hf=False)
-    # What was imported stays for good: collected once and frozen, so a child's collections -- and its shutdown's
-    # -- neither walk these ~680,000 objects again nor copy their pages on write (gc.freeze's documented use: a
-    # server about to fork; what it saves a child: the module docstring).
+    import_project(hf)
     gc.collect()
     gc.freeze()
+
+
+def main() -> None:
+    _warm_up(WARM_MODULES, hf=False)
     request = serve()
     if request is not None:
         become(request)  # SystemExit and uncaught exceptions end this child as they end `python -m ...`
