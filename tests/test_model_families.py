@@ -18,13 +18,20 @@ from extractive_qa.core.data import read_examples
 from helpers import HW7_DIR, NO_DROPOUT, read_metrics, run_module, shared_once
 from helpers.families import electra_dir, xlm_roberta_dir
 
-# Best dev EM each family's tiny model (seed 1, no dropout) must reach in 6 epochs. Measured, seeds 1-4 x {bf16, fp32}:
-# ELECTRA 0.84-0.93, the loss down 9.9x or more; XLM-R 0.29-0.77, the loss down 3.5x or more -- without token types
-# the tiny model either learns to match the question's name to its sentence (~0.75) or stops at answering by type
-# (~0.3), by seed. Random weights score ~0. (With dropout: ELECTRA 0.85-0.91, XLM-R 0.33-0.77. At 4 epochs XLM-R
-# stayed at 0.30-0.42 and one loss fell only 2.9x, ELECTRA ended at 0.41-0.89: not kept. XLM-R's 0.29-0.77 is with
-# the tokenizer trained in fewer pruning rounds (helpers/families.py), the other XLM-R numbers with the defaults.)
-LEARNS = {"xlm-roberta-base": 0.2, "chinese-electra-base": 0.6}
+# What each family's tiny model (seed 1, no dropout, 6 epochs) must reach -- best dev EM, and its training loss
+# falling LOSS_DROP times -- sits far from both what learning gives and what no learning gives, on every CPU the
+# project meets: the outcome is bimodal (a run either learns to match the question's name to its sentence, or stops at
+# answering by type), and threads, ISA and xdist placement decide which. Measured on a 2-core Zen 4 (avx512_bf16) over
+# seeds 1-4 x {bf16, fp32} x threads {1, 2} x ATEN_CPU_CAPABILITY {default, avx2}, 32 runs a family
+# (`python scripts/learning_spread.py DIR`):
+#   ELECTRA: 0.856-0.939 (loss down 13.7x or more) in 31 runs; one stuck at 0.500 (loss down 4.4x) -- seed 1, bf16,
+#            1 thread, default ISA: exactly `make test` there, which failed the old bar of 0.6;
+#   XLM-R:   0.283-0.750 (loss down 3.2x or more);
+#   untrained (lr 1e-12, seeds 1-4): ELECTRA 0.000, XLM-R 0.000-0.017 (loss down ~1x).
+# Bars: ELECTRA 0.3 (0.2 under its stuck run, 0.3 over no learning), XLM-R 0.15 (0.13 from both), the loss 2x for both
+# (under 3.2x, over 1x).
+LEARNS = {"xlm-roberta-base": 0.15, "chinese-electra-base": 0.3}
+LOSS_DROP = 2.0
 # The ensemble's second member (seed 2) needs to differ from the first, not to learn as far: at 3 epochs the
 # two-member average answers 7-17 of the 120 test questions otherwise than seed 1 alone and 61-80 otherwise than
 # seed 2 alone (ELECTRA, XLM-R x {bf16, fp32}); at 2 epochs only 3-4 otherwise than seed 1. A quarter less training.
@@ -138,7 +145,7 @@ def test_a_tiny_model_learns_the_synthetic_set(family):
     losses = [m["train/loss"] for m in read_metrics(run) if "train/loss" in m]
     print(f"{family['name']} {run.name}: best dev EM {metrics['best_dev_em']:.4f}, "
           f"loss {losses[0]:.2f} -> {losses[-1]:.2f}")
-    assert metrics["best_dev_em"] >= LEARNS[family["name"]] and losses[-1] < losses[0] / 3
+    assert metrics["best_dev_em"] >= LEARNS[family["name"]] and losses[-1] < losses[0] / LOSS_DROP
     for member in family["runs"]:  # both ensemble members trained the family's local folder, as a hub name would be
         assert f"name_or_path: {family['model']}" in (member / "config_resolved.yaml").read_text()
 
