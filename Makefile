@@ -63,18 +63,19 @@ evaluate: install
 # MLflow 3's UI opens experiments on a GenAI view: this URL (or a click on "Model training", which the
 # browser remembers) shows the runs table.
 ui: install
+	@$(PY) -c "from extractive_qa.tracking.mlflow_server import exit_if_taken; exit_if_taken('127.0.0.1', $${PORT:-5000}, 'PORT=', 'make ui PORT=5001')"
 	@echo "MLflow UI: http://127.0.0.1:$${PORT:-5000}/#/experiments?workflowType=machine_learning  (runs: click 'Model training' once)"
 	@echo "Each experiment's runs view (best dev scores first, sweeps expanded, charts led by dev EM):"
 	@MLFLOW_TRACKING_URI="sqlite:///$(CURDIR)/mlflow.db" $(PY) -m extractive_qa.compare --links http://127.0.0.1:$${PORT:-5000} 2>/dev/null | sed 's/^/  /'
 	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=$${MLFLOW_SERVER_ENABLE_JOB_EXECUTION:-false} \
 	  $(VENV)/bin/mlflow ui --host 127.0.0.1 --port $${PORT:-5000} --backend-store-uri "sqlite:///$(CURDIR)/mlflow.db"
 
-# A logged or registered model over REST with MLflow's own scoring server: make serve MODEL=models:/hw7-qa/1 [PORT=5001]
-# `mlflow models serve` starts uvicorn from PATH: the venv's bin/ goes first, so no activated virtualenv is needed.
+# A logged or registered model over REST with MLflow's own scoring app, bounded (serve.py: body size, JSON nesting,
+# work stopped at the timeout): make serve MODEL=models:/hw7-qa/1 [PORT=5001] [ARGS="--max-body-mb 2"]
 serve: install
 	@test -n "$(MODEL)" || { echo "usage: make serve MODEL=models:/NAME/VERSION (or runs:/RUN_ID/model) [PORT=5001]" >&2; exit 2; }
-	PATH="$(abspath $(VENV))/bin:$$PATH" MLFLOW_TRACKING_URI="$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db}" \
-	  $(VENV)/bin/mlflow models serve -m "$(MODEL)" --env-manager local --host 127.0.0.1 --port $${PORT:-5001}
+	MLFLOW_TRACKING_URI="$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db}" \
+	  $(PY) -m extractive_qa.serve "$(MODEL)" --port $${PORT:-5001} $(ARGS)
 
 # A team's tracking server: MLflow + PostgreSQL + basic-auth logins, on 127.0.0.1:5000 (README "Teams and clusters").
 # Needs MLFLOW_AUTH_ADMIN_PASSWORD (12+ characters) and EQA_POSTGRES_PASSWORD in the environment.

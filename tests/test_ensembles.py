@@ -144,7 +144,8 @@ def test_best_model_loads_in_transformers_question_answering_pipeline(seed_sweep
 
 def test_make_serve_answers_a_real_http_request(seed_sweep, tmp_path):
     """`make serve MODEL=models:/NAME/1` with no virtualenv on PATH (uvicorn comes from the project's venv)
-    answers a POST to MLflow's /invocations with one answer per record, each a span of its context."""
+    answers a POST to MLflow's /invocations with one answer per record, each a span of its context; bad records,
+    bodies too large and JSON nested too deep are refused with 400 / 413 / 400."""
     import signal
     import time
     import urllib.error
@@ -184,6 +185,18 @@ def test_make_serve_answers_a_real_http_request(seed_sweep, tmp_path):
             with pytest.raises(urllib.error.HTTPError) as refused:
                 urllib.request.urlopen(request, timeout=120)
             assert refused.value.code == 400 and said in refused.value.read().decode(), said
+        # Bounded: a body over the limit is 413 before it is read whole; JSON nested past the limit is 400 (it was a
+        # 500 from the parser's recursion); the server still answers after both.
+        huge = json.dumps({"dataframe_split": {"columns": ["question", "context"],
+                                               "data": [["誰？", "王" * (2**20 // 3 + 10)]]}}).encode()
+        deep = b"[" * 100_000 + b"]" * 100_000
+        for body, code, said in ((huge, 413, "over 1 MB"), (deep, 400, "nests 100000 levels deep")):
+            request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body,
+                                             headers={"Content-Type": "application/json"})
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(request, timeout=120)
+            assert refused.value.code == code and said in refused.value.read().decode(), said
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=5)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)  # make, mlflow and uvicorn's workers alike
         proc.wait()

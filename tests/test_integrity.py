@@ -207,6 +207,24 @@ def test_a_run_killed_before_its_first_checkpoint_reads_killed_to_resume_reports
     assert "ended without recording a status" in by_name[before.info.run_id].data.tags["error"]
 
 
+def test_plain_make_predict_ends_a_run_killed_before_its_first_evaluation(synthetic, tmp_path):
+    """A run with no model to predict with is still read by plain `make predict`, which ends it KILLED in run.json
+    and in MLflow, as every reader does (it stayed RUNNING in MLflow for good)."""
+    uri = empty_store(tmp_path)
+    killed = tmp_path / "outputs" / "runs" / "killed"
+    res = run_with_faults(["after:_optimizer_step:2=SIGKILL"], *tiny(synthetic, tmp_path, uri, "killed"),
+                          f"hydra.run.dir={killed}")
+    assert res.returncode == -signal.SIGKILL
+    (before,) = mlflow_runs(uri, "killed")
+    assert before.info.status == "RUNNING"
+    predicted = run_module("extractive_qa.predict", f"paths.output_dir={tmp_path}/outputs", f"tracking.uri={uri}",
+                           check=False)
+    assert predicted.returncode == 2 and "no trained run with a complete best_model/" in predicted.stderr
+    assert json.loads((killed / "run.json").read_text())["status"] == KILLED
+    (after,) = mlflow_runs(uri, "killed")
+    assert after.info.status == "KILLED"
+
+
 def test_a_sweep_job_killed_without_a_word_counts_as_killed(tmp_path):
     from extractive_qa.tracking.sweep import job_outcomes
 

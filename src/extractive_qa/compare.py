@@ -32,8 +32,9 @@ import sys
 from pathlib import Path
 
 from .core.config import project_root
-from .core.errors import SetupError
-from .core.shutdown import exits_promptly
+from .core.errors import SetupError, run_cli
+from .core.schema import check_experiment_name
+from .core.secrets import redact
 from .tracking.base import RunRow, TrackingBackend, backend_named
 from .tracking.comparison import SCORES, Comparison, Configuration, compare, load, question_buckets
 from .tracking.report import MEANING, REPORT_FILES, write_report
@@ -85,6 +86,7 @@ def report_sweep(backend: TrackingBackend, sweep: str | None, out_dir: Path | No
 
 def report_experiment(backend: TrackingBackend, experiment: str, out_dir: Path | None,
                       log: bool) -> tuple[Path, Comparison | None]:
+    check_experiment_name(experiment)  # it names the report's folder: a name, never a path
     rows = backend.experiment_runs(experiment)
     if not rows:
         raise SystemExit(f"error: experiment {experiment!r} has no runs")
@@ -177,7 +179,8 @@ def main(argv: list[str] | None = None) -> None:
         else:
             out, comparison = report_sweep(backend, args.sweep, args.out, not args.no_log)
     except (SetupError, FileNotFoundError, ValueError) as err:
-        raise SystemExit(f"error: {err}") from None
+        print(redact(f"error: {err}"), file=sys.stderr)
+        return 2
     if comparison is not None:  # the answer on the terminal, not only in report.html
         print(f"Is the difference real? ({comparison.questions} dev questions; {MEANING})")
         for line in comparison.lines:
@@ -186,5 +189,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    with exits_promptly():  # ends when the work has, not 1.5 s later (core/shutdown.py)
-        sys.exit(main())
+    run_cli(main)  # one-line errors, secrets kept out, a prompt end (core/errors.py)

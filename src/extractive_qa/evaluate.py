@@ -24,8 +24,8 @@ from pathlib import Path
 
 from .core.answers import read_answers
 from .core.data import DataFormatError, read_examples
+from .core.errors import run_cli
 from .core.metrics import score_answers
-from .core.shutdown import exits_promptly
 
 
 def run_scored_ids(predictions: str) -> list[str] | None:
@@ -92,5 +92,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    with exits_promptly():  # ends when the work has, not 1.5 s later (core/shutdown.py)
-        main()
+    run_cli(main)  # one-line errors, secrets kept out, a prompt end (core/errors.py)

@@ -38,8 +38,13 @@ def _warn(text: str) -> None:
 def newest_run(output_dir: Path) -> Path:
     """The newest run under ``output_dir`` whose ``best_model/`` is complete (its manifest verifies); runs
     passed over on the way -- a kill while their best model was written -- are named."""
+    from .core.runs import RUN_RECORD, read_run_record
     from .engine.checkpointing import model_folder_problem
 
+    # Every run under outputs/ is read, those without a model too: a dead RUNNING run (killed before its first
+    # evaluation) is ended KILLED -- in run.json and its tracking store -- by this reader as by every other.
+    for record in output_dir.glob(f"**/{RUN_RECORD}"):
+        read_run_record(record.parent)
     # A kill between the two renames of a best-model swap leaves only .tmp_/.previous_best_model: still a run.
     found = {p.parent for pattern in ("best_model", ".tmp_best_model", ".previous_best_model")
              for p in output_dir.glob(f"**/{pattern}") if p.is_dir() and (p.parent / "config_resolved.yaml").is_file()}
@@ -111,10 +116,10 @@ def top_runs(cfg: DictConfig) -> list[tuple[str, Path]]:
     backend = _backend(cfg)
     if cfg.sweep:
         rows = backend.sweep_runs(backend.find_sweep(str(cfg.sweep)))
-    elif cfg.experiment:
-        rows = backend.experiment_runs(str(cfg.experiment))
+    elif cfg.experiment_name:
+        rows = backend.experiment_runs(str(cfg.experiment_name))
     else:
-        raise FileNotFoundError("top_k needs sweep=<id> or experiment=<name> to choose from")
+        raise FileNotFoundError("top_k needs sweep=<id> or experiment_name=<name> to choose from")
     finished = [r for r in rows if r.status == "FINISHED" and best_metrics(r) and r.run_dir
                 and (Path(r.run_dir) / "best_model").is_dir()]
     if len(finished) < int(cfg.top_k):

@@ -14,10 +14,9 @@ from omegaconf import DictConfig
 
 from .core.analysis import data_report
 from .core.config import CONF_DIR
-from .core.errors import SetupError
+from .core.errors import SetupError, run_cli
 from .core.features import window_config
 from .core.postprocess import PostprocessSettings
-from .core.shutdown import exits_promptly
 from .core.windowing import encode_examples, eval_windows
 from .engine.setup import load_data_and_tokenizer
 
@@ -38,5 +37,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    with exits_promptly():  # ends when the work has, not 1.5 s later (core/shutdown.py)
-        main()
+    run_cli(main)  # one-line errors, secrets kept out, a prompt end (core/errors.py)

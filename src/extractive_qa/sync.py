@@ -14,12 +14,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 from .core.config import project_root
-from .core.errors import SetupError
-from .core.shutdown import exits_promptly
+from .core.errors import SetupError, run_cli
 from .tracking.base import backend_named
 
 
@@ -39,5 +37,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    with exits_promptly():  # ends when the work has, not 1.5 s later (core/shutdown.py)
-        sys.exit(main())
+    run_cli(main)  # one-line errors, secrets kept out, a prompt end (core/errors.py)

@@ -9,7 +9,9 @@ import sys
 
 if __name__ == "__main__":  # a bad config value is refused before the imports below load torch (README: timings)
     from .core.precheck import refuse_bad_config
+    from .core.secrets import lift_passwords
 
+    sys.argv[1:] = lift_passwords(sys.argv[1:])  # before anything reads or records the command line (core/secrets.py)
     refuse_bad_config("train", sys.argv[1:])
 
 import logging

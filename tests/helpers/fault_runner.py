@@ -132,8 +132,10 @@ def main() -> None:
     for spec in args.fault:
         _inject(spec)
     sys.argv = [args.module.replace(".", "/") + ".py", *args.overrides]
-    try:
-        importlib.import_module(args.module).main()
+    from extractive_qa.core.errors import run_cli
+
+    try:  # as the module's own `__main__` runs it: one-line errors, passwords lifted, a prompt end
+        run_cli(importlib.import_module(args.module).main)
     finally:
         missed = [spec for spec, fired in _fired.items() if not fired]
         if missed:

@@ -25,16 +25,17 @@ def start(home: Path | None = None) -> dict:
 
     home = Path(home or tempfile.mkdtemp(prefix="eqa-team-"))  # /tmp: reachable by the postgres user when root
     home.chmod(0o755)
-    os.environ.setdefault("EQA_POSTGRES_PASSWORD", "pg-" + secrets.token_hex(8))
     os.environ["MLFLOW_AUTH_ADMIN_PASSWORD"] = ADMIN_PASSWORD
     postgres, env = prepare(home, free_port())
     port = free_port()
     team = {"home": str(home), "port": port, "pidfile": str(home / "mlflow.pid"),
-            "command": server_command(postgres, home, "127.0.0.1", port, 2),
+            "command": server_command(home, "127.0.0.1", port, 2),
             "env": {k: env[k] for k in ("MLFLOW_AUTH_CONFIG_PATH", "MLFLOW_FLASK_SERVER_SECRET_KEY",
-                                        "MLFLOW_AUTH_ADMIN_PASSWORD", *server_env())},
-            "postgres": {"folder": str(postgres.folder), "port": postgres.port, "password": postgres.password,
-                         "optuna": postgres.url("optuna", "postgresql")}}
+                                        "MLFLOW_AUTH_ADMIN_PASSWORD", "MLFLOW_BACKEND_STORE_URI", "PGPASSFILE",
+                                        *server_env())},
+            "postgres": {"folder": str(postgres.folder), "port": postgres.port,
+                         "optuna": postgres.url("optuna", "postgresql"),
+                         "member_pgpass": str(postgres.member_password_file)}}
     launch(team)
     return team
 
@@ -69,7 +70,7 @@ def stop(team: dict) -> None:
 
     kill(team)
     pg = team["postgres"]
-    LocalPostgres(Path(pg["folder"]), pg["port"], password=pg["password"]).stop()
+    LocalPostgres(Path(pg["folder"]), pg["port"]).stop()
     import shutil
 
     shutil.rmtree(team["home"], ignore_errors=True)
@@ -81,3 +82,19 @@ def uri(team: dict) -> str:
 
 def credentials(user: str = "admin", password: str | None = None) -> dict:
     return {"MLFLOW_TRACKING_USERNAME": user, "MLFLOW_TRACKING_PASSWORD": password or ADMIN_PASSWORD}
+
+
+def member_env(team: dict, user: str = "admin", password: str | None = None) -> dict:
+    """A member's environment: MLflow credentials, and libpq's password file with the line `make server` hands out
+    for Optuna studies (``optuna.pgpass``, as a member's ``~/.pgpass``)."""
+    return {**credentials(user, password), "PGPASSFILE": team["postgres"]["member_pgpass"]}
+
+
+def stop_postgres() -> None:
+    """A test's own PostgreSQL stops (for a fault_runner ``call:helpers.team:stop_postgres``: ``TEST_POSTGRES``)."""
+    import json
+
+    from extractive_qa.tracking.postgres import LocalPostgres
+
+    settings = json.loads(os.environ["TEST_POSTGRES"])
+    LocalPostgres(Path(settings["folder"]), settings["port"]).stop()

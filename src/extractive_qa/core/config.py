@@ -75,6 +75,13 @@ def to_plain(cfg: DictConfig) -> dict:
     return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
 
 
+def save_resolved(cfg: DictConfig, path: Path) -> None:
+    """``config_resolved.yaml``: the config as the run used it, every value redacted (core/secrets.py)."""
+    from .secrets import redact_tree
+
+    OmegaConf.save(OmegaConf.create(redact_tree(to_plain(cfg))), path)
+
+
 def flatten(d: dict, prefix: str = "") -> dict[str, object]:
     """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (lists stay values)."""
     out: dict[str, object] = {}

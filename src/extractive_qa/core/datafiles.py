@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import shutil
 import urllib.error
 import urllib.request
 import zipfile
@@ -17,35 +18,59 @@ from .errors import SetupError
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "dev", "test")
-# An archive is refused beyond these (data.archive_limits overrides them): generous for the course's data
-# (its zip of three JSON files, ~100 MB unpacked, compressed ~4x), tight for a zip bomb (a 2.5 MB zip that
-# unpacks to 2.5 GB is 1000x).
+# An archive -- and any download (max_mb) -- is refused beyond these (data.archive_limits overrides them): generous
+# for the course's data (its zip of three JSON files, ~100 MB unpacked, compressed ~4x), tight for a zip bomb (a
+# 2.5 MB zip that unpacks to 2.5 GB is 1000x).
 ARCHIVE_LIMITS = {"max_mb": 2048, "max_members": 10_000, "max_ratio": 100}
 
 
-def _download(url: str, dest: Path, timeout: float = 15.0) -> None:
+def _download(url: str, dest: Path, max_mb: int, timeout: float = 15.0) -> None:
+    """``url`` into ``dest``, through ``dest.part``: refused past ``max_mb`` (the archives' limit, declared or
+    streamed: ``file:///dev/zero`` never ends), a full disk named as the cache's disk; the part is removed however it
+    ends."""
+    from .errors import disk_full_message
+    from .secrets import redact
+
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_suffix(dest.suffix + ".part")
-    with urllib.request.urlopen(url, timeout=timeout) as resp, open(tmp, "wb") as out:
-        total = int(resp.headers.get("Content-Length") or 0) or None
-        with tqdm(total=total, unit="B", unit_scale=True, desc=f"download {dest.name}") as bar:
-            for chunk in iter(lambda: resp.read(1 << 16), b""):
-                out.write(chunk)
-                bar.update(len(chunk))
-    tmp.replace(dest)
+    limit, fix = int(max_mb) * 2**20, "raise data.archive_limits.max_mb if you trust this source"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            total = int(resp.headers.get("Content-Length") or 0) or None
+            if total and total > limit:
+                raise ArchiveRefused(f"{redact(url)}: {total / 2**20:.0f} MB, over the download limit of {max_mb} MB. "
+                                     f"Fix: {fix}")
+            with open(tmp, "wb") as out, tqdm(total=total, unit="B", unit_scale=True,
+                                              desc=f"download {dest.name}") as bar:
+                for chunk in iter(lambda: resp.read(1 << 16), b""):
+                    if out.tell() + len(chunk) > limit:
+                        raise ArchiveRefused(f"{redact(url)}: more than {max_mb} MB, the download limit; stopped there "
+                                             f"and removed. Fix: {fix}")
+                    out.write(chunk)
+                    bar.update(len(chunk))
+        tmp.replace(dest)
+    except OSError as err:
+        if disk_full_message(err, str(dest.parent)) is None:
+            raise
+        free = shutil.disk_usage(dest.parent).free / 2**20
+        raise SetupError(f"no space left on the disk of {dest.parent} ({free:.1f} MB free there) while downloading "
+                         f"{redact(url)}; the partial file was removed. Fix: free space there, or download to a bigger "
+                         "disk (paths.cache_dir=/path, or data.cache_dir=/path)") from None
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _fetch(data_cfg: DictConfig, split: str, target: Path) -> None:
     """Download ``split``'s file into place: from the split's own URL, or from the archive holding it."""
     urls = data_cfg.get("urls") or {}
+    limits = {**ARCHIVE_LIMITS, **dict(data_cfg.get("archive_limits") or {})}
     if urls.get(split):
-        _download(urls[split], target)
+        _download(urls[split], target, limits["max_mb"])
         return
     if data_cfg.get("archive_url"):
         archive = Path(data_cfg.cache_dir) / Path(data_cfg.archive_url).name
         if not archive.exists():
-            _download(data_cfg.archive_url, archive)
-        limits = {**ARCHIVE_LIMITS, **dict(data_cfg.get("archive_limits") or {})}
+            _download(data_cfg.archive_url, archive, limits["max_mb"])
         extract_member(archive, target.name, target, limits)
         return
     raise FileNotFoundError(target)
@@ -110,7 +135,7 @@ def resolve_data_file(data_cfg: DictConfig, split: str) -> Path:
         _fetch(data_cfg, split, path)
         log.info("downloaded %s", path)
         return path
-    except ArchiveRefused:
+    except (ArchiveRefused, SetupError):
         raise
     except (urllib.error.URLError, OSError, TimeoutError, zipfile.BadZipFile) as err:
         raise SetupError(

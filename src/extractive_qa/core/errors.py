@@ -7,6 +7,10 @@ class SetupError(RuntimeError):
     """A model or data file could not be fetched or used; the message says which override fixes it."""
 
 
+class InputError(ValueError):
+    """A value or a file the user gave is wrong (a config value, a data record); the message names it and the fix."""
+
+
 OFFLINE_HINT = (
     "Offline? Run `make train ARGS=experiment=offline_smoke` (tiny random-init model, data from ../shared), "
     "or point the config at local files: model=tiny (or model.name_or_path=/path/to/model_dir) and "
@@ -84,33 +88,66 @@ class OutputDirError(ValueError):
     """Run folders cannot be created where the config says."""
 
 
-def run_cli(main) -> None:
-    """Run a Hydra ``main`` so that a run folder that cannot be created -- which Hydra meets before any
-    project code runs -- ends in one line naming the folder and the fix (exit 2), not a traceback; and the
-    process ends as soon as the work has, however it ended (:mod:`.shutdown`).
+# Words of Hydra's override errors, and what to type instead, for keys users reach for by another name.
+_OVERRIDE_HINTS = {"Could not override 'experiment'": "the runs of an experiment are chosen with experiment_name=NAME "
+                                                       "(experiment= picks a training preset)"}
 
-    Hydra's own error report is bypassed (its formatter fails on errors raised while it resolves the
-    run dir): config mistakes still print Hydra's one-line message (exit 1), anything else its full
-    traceback."""
-    import os
-    import sys
 
+def one_line_error(err: BaseException) -> tuple[str, int] | None:
+    """The one line (and exit code) for an error a user fixes -- a config value, a file, a damaged or unreachable
+    store, a folder that cannot be written, an override Hydra refuses -- from whichever entry point met it; ``None``
+    for a bug (its traceback is the report). Every line is redacted (:mod:`.secrets`)."""
     from hydra.errors import CompactHydraException
 
+    from .secrets import redact
+
+    cause: BaseException | None = err
+    while cause is not None:
+        if isinstance(cause, OutputDirError):
+            return redact(f"error: {cause}"), 2
+        if isinstance(cause, SetupError):
+            return redact(setup_message([cause])), 2
+        if isinstance(cause, InputError):
+            text = str(cause)
+            return redact(text if text.startswith("error: ") else f"error: {text}"), 2
+        cause = cause.__cause__ or cause.__context__
+    if isinstance(err, CompactHydraException):
+        text = "\n".join(str(e) for e in (err, err.__cause__) if e)
+        hints = [hint for words, hint in _OVERRIDE_HINTS.items() if words in text]
+        return redact(text + "".join(f"\nFix: {h}" for h in hints)), 1
+    return None
+
+
+def run_cli(main) -> None:
+    """Every entry point's way to run its ``main`` (a Hydra main or an argparse one):
+
+    * passwords typed into URLs on the command line are lifted out before anything reads ``sys.argv``, and every
+      log record is redacted (:mod:`.secrets`);
+    * an error a user fixes is one line with its fix (:func:`one_line_error`: exit 2, Hydra's override errors 1),
+      the same line whichever command met it; anything else is its traceback, redacted, exit 1. Hydra's own
+      error report is bypassed (its formatter fails on errors raised while it resolves the run dir);
+    * the process ends as soon as the work has, however it ended (:mod:`.shutdown`).
+
+    A ``main`` that returns an int exits with it."""
+    import os
+    import sys
+    import traceback
+
+    from .secrets import lift_passwords, redact, redact_log_records
     from .shutdown import exits_promptly
 
+    sys.argv[1:] = lift_passwords(sys.argv[1:])
+    redact_log_records()
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")
     with exits_promptly():
         try:
-            main()
-        except Exception as err:  # noqa: BLE001 - translated below, or re-raised as it is
-            cause: BaseException | None = err
-            while cause is not None and not isinstance(cause, OutputDirError):
-                cause = cause.__cause__ or cause.__context__
-            if cause is not None:
-                print(f"error: {cause}", file=sys.stderr)
-                sys.exit(2)
-            if isinstance(err, CompactHydraException):
-                print(err, *([err.__cause__] if err.__cause__ else []), sep="\n", file=sys.stderr)
+            code = main()
+        except Exception as err:  # noqa: BLE001 - one line for what a user fixes, else a redacted traceback
+            found = one_line_error(err)
+            if found is None:
+                print(redact(traceback.format_exc()), end="", file=sys.stderr)
                 sys.exit(1)
-            raise
+            print(found[0], file=sys.stderr)
+            sys.exit(found[1])
+        if isinstance(code, int) and not isinstance(code, bool):
+            sys.exit(code)

@@ -25,6 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .outputs import write_json
+from .secrets import redact_tree
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +135,7 @@ def _tell_store(run_dir: Path, record: dict) -> dict:
 
 def update_run_record(run_dir: Path, **fields) -> dict:
     record = _read(run_dir) or {}
-    record.update(fields, updated=time.strftime("%Y-%m-%dT%H:%M:%S"))
+    record.update(redact_tree(fields), updated=time.strftime("%Y-%m-%dT%H:%M:%S"))
     write_json(Path(run_dir) / RUN_RECORD, record)
     return record
 

@@ -18,8 +18,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, ValidationError, model_validator
 
+from .errors import InputError
 from .metrics import METRICS
 from .postprocess import SPAN_SCORES
 from .windowing import TRAIN_STRATEGIES, WindowConfig
@@ -146,7 +147,8 @@ class TrainConfig(BaseModel):
 
     model_config = _OPEN
     # Hydra reads `experiment_name=nan` or `=2024` as a number; the run uses str() of it, which is fine.
-    experiment_name: Annotated[str, Field(min_length=1)] | int | Annotated[float, Field(allow_inf_nan=True)]
+    experiment_name: Annotated[str, Field(min_length=1), AfterValidator(lambda v: check_experiment_name(v))] | int | \
+        Annotated[float, Field(allow_inf_nan=True)]
     seed: Annotated[int, Field(json_schema_extra=_fix("seed=42 (a whole number)"))]
     epochs: _count("epochs=2 (passes over the training data, at least 1)")
     batch_size: _count("batch_size=16 (windows per micro-step, at least 1)")
@@ -174,6 +176,8 @@ class TrainConfig(BaseModel):
     tf32: _flag("tf32=true or false")
     attention: _choice(ATTENTION_KERNELS, "attention=auto (or sdpa, eager)")
     pad_to_multiple_of: Annotated[_AUTO_OR_COUNT, Field(json_schema_extra=_fix("pad_to_multiple_of=auto (or 8, 64)"))]
+    length_buckets: Annotated[Literal["auto"] | Annotated[int, Field(ge=0)], Field(json_schema_extra=_fix(
+        "length_buckets=auto (7 padded lengths), a number, or 0 (every multiple of pad_to_multiple_of)"))] = "auto"
     predict_test: _flag("predict_test=true or false")
     save_model: _flag("save_model=true or false")
     csv_strip_commas: _flag("csv_strip_commas=false or true")
@@ -203,7 +207,7 @@ class PredictConfig(BaseModel):
     top_k: _count("top_k=3 (the best runs to ensemble), or null") | None
     optimize_metric: _choice(METRICS, "optimize_metric=em (or f1, em_cmrc2018, f1_cmrc2018), or null") | None
     sweep: str | int | Annotated[float, Field(allow_inf_nan=True)] | None
-    experiment: str | None
+    experiment_name: str | None
     model_uri: str | None
     combine: _choice(("auto", "logits", "nbest"), "combine=auto (or logits, nbest)")
     test_file: str | None
@@ -216,7 +220,17 @@ class PredictConfig(BaseModel):
     answer_cleanup: _flag("answer_cleanup=null (the run's), true or false") | None
 
 
-class ConfigError(ValueError):
+def check_experiment_name(name: str) -> str:
+    """``name`` when it is a name: an experiment's name becomes a folder (its artifacts, its reports), so a path --
+    ``../../tmp/x``, ``/abs``, ``a/b`` -- would put every artifact of its runs wherever it points."""
+    text = str(name)
+    if "/" in text or "\\" in text or ".." in text or text.startswith("~") or "\x00" in text or not text.strip():
+        raise ValueError(f"experiment_name={text}: a name, not a path (no '/', '\\', '..', leading '~'). "
+                         "Fix: experiment_name=my-experiment")
+    return text
+
+
+class ConfigError(InputError):
     """Config values out of their type or range: one line per bad key (key, value, problem, fix)."""
 
 
@@ -240,7 +254,8 @@ def _key_path(schema: type[BaseModel], loc: tuple) -> list[str]:
 def _line(key: str, errors: list[dict], schema: type[BaseModel]) -> str:
     """One line for ``key`` from its errors (a value that fits no branch of a union has one per branch: the
     last, the count or number branch, says the most)."""
-    error = errors[-1]
+    own = [e for e in errors if e["msg"].startswith("Value error, ")]  # a check of ours says the most, in any branch
+    error = own[0] if own else errors[-1]
     problem = error["msg"]
     if problem.startswith("Value error, "):  # the window's own check: its message already says the fix
         return problem.removeprefix("Value error, ")

@@ -85,14 +85,16 @@ def _features(member: Member, examples: list[Example]) -> tuple[EncodedExamples,
 
 
 def predict_members(members: Sequence[Member], examples: list[Example], combine: str, batch_tokens, accelerator,
-                    desc: str = "predict") -> tuple[list[list[Prediction]], list[Prediction], EncodedExamples]:
-    """Every member's predictions and the combined ones (a single member: its own), in ``examples`` order."""
+                    desc: str = "predict",
+                    stop=None) -> tuple[list[list[Prediction]], list[Prediction], EncodedExamples]:
+    """Every member's predictions and the combined ones (a single member: its own), in ``examples`` order. ``stop``
+    (anything with ``.requested``) ends the work between batches with :class:`EvaluationStopped`."""
     how = combination(members, combine)
     if how == "logits":
         enc, windows = _features(members[0], examples)
         per_member, sums = [], None
         for m in members:
-            starts, ends = window_logits(m.model, enc, windows, batch_tokens, accelerator, f"{desc} {m.name}")
+            starts, ends = window_logits(m.model, enc, windows, batch_tokens, accelerator, f"{desc} {m.name}", stop)
             per_member.append(m.post.apply(enc, windows, starts, ends))
             sums = [(s, e) for s, e in zip(starts, ends, strict=True)] if sums is None else \
                 [(a + s, b + e) for (a, b), s, e in zip(sums, starts, ends, strict=True)]
@@ -102,7 +104,7 @@ def predict_members(members: Sequence[Member], examples: list[Example], combine:
     per_member = []
     for m in members:
         enc, windows = _features(m, examples)
-        starts, ends = window_logits(m.model, enc, windows, batch_tokens, accelerator, f"{desc} {m.name}")
+        starts, ends = window_logits(m.model, enc, windows, batch_tokens, accelerator, f"{desc} {m.name}", stop)
         per_member.append(m.post.apply(enc, windows, starts, ends))
     return per_member, vote(per_member, examples), enc
 

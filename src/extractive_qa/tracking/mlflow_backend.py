@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ..core.runs import RUNNING, read_metrics, read_run_record, update_run_record
 from .base import RunRow, SweepRecord, Tracker, TrackingBackend
-from .store import client_for, connect, get_or_create_experiment, resolve_uri, with_retry
+from .store import client_for, connect, create_run, get_or_create_experiment, resolve_uri, with_retry
 
 log = logging.getLogger(__name__)
 
@@ -115,9 +115,8 @@ class MlflowBackend(TrackingBackend):
             found = with_retry(lambda: client.search_runs(
                 [reports_id], filter_string=f"tags.`report.experiment` = '{experiment}'", max_results=1),
                 "find report run")
-            run_id = found[0].info.run_id if found else with_retry(lambda: client.create_run(
-                reports_id, run_name=experiment, tags={"report.experiment": experiment}),
-                "create report run").info.run_id
+            run_id = found[0].info.run_id if found else create_run(
+                client, reports_id, experiment, {"report.experiment": experiment}).info.run_id
         for name in files:
             with_retry(lambda n=name: client.log_artifact(run_id, str(folder / n), "report"), f"log {name}")
         for name, rows in (tables or {}).items():
@@ -176,9 +175,8 @@ class MlflowBackend(TrackingBackend):
                 run_id = None
         created = run_id is None
         if created:
-            run_id = with_retry(lambda: client.create_run(experiment_id, run_name=run_dir.name,
-                                                          tags={"run_dir": str(run_dir), "synced_from": str(run_dir)}),
-                                "create run").info.run_id
+            run_id = create_run(client, experiment_id, run_dir.name,
+                                {"run_dir": str(run_dir), "synced_from": str(run_dir)}).info.run_id
             for chunk in param_batches(safe_params(cfg)):
                 with_retry(lambda c=chunk: client.log_batch(run_id, params=c), "log params")
             update_run_record(run_dir, mlflow_run_id=run_id)

@@ -32,20 +32,59 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def answers(port: int) -> bool:
-    """Whether the MLflow server on 127.0.0.1:``port`` answers ``/health``."""
+def refuse_taken_port(host: str, port: int, flag: str, example: str, unless_ours: Path | None = None) -> None:
+    """One :class:`SetupError` line when something already listens on ``port`` (``make ui`` and ``make server`` both
+    default to 5000): uvicorn would print ``[Errno 98]`` and MLflow end with status 0. ``unless_ours``: a cluster
+    folder whose own server may hold the port (it is restarted, not refused)."""
+    import errno
+
+    from ..core.errors import SetupError
+
+    if unless_ours is not None and (unless_ours / "postmaster.pid").is_file():
+        return
+    for address in dict.fromkeys([host if host not in ("0.0.0.0", "::") else "0.0.0.0", "127.0.0.1"]):
+        with socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET) as probe:
+            try:
+                probe.bind((address, port))
+            except OSError as err:
+                if err.errno != errno.EADDRINUSE:
+                    raise
+                raise SetupError(f"port {port} on {address} is taken (another `make server` or `make ui`?). "
+                                 f"Fix: pick another with {flag} ({example}), or stop what holds it") from None
+
+
+def exit_if_taken(host: str, port: int, flag: str, example: str) -> None:
+    """:func:`refuse_taken_port` for a shell (``make ui``): the one line on stderr and exit status 2."""
+    import sys
+
+    from ..core.errors import SetupError
+
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
+        refuse_taken_port(host, port, flag, example)
+    except SetupError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+def answers(port: int, host: str = "127.0.0.1", scheme: str = "http", verify: bool = True) -> bool:
+    """Whether the MLflow server at ``host:port`` answers ``/health``."""
+    import ssl
+
+    context = None if verify or scheme != "https" else ssl._create_unverified_context()  # our own certificate
+    address = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    try:
+        with urllib.request.urlopen(f"{scheme}://{address}:{port}/health", timeout=2, context=context):
             return True
     except OSError:
         return False
 
 
-def wait_until_answering(port: int, proc: subprocess.Popen, seconds: float) -> None:
-    """Return once the server ``proc`` started on 127.0.0.1:``port`` answers; RuntimeError if it exits first or
+def wait_until_answering(port: int, proc: subprocess.Popen, seconds: float, host: str = "127.0.0.1",
+                         scheme: str = "http", verify: bool = True) -> None:
+    """Return once the server ``proc`` started on ``host:port`` answers; RuntimeError if it exits first or
     ``seconds`` pass (the deadline only turns a hang into a failure)."""
     deadline = time.monotonic() + seconds
-    while not answers(port):
+    while not answers(port, host, scheme, verify):
         if proc.poll() is not None:
             raise RuntimeError(f"mlflow server exited ({proc.returncode}) before answering on port {port}")
         if time.monotonic() > deadline:

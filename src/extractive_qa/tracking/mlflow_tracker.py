@@ -24,10 +24,11 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from ..core.outputs import json_safe
+from ..core.secrets import redact
 from .base import Tracker
 from .naming import GROUP_TAG, command_line, configuration_label, git_state, hydra_overrides, swept_values
 from .params import param_batches, safe_params
-from .store import connect, with_retry
+from .store import connect, create_run, with_retry
 
 log = logging.getLogger(__name__)
 # MLflow's system-metrics thread announces every start and stop at INFO: noise in a sweep's log.
@@ -94,8 +95,7 @@ class MlflowTracker(Tracker):
                                                                     sweep["id"])})
                 if sweep.get("parent_run_id"):
                     tags["mlflow.parentRunId"] = sweep["parent_run_id"]
-            run = with_retry(lambda: self.client.create_run(self.experiment_id, run_name=run_name, tags=tags),
-                             "create run")
+            run = create_run(self.client, self.experiment_id, run_name, tags)
             self.run_id = run.info.run_id
             self._log_params(safe_params(cfg))
         self.run_name = run_name
@@ -207,7 +207,7 @@ class MlflowTracker(Tracker):
     def set_tags(self, tags: dict[str, str]) -> None:
         from mlflow.entities import RunTag
 
-        items = [RunTag(k, str(v)[:5000]) for k, v in tags.items()]
+        items = [RunTag(k, redact(str(v))[:5000]) for k, v in tags.items()]
         self._send("set tags", lambda: self.client.log_batch(self.run_id, tags=items))
 
     def log_run_files(self, run_dir: Path) -> None:

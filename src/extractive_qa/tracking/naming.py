@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from ..core.roles import role_of_override
+from ..core.secrets import redact
 
 
 def git_state(root: Path) -> dict[str, str]:
@@ -117,4 +118,4 @@ def short_value(override: str) -> str:
 def command_line() -> str:
     prog = Path(sys.argv[0])
     head = ["python", "-m", f"extractive_qa.{prog.stem}"] if prog.parent.name == "extractive_qa" else [prog.name]
-    return shlex.join([*head, *sys.argv[1:]])[:5000]
+    return redact(shlex.join([*head, *sys.argv[1:]]))[:5000]

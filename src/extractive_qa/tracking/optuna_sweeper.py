@@ -37,7 +37,8 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
 from ..core.runs import process_alive, this_process
-from .study import LIVE_STUDIES, make_pruner, optuna_storage
+from ..core.secrets import redact
+from .study import LIVE_STUDIES, make_pruner, optuna_storage, storage_error, storage_unreachable
 
 log = logging.getLogger(__name__)
 
@@ -203,23 +204,30 @@ class OptunaSweeper(Sweeper):
 
     @staticmethod
     def counted(study) -> list:
-        return [t for t in study.get_trials(deepcopy=False) if NOT_COUNTED not in t.user_attrs]
+        """The trials that count towards ``n_trials``: finished (complete, pruned, failed by their job) or running.
+        Not those waiting to run (a dead trial's parameters, enqueued again) and not those marked not counted."""
+        import optuna
+
+        return [t for t in study.get_trials(deepcopy=False) if NOT_COUNTED not in t.user_attrs
+                and t.state != optuna.trial.TrialState.WAITING]
 
     def _fail_dead_trials(self, study) -> None:
-        """RUNNING trials whose process is gone (killed, a lost machine seen from its own host) are failed and
-        their parameters asked again: re-running the command continues the study where it stood."""
+        """RUNNING trials whose process is gone (killed, a lost machine seen from its own host) are failed, marked not
+        counted, and their parameters enqueued: the next trial asked -- by this process or any other sharing the
+        study -- trains them, so the study ends with ``n_trials`` that really ran."""
         import optuna
 
         for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
             if process_alive(trial.user_attrs.get("process") or {}) is False:
-                study._storage.set_trial_user_attr(trial._trial_id, NOT_COUNTED, "its process died; asked again")
+                study._storage.set_trial_user_attr(trial._trial_id, NOT_COUNTED, "its process died; run again")
                 study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
-                study.enqueue_trial(trial.params, skip_if_exists=False)
-                log.warning("trial %d: its process is gone; its parameters are asked again", trial.number)
+                study.enqueue_trial(trial.params, user_attrs={"rerun_of": trial.number}, skip_if_exists=False)
+                log.warning("trial %d: its process is gone; its parameters are trained again", trial.number)
 
     def _ask(self, study, space: SearchSpace) -> list:
         """Up to ``n_jobs`` trials, never past ``n_trials`` in the study (trial numbers are the study's own count:
-        one asked past it by a concurrent process is failed at once, marked not counted, and not run)."""
+        one asked past it by a concurrent process is failed at once, marked not counted, and not run). Enqueued
+        parameters (a dead trial's) are asked first: Optuna hands out waiting trials before new ones."""
         import optuna
 
         trials = []
@@ -237,14 +245,36 @@ class OptunaSweeper(Sweeper):
 
     # ---------------------------------------------------------------- the sweep
     def sweep(self, arguments: list[str]) -> None:
+        assert self.config is not None and self.launcher is not None
+        try:
+            self._sweep(arguments)
+        except Exception as err:
+            if not storage_unreachable(err):
+                raise
+            self._end_parent_failed(f"the Optuna storage went away: {type(err).__name__}")
+            raise storage_error(self.storage_url, err) from None
+
+    def _end_parent_failed(self, why: str) -> None:
+        """The sweep cannot go on: its MLflow parent ends FAILED now (the callback that would close it never runs)."""
+        import json
+
+        from .base import backend_for
+
+        path = self.sweep_dir / "sweep.json"
+        try:
+            info = json.loads(path.read_text())
+            backend_for(self.config.tracking, self.config.paths.root).close_sweep(info, {"FAILED": 1})
+        except Exception as err:  # noqa: BLE001 - the storage's error is the one to report
+            log.warning("could not end the sweep's parent run (%s: %s); %s", type(err).__name__, err, why)
+
+    def _sweep(self, arguments: list[str]) -> None:
         import optuna
 
-        assert self.config is not None and self.launcher is not None
         space = search_space(self.params, arguments)
         study = self.open_study(space)
         storage = self.storage_url or None
-        log.info("study %s: %d of %d trials done; sampler %s, pruner %s, storage %s", study.study_name,
-                 len(self.counted(study)), self.n_trials, self.sampler_name, self.pruner_name, storage or "memory")
+        log.info("study %s: %s; sampler %s, pruner %s, storage %s", study.study_name, self._count_line(study),
+                 self.sampler_name, self.pruner_name, redact(storage or "memory"))
         while True:
             trials = self._ask(study, space)
             if not trials:
@@ -291,14 +321,30 @@ class OptunaSweeper(Sweeper):
         counted = self.counted(study)  # one read of the storage for both
         done = [t for t in counted if t.state == optuna.trial.TrialState.COMPLETE]
         states = {s.name: sum(t.state == s for t in counted) for s in optuna.trial.TrialState}
-        results = {"study": study.study_name, "storage": self.storage_url or "memory", "n_trials": self.n_trials,
-                   "trials": {k: v for k, v in states.items() if v}}
+        results = {"study": study.study_name, "storage": redact(self.storage_url or "memory"),
+                   "n_trials": self.n_trials, "trials": {k: v for k, v in states.items() if v},
+                   "rerun": sum("rerun_of" in t.user_attrs for t in counted)}
+        log.info("study %s: %s", study.study_name, self._count_line(study))
         if done:
             best = study.best_trial
             results.update(best_params=best.params, best_value=best.value, best_trial=best.number)
             log.info("Best value %s with %s (trial %d)", best.value, best.params, best.number)
         self.sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(OmegaConf.create(results), self.sweep_dir / "optimization_results.yaml")
+
+
+    def _count_line(self, study) -> str:
+        """What the storage holds, in one line: ``3 of 4 trials counted (2 COMPLETE, 1 RUNNING); 1 waiting to run
+        again (its process died)``."""
+        import optuna
+
+        trials = study.get_trials(deepcopy=False)
+        counted = [t for t in trials if NOT_COUNTED not in t.user_attrs and t.state != optuna.trial.TrialState.WAITING]
+        states = ", ".join(f"{n} {s.name}" for s in optuna.trial.TrialState
+                           if (n := sum(t.state == s for t in counted)))
+        waiting = sum(t.state == optuna.trial.TrialState.WAITING for t in trials)
+        line = f"{len(counted)} of {self.n_trials} trials counted" + (f" ({states})" if states else "")
+        return line + (f"; {waiting} waiting to run again (its process died)" if waiting else "")
 
 
 def _tell(study, trial, value=None, state=None) -> None:

@@ -10,6 +10,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ..core.config import flatten, to_plain
 from ..core.roles import role_of
+from ..core.secrets import redact
 
 # Values of keys that look like secrets never reach params or tags.
 SECRET_KEY = re.compile(r"pass(word)?|secret|token|api[_-]?key|credential", re.IGNORECASE)
@@ -35,7 +36,7 @@ def safe_params(cfg: DictConfig) -> dict[str, str]:
             continue
         if isinstance(value, str) and (value.startswith(("/", "file://", "~")) or re.match(r"^[A-Za-z]:\\", value)):
             value = Path(value.removeprefix("file://")).name
-        params[key] = str(value)[:6000]
+        params[key] = redact(str(value))[:6000]
     return params
 
 

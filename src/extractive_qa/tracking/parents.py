@@ -16,9 +16,10 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from ..core.runs import RUNNING, read_run_record
+from ..core.secrets import redact
 from .base import RunRow
 from .naming import CONFIGURATION_TAG, GROUP_TAG, PARENT_TAG, configuration_label
-from .store import client_for, connect, with_retry
+from .store import client_for, connect, create_run, with_retry
 
 log = logging.getLogger(__name__)
 
@@ -101,8 +102,7 @@ def open_parent_run(uri: str, config: DictConfig, info: dict) -> str:
 
         spelled = [f"{s}={k}" if s != k else k for k, s in short_keys(info["swept_keys"]).items()]
         name = f"sweep {info['id']}: {', '.join(spelled) or 'one job'}"
-        created = with_retry(lambda: client.create_run(experiment_id, run_name=name, tags=tags),
-                             "create parent run").info.run_id
+        created = create_run(client, experiment_id, name, tags).info.run_id
         run_id = _one_parent(client, experiment_id, info["digest"], created)
     _set_tags(client, run_id, tags)
     return run_id
@@ -125,7 +125,7 @@ def _one_parent(client, experiment_id: str, digest: str, mine: str) -> str:
 def _set_tags(client, run_id: str, tags: dict[str, str]) -> None:
     from mlflow.entities import RunTag
 
-    items = [RunTag(k, v) for k, v in tags.items()]
+    items = [RunTag(k, redact(v)) for k, v in tags.items()]
     with_retry(lambda: client.log_batch(run_id, tags=items), "tag parent run")
 
 
@@ -259,8 +259,7 @@ def configuration_runs(client, parent, jobs: list[RunRow], info: dict) -> list[s
         if run_id is None:
             label, _, sweep_id = tags[GROUP_TAG].rpartition(" · ")
             name = f"{label} · {n} seeds · {sweep_id}"
-            run = with_retry(lambda nm=name, t=tags: client.create_run(experiment, run_name=nm, tags=t),
-                             "create configuration run")
+            run = create_run(client, experiment, name, tags)
             run_id = run.info.run_id
             params = [Param(k, str(v)) for k, v in group.values.items()]
             if params:

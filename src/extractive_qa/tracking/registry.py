@@ -60,7 +60,16 @@ class ExtractiveQAModel(mlflow.pyfunc.PythonModel):
         check_records(rows)
         examples = [Example(id=str(row.get("id", i)), question=str(row["question"]), context=str(row["context"]),
                             context_key=f"c{i}") for i, row in enumerate(rows)]
-        _, predictions, _ = predict_members([self.member], examples, "auto", "auto", self.accelerator, "pyfunc")
+        from ..engine.evaluation import EvaluationStopped
+        from .serving import current_deadline
+
+        try:  # behind `make serve`, the request's deadline stops the work when MLflow has answered 504
+            _, predictions, _ = predict_members([self.member], examples, "auto", "auto", self.accelerator, "pyfunc",
+                                                stop=current_deadline())
+        except EvaluationStopped:
+            from mlflow.exceptions import MlflowException
+
+            raise MlflowException("the request ran past the server's timeout; its prediction was stopped") from None
         return [p.text for p in predictions]
 
 

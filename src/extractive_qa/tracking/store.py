@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import TypeVar
 
 from ..core.errors import SetupError
+from ..core.schema import check_experiment_name
+from ..core.secrets import redact
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +77,8 @@ def with_retry(fn: Callable[[], T], what: str, attempts: int = 8) -> T:
 
 
 def client_for(uri: str):
-    """An ``MlflowClient`` for ``uri``: bounded HTTP retries; a sqlite db created under a file lock."""
+    """An ``MlflowClient`` for ``uri``: bounded HTTP retries; a sqlite db created under a file lock; a damaged sqlite
+    file is one :class:`TrackingUnavailable` naming it and the fix, for every command that opens the store."""
     from mlflow.tracking import MlflowClient
 
     if uri.startswith(("http://", "https://")):
@@ -85,7 +88,47 @@ def client_for(uri: str):
     if lock is None:
         return MlflowClient(uri)
     with lock:
-        return MlflowClient(uri)
+        try:
+            client = MlflowClient(uri)
+            client.search_experiments(max_results=1)  # MLflow opens (and migrates) the file on first use
+        except Exception as err:
+            damage = sqlite_damage(uri)
+            if damage:
+                raise damaged_store(uri, damage) from err
+            raise
+        return client
+
+
+def damaged_store(uri: str, damage: str) -> TrackingUnavailable:
+    """The one error a damaged sqlite store gives, from whichever command opened it."""
+    path = uri[len("sqlite:///"):]
+    return TrackingUnavailable(
+        f"the MLflow store {path} is damaged: {damage}. Fix: move it aside (mv {path} {path}.damaged) and run "
+        f"again to start a fresh store (then `python -m extractive_qa.sync RUN_DIR` sends a run folder to it), "
+        "or restore it from a backup, or train without it: tracking=none")
+
+
+def run_user() -> str:
+    """Who makes a run: the tracking server's user (``MLFLOW_TRACKING_USERNAME``) when one signs in, else the local
+    account -- MLflow's client leaves ``mlflow.user`` to the fluent API, and without it a run shows "Created by --"."""
+    import getpass
+
+    name = os.environ.get("MLFLOW_TRACKING_USERNAME")
+    if name:
+        return name
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError):
+        return "unknown"
+
+
+def create_run(client, experiment_id: str, run_name: str, tags: dict[str, str]):
+    """``client.create_run`` (retried) with the member who makes it as ``mlflow.user`` and every tag redacted: the one
+    way this project creates runs (jobs, sweep parents, configuration and report runs)."""
+    from mlflow.utils.mlflow_tags import MLFLOW_USER
+
+    tags = {MLFLOW_USER: run_user(), **{k: redact(str(v)) for k, v in tags.items()}}
+    return with_retry(lambda: client.create_run(experiment_id, run_name=run_name, tags=tags), "create run")
 
 
 def get_or_create_experiment(client, uri: str, name: str, artifact_root: str | None = None,
@@ -93,6 +136,10 @@ def get_or_create_experiment(client, uri: str, name: str, artifact_root: str | N
     """The experiment's id, created if missing. A sqlite store gets an explicit, absolute artifact
     location (otherwise artifacts land in ./mlruns of whatever the working directory is); every
     experiment is marked as model training, so the UI opens it on its runs."""
+    try:  # the name becomes the artifacts' folder: a name, never a path (the config check says it first)
+        check_experiment_name(name)
+    except ValueError as err:
+        raise SetupError(str(err)) from None
     artifact_location = None
     lock = _sqlite_lock(uri)
     if lock is not None:
@@ -121,15 +168,14 @@ def connect(uri: str, experiment: str, artifact_root: str | None = None) -> tupl
         client = client_for(uri)
         return client, get_or_create_experiment(client, uri, experiment, artifact_root)
     except Exception as err:  # noqa: BLE001 - any failure to reach the store gets the same way out
+        if isinstance(err, TrackingUnavailable):
+            raise
         damage = sqlite_damage(uri)
         if damage:
-            path = uri[len("sqlite:///"):]
-            raise TrackingUnavailable(
-                f"the MLflow store {path} is damaged: {damage}. Fix: move it aside (mv {path} {path}.damaged) and run "
-                f"again to start a fresh store (then `python -m extractive_qa.sync RUN_DIR` sends a run folder to it), "
-                "or restore it from a backup, or train without it: tracking=none") from err
+            raise damaged_store(uri, damage) from err
         raise TrackingUnavailable(
-            f"cannot reach the MLflow tracking store at {uri} ({type(err).__name__}: {str(err)[:300]}). "
+            f"cannot reach the MLflow tracking store at {redact(uri)} ({type(err).__name__}: "
+            f"{redact(str(err)[:300])}). "
             "Fix: start it (e.g. `mlflow server --backend-store-uri sqlite:///mlflow.db`), point tracking.uri=... or "
             "MLFLOW_TRACKING_URI at a reachable store, or train without it: tracking=none (metrics stay in the run "
             "dir's metrics.jsonl; `python -m extractive_qa.sync RUN_DIR` sends them later)") from err

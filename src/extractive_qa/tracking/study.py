@@ -11,6 +11,8 @@ from __future__ import annotations
 import logging
 import time
 
+from ..core.secrets import redact
+
 log = logging.getLogger(__name__)
 
 PRUNERS = ("none", "median", "successive_halving", "hyperband")
@@ -36,6 +38,35 @@ def optuna_storage(url: str | None):
                 raise
             time.sleep(0.2 * (attempt + 1))
     raise AssertionError("unreachable")
+
+
+def storage_unreachable(err: BaseException) -> bool:
+    """Whether ``err`` (anywhere in its chain) says the study's database cannot be reached or went away."""
+    cause: BaseException | None = err
+    while cause is not None:
+        name = type(cause).__name__
+        if name in ("OperationalError", "InterfaceError", "StorageInternalError") and "locked" not in str(cause):
+            return True
+        cause = cause.__cause__ or cause.__context__
+    return False
+
+
+def storage_error(url: str | None, err: BaseException):
+    """The one line for a study's database that cannot be reached: the URL (its password redacted) and the fix."""
+    from ..core.errors import SetupError
+
+    # The driver's own words (connection refused, server closed the connection), not a wrapper's: Optuna wraps them in
+    # "... e.g. exceeding max length", which sends the reader the wrong way.
+    chain, cause = [], err
+    while cause is not None:
+        chain.append(cause)
+        cause = cause.__cause__ or cause.__context__
+    root = next((c for c in reversed(chain) if type(c).__name__ in ("OperationalError", "InterfaceError")), err)
+    first = str(root).strip().splitlines()[0][:200] if str(root).strip() else type(root).__name__
+    return SetupError(f"the Optuna storage {redact(url or 'memory')} cannot be reached ({redact(first)}). Fix: start "
+                      "the database (`make server` on its machine) or point hydra.sweeper.storage=... at one that "
+                      "answers; the same command then continues the study (finished trials are kept, a trial whose "
+                      "process died is trained again)")
 
 
 def make_pruner(name: str, warmup_steps: int = 0, min_resource: int | str = "auto", reduction_factor: int = 3):
@@ -93,10 +124,15 @@ class TrialLink:
     def report(self, value: float, step: int) -> bool:
         import optuna
 
-        trial = self._get()
-        trial.report(float(value), int(step))
-        if not trial.should_prune():
-            return False
-        trial.study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+        try:
+            trial = self._get()
+            trial.report(float(value), int(step))
+            if not trial.should_prune():
+                return False
+            trial.study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+        except Exception as err:
+            if storage_unreachable(err):  # the job ends FAILED with one line, not a page of SQLAlchemy
+                raise storage_error(self.storage, err) from None
+            raise
         log.info("trial %d pruned at step %d (%.4f)", trial.number, step, value)
         return True

@@ -27,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from ..core.outputs import write_json
 from ..core.roles import role_of_override
 from ..core.runs import RUN_RECORD, RUNNING, process_alive, read_run_record, this_process
+from ..core.secrets import redact, redact_tree
 
 log = logging.getLogger(__name__)
 
@@ -131,12 +132,13 @@ class SweepCallback(Callback):
         sweep_dir = Path(str(config.hydra.sweep.dir)).resolve()
         space = OmegaConf.select(config, "hydra.sweeper.params")
         info = describe_sweep(list(config.hydra.overrides.task), OmegaConf.to_container(space) if space else None)
-        info.update(dir=str(sweep_dir), command=shlex.join(["python", "-m", "extractive_qa.train", *sys.argv[1:]]),
+        command = redact(shlex.join(["python", "-m", "extractive_qa.train", *sys.argv[1:]]))
+        info.update(dir=str(sweep_dir), command=command,
                     experiment=_experiment_name(config), optimize_metric=str(config.get("optimize_metric") or "em"),
                     parent_run_id=None, tracking_uri=None, launcher=this_process())
         info.update(_backend(config).open_sweep(config, info))
         sweep_dir.mkdir(parents=True, exist_ok=True)
-        write_json(sweep_dir / SWEEP_FILE, info)
+        write_json(sweep_dir / SWEEP_FILE, redact_tree(info))
         log.info("sweep %s (%s) in %s", info["id"], ", ".join(info["swept_keys"]) or "no swept keys", sweep_dir)
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
