@@ -15,6 +15,13 @@ Prints one JSON object per line (the measurements are :mod:`extractive_qa.benchm
 * ``train_naive`` / ``train`` -- optimizer steps at the seed's settings: the seed's step (every window padded
   to the full length, a plain AdamW, fp16 with the gradient scaler on CUDA, fp32 on a CPU) and the recipe's
   own; real tokens per second.
+* ``peer_train`` / ``peer_eval`` -- HF transformers' ``Trainer`` set up as its ``run_qa.py`` example sets it up
+  (windows padded to full length, its default collator, SDPA), against ours on the same windows, precision and batch:
+  training real tokens/s and evaluation questions/s (benchmarks/peer.py).
+* ``loop`` -- ``make train``'s whole loop (tracking on, logging, bar, run record, checks, loader; evaluation apart)
+  against a bare loop of forward, backward and optimizer steps over the same batches, with a tiny model whose step
+  takes milliseconds, as bert-base's does on a GPU; where the loop's time went; distinct padded shapes per epoch
+  (benchmarks/loop.py).
 * ``optimizer_step`` -- one AdamW step over the model, fused against not; ``padding`` -- the share of padding
   in training batches at the default windows, grouped by length or not.
 * ``profile``, ``bf16_agreement``, ``prediction_memory``, ``comparison`` -- where the time goes, bf16 against
@@ -43,7 +50,9 @@ from .benchmarks.common import emit, in_fresh_process, set_threads
 from .benchmarks.comparison import comparison_speed
 from .benchmarks.evaluation import eval_naive, eval_ours
 from .benchmarks.gemm import gemm_peak
+from .benchmarks.loop import loop_bench
 from .benchmarks.memory import prediction_memory, train_file_memory
+from .benchmarks.peer import ours_train, trainer_eval, trainer_train
 from .benchmarks.profiling import profile_bench
 from .benchmarks.quality import bf16_agreement
 from .benchmarks.search import pruning_savings
@@ -52,7 +61,7 @@ from .benchmarks.shutdown import shutdown_costs
 from .benchmarks.summary import summarize
 from .benchmarks.training import optimizer_step_time, padding_share, train_bench
 from .core.config import CONF_DIR, to_plain
-from .core.shutdown import exits_promptly
+from .core.errors import run_cli
 
 
 def hardware_line(cfg: DictConfig) -> dict:
@@ -83,6 +92,14 @@ def main(cfg: DictConfig) -> None:
     if "train" in parts:
         out["train_naive"] = emit(in_fresh_process(train_bench, plain, True))
         out["train"] = emit(in_fresh_process(train_bench, plain, False))
+    if "peer" in parts:  # HF's Trainer as its run_qa.py example runs it, on the same windows (benchmarks/peer.py)
+        out["peer_train_trainer"] = emit(in_fresh_process(trainer_train, plain))
+        out["peer_train_ours"] = emit(in_fresh_process(ours_train, plain))
+        out["peer_eval_trainer"] = emit(in_fresh_process(trainer_eval, plain))
+        if "default" not in out:
+            out["default"] = emit(in_fresh_process(eval_ours, plain, "default"))
+    if "loop" in parts:  # make train's loop against a bare one, same batches (tiny model: the per-step overhead)
+        out["loop"] = emit(in_fresh_process(loop_bench, plain))
     if "optimizer" in parts:
         out["optimizer"] = emit(in_fresh_process(optimizer_step_time, plain))
     if "padding" in parts:
@@ -109,5 +126,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    with exits_promptly():  # ends when the work has, not 1.5 s later (core/shutdown.py)
-        main()
+    run_cli(main)  # one-line errors, secrets kept out, a prompt end (core/errors.py)

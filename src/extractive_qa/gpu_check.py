@@ -2,9 +2,13 @@
 
 1. ``tests`` -- the tests marked ``gpu`` (``pytest -m gpu``): precision ``auto``, bf16, and fp16 with the
    gradient scaler, one training step each; a resume across precisions refused; TF32 and pinned memory on.
-2. ``bench`` -- ``make bench`` on the GPU in bf16 and in fp16 (evaluation, training, the profile of where a
-   step's time goes), each line as the bench prints it.
-3. ``throughput`` -- bert-base trained for 300 optimizer steps on 384-token windows with the recipe's own
+2. ``bench`` -- ``make bench`` on the GPU in bf16 and in fp16, each line as the bench prints it: evaluation; training
+   at the seed's settings against the seed's own loop; HF's ``Trainer`` as its ``run_qa.py`` runs it against ours
+   (``peer``); ``make train``'s whole loop against a bare one (``loop``); the profile of a step. On a GPU every
+   training side is timed over 200 steps after a warm-up of 20 (6 steps were warm-up, not steady state).
+3. ``compile`` -- the recipe's step with and without ``torch.compile``: the compile time and the steady step, and
+   what that makes of an hw7 epoch (3,000 steps of 16 windows): whether compiling pays for itself.
+4. ``throughput`` -- bert-base trained for 300 optimizer steps on 384-token windows with the recipe's own
    optimizer step: tokens/s, sequences/s, model FLOPs utilisation against the GPU's dense bf16 peak (the
    datasheet's, and the GEMM peak measured in the same call) and peak memory. Published references for
    bert-base at 384 tokens: ~443 seq/s fp16 on an A100, ~850 on an H100 (lambdal deeplearning-benchmark).
@@ -27,7 +31,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from .core.config import CONF_DIR, to_plain
-from .core.shutdown import exits_promptly
+from .core.errors import run_cli
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -83,19 +87,26 @@ def tests_verdict(returncode: int, counts: dict, cuda: bool, quick: bool) -> dic
                                                                                     and quick)}
 
 
+# On a GPU a step takes milliseconds: every training side is timed long enough to be past warm-up.
+GPU_STEPS = ["bench.train_steps=200", "bench.train_questions=1500", "bench.peer_steps=200", "bench.peer_warmup=20",
+             "bench.loop_questions=3000", "bench.loop_rounds=2"]
+QUICK_STEPS = ["bench.peer_steps=1", "bench.peer_warmup=1", "bench.loop_questions=40", "bench.loop_rounds=1"]
+
+
 def run_bench(precision: str, overrides: list[str], quick: bool) -> list[dict]:
     """``make bench`` in ``precision`` on this machine's device: the JSON lines it prints."""
-    parts = "[eval,train,profile]" if quick else "[eval,budgets,train,profile]"
+    parts = "[eval,train,peer,loop,profile]" if quick else "[eval,budgets,train,peer,loop,profile]"
     out = subprocess.run([sys.executable, "-m", "extractive_qa.bench", f"precision={precision}",
-                          f"bench.parts={parts}", *overrides], cwd=ROOT, capture_output=True, text=True,
-                         timeout=300)
-    rows = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+                          f"bench.parts={parts}", *(QUICK_STEPS if quick else GPU_STEPS), *overrides], cwd=ROOT,
+                         capture_output=True, text=True, timeout=420)
+    rows = [json.loads(line) for line in out.stdout.splitlines() if line.startswith('{"')]
     if out.returncode != 0:
         rows.append({"bench": "error", "returncode": out.returncode, "stderr": out.stderr[-2000:]})
     return rows
 
 
-def throughput(overrides: list[str], steps: int, batch_size: int, seq_len: int) -> dict:
+def throughput(overrides: list[str], steps: int, batch_size: int, seq_len: int, warmup: int | None = None,
+               with_peak: bool = True) -> dict:
     """The recipe's optimizer step on full ``seq_len``-token batches of random ids (no padding), in bf16."""
     import numpy as np
     import torch
@@ -126,11 +137,14 @@ def throughput(overrides: list[str], steps: int, batch_size: int, seq_len: int) 
                 "token_type_ids": (torch.arange(seq_len) >= seq_len // 6).long().expand(batch_size, -1).contiguous(),
                 "start_positions": answer, "end_positions": answer + 3}
 
-    batches = [{k: v.to(device, non_blocking=True) for k, v in batch().items()} for _ in range(8)]
-    warmup = min(20, max(1, steps // 10))
+    full = {"full_rows": np.ones(batch_size, dtype=bool)}  # full 384-token windows: no mask (engine: model_inputs)
+    batches = [{**{k: v.to(device, non_blocking=True) for k, v in batch().items()}, **full} for _ in range(8)]
+    warmup = min(20, max(1, steps // 10)) if warmup is None else warmup
+    first = time.perf_counter()
     for n in range(warmup):
         step(batches[n % len(batches)])
     sync(device)
+    first_steps_s = time.perf_counter() - first
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
@@ -142,17 +156,40 @@ def throughput(overrides: list[str], steps: int, batch_size: int, seq_len: int) 
     flops = 3 * forward_flops(model, lengths)
     name = torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu"
     datasheet = dense_peak_tflops(name) if device.type == "cuda" else None
-    measured = gemm_peak(plain).get("gflops_bf16")
+    measured = gemm_peak(plain).get("gflops_bf16") if with_peak else None
     achieved = flops / seconds / 1e12
     return {"device": name, "precision": recipe.accelerator.mixed_precision, "steps": steps,
             "batch_size": batch_size, "seq_len": seq_len, "attention": model.config._attn_implementation,
-            "seconds": round(seconds, 2), "tokens_per_s": round(steps * batch_size * seq_len / seconds),
+            "seconds": round(seconds, 4), "first_steps_s": round(first_steps_s, 3),
+            "tokens_per_s": round(steps * batch_size * seq_len / seconds),
             "sequences_per_s": round(steps * batch_size / seconds, 1), "model_tflops_per_s": round(achieved, 2),
             "dense_bf16_peak_tflops": datasheet, "mfu_vs_datasheet": round(achieved / datasheet, 4) if datasheet
             else None, "measured_gemm_peak_tflops": round(measured / 1e3, 2) if measured else None,
             "mfu_vs_measured_gemm": round(achieved * 1e3 / measured, 4) if measured else None,
             "peak_memory_gb": round(torch.cuda.max_memory_allocated() / 2**30, 2) if device.type == "cuda" else None,
             "peak_reserved_gb": round(torch.cuda.max_memory_reserved() / 2**30, 2) if device.type == "cuda" else None}
+
+
+def compile_probe(overrides: list[str], steps: int, batch_size: int = 16, seq_len: int = 384,
+                  epoch_steps: int = 3000, quick: bool = False) -> dict:
+    """The recipe's step on full batches with and without ``torch.compile``: seconds to the end of the first step
+    (compiling included) and per step after, and an hw7 epoch (``epoch_steps`` steps) estimated from both. ``quick``
+    (a CPU rehearsal) leaves compiling out: inductor's C++ build alone takes minutes there."""
+    result: dict = {"epoch_steps": epoch_steps}
+    if quick:
+        run = throughput(overrides, steps, batch_size, seq_len, warmup=1, with_peak=False)
+        return {**result, "eager": {"first_step_s": run["first_steps_s"], "step_ms": 1000 * run["seconds"] / steps},
+                "compiled": "not measured (--quick)"}
+    for compiled in (False, True):
+        run = throughput([*overrides, f"compile={str(compiled).lower()}"], steps, batch_size, seq_len, warmup=1,
+                         with_peak=False)
+        per_step = run["seconds"] / steps
+        result["compiled" if compiled else "eager"] = {
+            "first_step_s": run["first_steps_s"], "step_ms": round(1000 * per_step, 2),
+            "epoch_estimate_s": round(run["first_steps_s"] + (epoch_steps - 1) * per_step, 1)}
+    eager, compiled = result["eager"]["epoch_estimate_s"], result["compiled"]["epoch_estimate_s"]
+    result["compile_pays_off_over_an_epoch"] = compiled < eager
+    return result
 
 
 def inputs(workdir: Path, quick: bool) -> list[str]:
@@ -212,6 +249,9 @@ def _check(args: argparse.Namespace, overrides: list[str]) -> int:
     # The throughput sets its own batch: of the bench's settings only the GEMM peak's timing goes with it (--quick's
     # one short trial: the full 2 x 6 x 0.3 s measurement cost 3.9 s of a 16 s quick check on a CPU).
     model_overrides = [o for o in overrides if not o.startswith("bench.") or o.startswith("bench.gemm_")]
+    result["compile"] = compile_probe(model_overrides, 2 if args.quick else 100, 2 if args.quick else 16,
+                                      64 if args.quick else args.seq_len, quick=args.quick)
+    print(f"gpu-check: compile {result['compile']}", file=sys.stderr, flush=True)
     result["throughput"] = throughput(model_overrides, args.steps, args.batch_size, args.seq_len)
     result["seconds"] = round(time.perf_counter() - begin, 1)
     path = args.out / f"gpu_check_{time.strftime('%Y%m%d_%H%M%S')}.json"
@@ -224,5 +264,4 @@ def _check(args: argparse.Namespace, overrides: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    with exits_promptly():  # ends when the work has, not 1.5 s later (core/shutdown.py)
-        sys.exit(main())
+    run_cli(main)  # one-line errors, secrets kept out, a prompt end (core/errors.py)

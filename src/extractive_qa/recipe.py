@@ -22,12 +22,12 @@ from pathlib import Path
 
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, open_dict
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from .core.analysis import data_report
-from .core.config import to_plain
+from .core.config import save_resolved
 from .core.errors import SetupError
 from .core.features import encode_cached, window_config
 from .core.metrics import METRIC_LABELS, METRICS, check_metric
@@ -36,7 +36,7 @@ from .core.postprocess import PostprocessSettings
 from .core.runs import RunPruned, read_run_record, this_process, update_run_record
 from .core.windowing import eval_windows
 from .engine.attention import attention_kernel, use_attention
-from .engine.batching import TrainWindowDataset, pad_multiple, train_loader
+from .engine.batching import TrainWindowDataset, pad_multiple, train_buckets, train_loader
 from .engine.checkpointing import (
     Interrupted,
     StopRequest,
@@ -70,6 +70,11 @@ from .tracking.summary import comparison_metrics
 from .tracking.sweep import sweep_of_job
 
 log = logging.getLogger(__name__)
+
+# Several processes agree on "stop now?" and "checkpoint now?" every this many steps, not at every step: each
+# agreement is a collective and a host read, which on a GPU costs as much as the step itself. One process decides
+# at every step without either (engine/checkpointing.py: StopRequest.agreed).
+AGREE_EVERY = 10
 
 
 def _rng_state() -> tuple:
@@ -219,6 +224,7 @@ class TrainingRecipe:
             self._restore(resume)
         self.tracker.log_inputs(self.splits)
         self.tracker.log_dict(self.data_report, "data_report.json")
+        self._record_runtime()
         self._stop.check("start-up")
         log.info("%d training windows, %d optimizer steps (%d per epoch), %d dev windows, %d process(es)",
                  len(self.train_set), self.total_steps, self.steps_per_epoch, len(self.dev_windows),
@@ -232,6 +238,22 @@ class TrainingRecipe:
         scheduler = self._setup_scheduler(optimizer, len(loader))
         self.model, self.optimizer, self.loader, self.scheduler = self.accelerator.prepare(model, optimizer, loader,
                                                                                            scheduler)
+
+    def _record_runtime(self) -> None:
+        """What this run chose on this machine for its speed -- kernels, padded lengths, batch budget, loader,
+        compile -- as MLflow tags ``runtime.*`` and ``runtime`` in ``run.json``: what a timing is read against."""
+        device = self.accelerator.device.type
+        base = self.accelerator.unwrap_model(self.model)
+        runtime = {"device": str(self.accelerator.device), "precision": str(self.accelerator.mixed_precision),
+                   "attention_train": str(getattr(base.config, "_attn_implementation", "?")),
+                   "attention_eval": attention_kernel(self.attention, device, training=False),
+                   "compile": bool(self.cfg.get("compile")), "pad_multiple": self.pad_multiple,
+                   "padded_lengths": self.padded_lengths, "eval_batch_tokens": self.eval_budget.tokens,
+                   "num_workers": int(self.cfg.num_workers), "pin_memory": device == "cuda",
+                   "threads": torch.get_num_threads()}
+        self.tracker.set_tags({f"runtime.{k}": str(v) for k, v in runtime.items()})
+        if self.is_main:
+            update_run_record(self.run_dir, runtime=runtime)
 
     def _setup_resume(self) -> ResumePoint | None:
         """The run this job continues (its run dir, checkpoint and MLflow run), else a fresh run dir with
@@ -247,7 +269,7 @@ class TrainingRecipe:
             self.continue_log_in(point.run_dir)
         elif self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            OmegaConf.save(OmegaConf.create(to_plain(cfg)), self.run_dir / "config_resolved.yaml")
+            save_resolved(cfg, self.run_dir / "config_resolved.yaml")
             update_run_record(self.run_dir, identity=self.identity, experiment=str(cfg.experiment_name),
                               status="RUNNING", sweep=self.sweep, process=this_process(), heartbeat=None,
                               model={"name_or_path": str(cfg.model.name_or_path), "commit": self.model_source.commit})
@@ -277,7 +299,7 @@ class TrainingRecipe:
                         "\n  ".join(resume.changes))
             self.tracker.set_tags({f"resume.changed_at_step_{self.progress.step}": "; ".join(resume.changes)})
             if self.is_main:
-                OmegaConf.save(OmegaConf.create(to_plain(self.cfg)), self.run_dir / "config_resolved.yaml")
+                save_resolved(self.cfg, self.run_dir / "config_resolved.yaml")
 
     def _setup_features(self) -> None:
         """Tokenized features (cached), dev windows, post-processing settings and the dev data report."""
@@ -296,10 +318,19 @@ class TrainingRecipe:
         micro-batches): the data order then depends on the windows per step alone, not on how a step is
         split -- which out-of-memory halving changes."""
         train_set = TrainWindowDataset(self.encoded["train"], self.window, int(self.cfg.seed))
-        return train_set, train_loader(train_set, self.batch_size * self.grad_accum, self.tokenizer.pad_token_id or 0,
+        step_windows = self.batch_size * self.grad_accum
+        setting = self.cfg.get("length_buckets", "auto")
+        k = 7 if setting in (None, "auto") else int(setting)  # 7 lengths: 8 shapes with the epoch's last, smaller batch
+        # A few padded lengths, chosen from the data: each new shape costs a GPU a kernel choice and a compiled model a
+        # recompile (engine/batching.py: length_buckets says what it costs in padding).
+        self.padded_lengths = train_buckets(train_set, step_windows, k, self.pad_multiple) if \
+            self.cfg.group_by_length else None
+        if self.padded_lengths:
+            log.info("training batches pad to %d lengths: %s", len(self.padded_lengths), self.padded_lengths)
+        return train_set, train_loader(train_set, step_windows, self.tokenizer.pad_token_id or 0,
                                        group_by_length=bool(self.cfg.group_by_length),
                                        num_workers=int(self.cfg.num_workers), multiple_of=self.pad_multiple,
-                                       pin_memory=self.accelerator.device.type == "cuda")
+                                       pin_memory=self.accelerator.device.type == "cuda", buckets=self.padded_lengths)
 
     def _setup_model(self) -> torch.nn.Module:
         """The model, running the attention kernel measured fastest for training on this device (evaluation
@@ -361,7 +392,7 @@ class TrainingRecipe:
             if p.step < self.total_steps and ((self.checkpoint_steps and p.step % self.checkpoint_steps == 0)
                                               or self._checkpoint_time_due()):
                 self._save()
-            if self._stop.agreed(self.accelerator):
+            if self._stop.agreed(self.accelerator, p.step, AGREE_EVERY):
                 raise Interrupted(self._save(), p.step)
             if p.step >= self.total_steps:
                 break
@@ -378,12 +409,18 @@ class TrainingRecipe:
 
     def _checkpoint_time_due(self) -> bool:
         """``checkpoint_minutes``: a checkpoint when that much training time passed since the last one (on the
-        step boundary, as every checkpoint; the same decision on every process)."""
+        step boundary, as every checkpoint). One process reads its clock; several agree on it every
+        :data:`AGREE_EVERY` steps -- a collective and a host read at every step cost as much as a GPU step."""
         minutes = self.cfg.get("checkpoint_minutes")
         if not minutes:
             return False
-        due = torch.tensor(float(time.monotonic() - self._last_checkpoint_time >= 60 * float(minutes)))
-        return bool(self.accelerator.reduce(due.to(self.accelerator.device), reduction="max").item())
+        due = time.monotonic() - self._last_checkpoint_time >= 60 * float(minutes)
+        if self.accelerator.num_processes == 1:
+            return due
+        if self.progress.step % AGREE_EVERY:
+            return False
+        flag = torch.tensor(float(due), device=self.accelerator.device)
+        return bool(self.accelerator.reduce(flag, reduction="max").item())
 
     def _maybe_stop(self, epoch_fraction: float) -> None:
         """After an evaluation: an Optuna trial reports it and may be pruned (:class:`RunPruned`); early stopping
@@ -534,6 +571,7 @@ class TrainingRecipe:
     def _save(self) -> Path:
         """A checkpoint of where :attr:`progress` stands, with the run's identity and MLflow run."""
         self._check_finite()
+        self.tracker.flush()  # the background writer's queue: what the checkpoint covers is in the store
         self.progress.wall_time_s = self._wall_time()
         state = {**asdict(self.progress), "mlflow_run_id": self.tracker.run_id,
                  "experiment_name": str(self.cfg.experiment_name), "identity": self.identity}

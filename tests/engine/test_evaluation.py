@@ -108,3 +108,26 @@ def test_attention_kernels_agree_and_evaluation_puts_the_training_kernel_back(ti
     assert model.training and model.config._attn_implementation == "eager"
     model.eval()
     use_attention(model, "sdpa")
+
+
+@pytest.mark.parametrize("kernel", ["eager", "sdpa"])
+def test_the_masks_model_inputs_gives_change_nothing(synthetic, kernel):
+    """The 4D additive mask of a padded batch, and no mask for a batch without padding (model_inputs: no host read),
+    give the logits transformers' own mask from the 2D one gives."""
+    import torch
+    from transformers import AutoConfig, AutoModelForQuestionAnswering
+
+    from extractive_qa.engine.batching import PadCollator
+    from extractive_qa.engine.evaluation import model_inputs
+
+    torch.manual_seed(0)
+    config = AutoConfig.from_pretrained(synthetic["model"], attn_implementation=kernel)
+    model = AutoModelForQuestionAnswering.from_config(config).eval()
+    items = [{"input_ids": list(range(5, 5 + n)), "index": i} for i, n in enumerate((12, 7, 16))]
+    for batch in (PadCollator(0)([items[0], items[1]]), PadCollator(0)([items[2]])):
+        theirs = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        ours = model(**model_inputs(batch))
+        assert ("attention_mask" in model_inputs(batch)) == (not batch["full_rows"].all())
+        real = batch["attention_mask"].bool()
+        for a, b in ((theirs.start_logits, ours.start_logits), (theirs.end_logits, ours.end_logits)):
+            torch.testing.assert_close(a[real], b[real], rtol=1e-5, atol=1e-5)

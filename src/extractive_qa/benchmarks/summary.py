@@ -25,6 +25,12 @@ def summarize(cfg: DictConfig, out: dict) -> dict:
         summary.update({"train_speedup_like_for_like": ours["tokens_per_s"] / naive["tokens_per_s"],
                         "train_like_for_like": f"seed settings, real tokens/s; naive in {naive['precision']}, ours "
                                                f"in {ours['precision']}"})
+    from .peer import peer_summary
+
+    summary.update(peer_summary(out))
+    if _ok(out, "loop"):
+        summary["loop_vs_bare"] = out["loop"]["loop_vs_bare"]
+        summary["loop_shapes_per_epoch"] = out["loop"]["distinct_shapes_per_epoch"]
     if _ok(out, "seed", "default"):
         seed, default = out["seed"], out["default"]
         summary.update({"tokens_per_question_seed_windows": seed["real_tokens_per_question"],

@@ -42,7 +42,7 @@ def naive_trainer(c: DictConfig, enc, window):
     model, optimizer = accelerator.prepare(model, optimizer)  # fp16: autocast forward, scaled backward
 
     def step(batch: dict) -> None:
-        batch = {k: v.to(device) for k, v in batch.items()}
+        batch = {k: v.to(device) if hasattr(v, "to") else v for k, v in batch.items()}
         out = model(**model_inputs(batch), start_positions=batch["start_positions"],
                     end_positions=batch["end_positions"])
         accelerator.backward(out.loss)

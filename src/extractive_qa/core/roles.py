@@ -53,6 +53,7 @@ ROLES: dict[str, Role] = {
     "attention": TRAJECTORY,                # another attention kernel: last-bit differences
     "tf32": TRAJECTORY,                     # fp32 matmuls at TF32 precision on a GPU
     "pad_to_multiple_of": TRAJECTORY,       # other padded shapes: last-bit differences
+    "length_buckets": TRAJECTORY,           # other padded shapes: last-bit differences
     "model.name_or_path": TRAJECTORY,
     "model.init": TRAJECTORY,
     "model.tokenizer": TRAJECTORY,

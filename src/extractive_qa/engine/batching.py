@@ -108,16 +108,54 @@ class LengthGroupedBatches:
         yield from (batches[i] for i in rng.permutation(len(batches)))
 
 
+def length_buckets(maxima: np.ndarray, sizes: np.ndarray, k: int, multiple_of: int = 8) -> list[int]:
+    """At most ``k`` padded lengths for batches whose longest windows are ``maxima`` (holding ``sizes`` windows each):
+    the ones that pad least when each batch pads up to the smallest length that holds it -- an exact dynamic
+    programme over the distinct lengths (rounded up to ``multiple_of``), the longest always among them.
+
+    Why: every new padded shape costs a GPU a kernel choice and a compiled graph a recompile; hw7's training windows
+    at the default settings gave 28-29 shapes an epoch (one per multiple of 8 from 160 to 384). Eight lengths chosen
+    from the data pad 2-3% of the tokens (multiples of 64: 5.4%); ``make bench ARGS="bench.parts=[padding]"``."""
+    rounded = np.array([padded_length(m, multiple_of) for m in maxima], dtype=np.int64)
+    values = np.unique(rounded)
+    if len(values) <= k:
+        return values.tolist()
+    weight = np.array([sizes[rounded == v].sum() for v in values], dtype=np.float64)
+    prefix = np.concatenate([[0.0], np.cumsum(weight)])
+    n = len(values)
+    # best[j][c]: least padded tokens covering values[0..j] with c lengths, the last at values[j]
+    best = np.full((n, k + 1), np.inf)
+    back = np.zeros((n, k + 1), dtype=np.int64)
+    for j in range(n):
+        best[j, 1] = values[j] * prefix[j + 1]
+        for c in range(2, k + 1):
+            costs = best[:j, c - 1] + values[j] * (prefix[j + 1] - prefix[1 : j + 1])
+            if len(costs):
+                i = int(np.argmin(costs))
+                best[j, c], back[j, c] = costs[i], i
+    c = int(np.argmin(best[n - 1, 1:])) + 1
+    chosen, j = [], n - 1
+    while c >= 1:
+        chosen.append(int(values[j]))
+        j, c = int(back[j, c]), c - 1
+    return sorted(chosen)
+
+
 class PadCollator:
-    """Pads a batch to its longest window, rounded up to ``multiple_of`` (tensor-core / AVX friendly);
+    """Pads a batch to its longest window, rounded up to ``multiple_of`` (tensor-core / AVX friendly) -- or, with
+    ``buckets``, to the smallest of those lengths that holds it (few shapes: :func:`length_buckets`);
     ``fixed_length`` pads every batch to that length instead (the seed's behaviour, for baselines)."""
 
-    def __init__(self, pad_id: int, multiple_of: int = 8, fixed_length: int | None = None):
+    def __init__(self, pad_id: int, multiple_of: int = 8, fixed_length: int | None = None,
+                 buckets: list[int] | None = None):
         self.pad_id, self.multiple_of, self.fixed_length = pad_id, multiple_of, fixed_length
+        self.buckets = sorted(buckets) if buckets else None
 
     def __call__(self, items: list[dict]) -> dict[str, torch.Tensor]:
         longest = max(len(it["input_ids"]) for it in items)
         length = self.fixed_length or padded_length(longest, self.multiple_of)
+        if self.buckets and not self.fixed_length and length <= self.buckets[-1]:
+            length = next(b for b in self.buckets if b >= length)
         n = len(items)
         input_ids = torch.full((n, length), self.pad_id, dtype=torch.long)
         attention_mask = torch.zeros((n, length), dtype=torch.long)
@@ -130,7 +168,10 @@ class PadCollator:
             if typed:
                 token_type_ids[r, :k] = torch.tensor(it["token_type_ids"])
         batch = {"input_ids": input_ids, "attention_mask": attention_mask,
-                 "index": torch.tensor([it["index"] for it in items])}
+                 "index": torch.tensor([it["index"] for it in items]),
+                 # On the host, never moved to a device: whether a batch is padded needs no read of the device
+                 # (engine/evaluation.py: model_inputs).
+                 "full_rows": np.array([len(it["input_ids"]) == length for it in items])}
         if typed:
             batch["token_type_ids"] = token_type_ids
         if "start_positions" in items[0]:
@@ -147,16 +188,31 @@ def pad_multiple(setting, compiled: bool) -> int:
     return int(setting)
 
 
+def train_buckets(train_set: TrainWindowDataset, batch_size: int, k: int, multiple_of: int = 8) -> list[int] | None:
+    """The padded lengths of :func:`length_buckets` for the first epoch's length-grouped batches (the same in every
+    run of the same data and seed, a resumed one included); ``None`` when ``k`` is 0 (off)."""
+    if not k:
+        return None
+    lengths = window_lengths(train_set.enc, train_set.windows)
+    batches = list(LengthGroupedBatches(train_set, batch_size))
+    maxima = np.array([lengths[b].max() for b in batches])
+    sizes = np.array([len(b) for b in batches])
+    return length_buckets(maxima, sizes, k, multiple_of)
+
+
 def train_loader(train_set: TrainWindowDataset, batch_size: int, pad_id: int, *, group_by_length: bool,
                  num_workers: int = 0, fixed_length: int | None = None, multiple_of: int = 8,
-                 pin_memory: bool = False) -> DataLoader:
+                 pin_memory: bool = False, buckets: list[int] | None = None) -> DataLoader:
     """Shuffled training batches whose order depends only on (seed, epoch); with ``group_by_length``
-    batches of similar length (:class:`LengthGroupedBatches`), so each pads little. ``pin_memory`` (CUDA):
-    page-locked batches, copied to the GPU without blocking the host."""
+    batches of similar length (:class:`LengthGroupedBatches`), so each pads little; with ``buckets``, padded to
+    one of those lengths (:func:`train_buckets`). ``pin_memory`` (CUDA): page-locked batches, copied to the GPU
+    without blocking the host; ``num_workers``: batches made in worker processes, ahead of the step."""
     # Its own generator, so creating a batch iterator never draws from the global RNG (dropout's).
     common = {"num_workers": num_workers, "pin_memory": pin_memory,
-              "collate_fn": PadCollator(pad_id, multiple_of=multiple_of, fixed_length=fixed_length),
+              "collate_fn": PadCollator(pad_id, multiple_of=multiple_of, fixed_length=fixed_length, buckets=buckets),
               "generator": torch.Generator().manual_seed(train_set.seed)}
+    if num_workers:
+        common["persistent_workers"] = True  # not one new worker pool per epoch
     if group_by_length:
         return DataLoader(train_set, batch_sampler=LengthGroupedBatches(train_set, batch_size), **common)
     return DataLoader(train_set, batch_size=batch_size, shuffle=True, **common)

@@ -218,10 +218,14 @@ class StopRequest:
         if self.requested:
             raise Interrupted(None, step, where)
 
-    def agreed(self, accelerator) -> bool:
-        """Whether any process was asked to stop (all processes must stop at the same step)."""
+    def agreed(self, accelerator, step: int | None = None, every: int = 1) -> bool:
+        """Whether any process was asked to stop (all processes must stop at the same step). One process answers
+        from its flag; several exchange theirs only at steps that are multiples of ``every`` (a collective and a host
+        read per step would cost a GPU as much as the step), or whenever ``step`` is ``None`` (an epoch's end)."""
         if accelerator.num_processes == 1:
             return self.requested
+        if step is not None and step % every:
+            return False
         import torch
 
         flag = torch.tensor([1.0 if self.requested else 0.0], device=accelerator.device)

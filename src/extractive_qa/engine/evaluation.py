@@ -28,8 +28,26 @@ MODEL_INPUTS = ("input_ids", "token_type_ids", "attention_mask")  # token_type_i
 
 
 def model_inputs(batch: dict) -> dict:
-    """The model's inputs of a collated batch (no ``token_type_ids`` for models that take none)."""
-    return {k: batch[k] for k in MODEL_INPUTS if k in batch}
+    """The model's inputs of a collated batch (no ``token_type_ids`` for models that take none), with the attention
+    mask in a form that needs no host read of the device.
+
+    transformers builds its SDPA mask from a 2D one by asking ``padding_mask.all()`` -- a read of a device value, so
+    on a GPU every forward waited for the device (found by tests/test_loop.py). The collator knows on the host which
+    rows fill their padded length (``full_rows``): a batch without padding gets no mask (what transformers does after
+    that read, letting SDPA use its fused kernels), a padded one the additive 4D mask transformers makes for eager
+    attention (0 where a token is attended, the dtype's minimum where it is padding), which it takes as it is."""
+    inputs = {k: batch[k] for k in ("input_ids", "token_type_ids") if k in batch}
+    mask = batch.get("attention_mask")
+    full = batch.get("full_rows")
+    if mask is None or (full is not None and bool(np.all(full))):
+        return inputs
+    inputs["attention_mask"] = additive_mask(mask)
+    return inputs
+
+
+def additive_mask(mask: torch.Tensor) -> torch.Tensor:
+    """``(batch, 1, 1, length)``: 0 where ``mask`` is 1, float32's minimum where it is 0, on ``mask``'s device."""
+    return (1.0 - mask[:, None, None, :].to(torch.float32)) * torch.finfo(torch.float32).min
 
 
 class EvaluationStopped(Exception):

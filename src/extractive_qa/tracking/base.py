@@ -54,6 +54,11 @@ class Tracker:
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None: ...
 
+    def flush(self) -> bool:
+        """Send what is queued (a tracker that writes in the background); whether everything went. Called before
+        every checkpoint, so that a run resumed from it lacks nothing the checkpoint covers."""
+        return True
+
     def rewind(self, step: int) -> None:
         """The run continues from its checkpoint at ``step``: what was logged for later steps (before a kill) is
         logged again as training retraces them, and must not appear twice."""
@@ -111,6 +116,9 @@ class MultiTracker(Tracker):
     def rewind(self, step: int) -> None:
         for t in self.trackers:
             t.rewind(step)
+
+    def flush(self) -> bool:
+        return all([t.flush() for t in self.trackers])
 
     def log_dict(self, obj: dict, name: str) -> None:
         for t in self.trackers:

@@ -5,17 +5,22 @@ tracker or mlflow's fluent API: Accelerate's tracker sets no tracking URI, does 
 and drops non-numeric values, and the fluent API keeps a process-global "active run" that leaks from
 one Hydra ``-m`` job into the next (all jobs share one process).
 
-Tracking never kills training. When the store stops answering mid-run, the tracker warns once, keeps
-every call in a queue (the metrics are in ``metrics.jsonl`` anyway), tries again every
-``RETRY_AFTER_S`` seconds and sends the queue, in order, when the store is back -- at the latest when
-the run ends. What still cannot be sent then is named, with the command that sends it later
-(``python -m extractive_qa.sync RUN_DIR``).
+Tracking never slows or kills training. Every call goes into a queue that one background thread sends, in
+order: the loop never waits for a sqlite write or an HTTP round trip (a synchronous write every ``logging_steps``
+cost a tiny model's loop 5-10% of its speed on a CPU, and would cost a GPU's more: ``make bench
+ARGS="bench.parts=[loop]"``). Nothing is lost to it: ``metrics.jsonl`` is written first, in the loop; the queue is
+flushed before every checkpoint (a run resumed from one lacks nothing the checkpoint covers, and re-logs what came
+after as it retraces it) and when the run ends. When the store stops answering mid-run, the tracker warns once,
+keeps every call queued, tries again every ``RETRY_AFTER_S`` seconds and sends the queue, in order, when the store
+is back -- at the latest when the run ends. What still cannot be sent then is named, with the command that sends it
+later (``python -m extractive_qa.sync RUN_DIR``).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 import warnings
 from collections.abc import Callable
@@ -74,6 +79,9 @@ class MlflowTracker(Tracker):
         name = str(cfg.tracking.get("experiment_name") or cfg.experiment_name)
         self.client, self.experiment_id = connect(self.uri, name, cfg.tracking.get("artifact_root"))
         self._queue: list[tuple[str, Callable[[], object]]] = []
+        self._queued = threading.Condition()  # guards _queue; the writer waits on it
+        self._writer: threading.Thread | None = None
+        self._closing = False
         self._down_since: float | None = None
         self._next_try = 0.0
         self._logged_after_checkpoint: dict[str, set[int]] = {}  # see rewind()
@@ -121,16 +129,51 @@ class MlflowTracker(Tracker):
             log.warning("system metrics are off: %s", err)
             self._monitor = None
 
-    # -- sending, with a queue while the store is down
+    # -- sending: a queue, one writer thread, kept while the store is down
     def _send(self, what: str, call: Callable[[], object]) -> None:
-        self._queue.append((what, call))
-        if self._down_since is None or time.monotonic() >= self._next_try:
+        with self._queued:
+            self._queue.append((what, call))
+            if self._writer is None:
+                self._writer = threading.Thread(target=self._write, name="mlflow-writer", daemon=True)
+                self._writer.start()
+            self._queued.notify_all()
+
+    def _write(self) -> None:
+        """The writer thread: sends the queue whenever it holds something and the store is up (or due a retry)."""
+        while True:
+            with self._queued:
+                while not self._closing and (not self._queue or (
+                        self._down_since is not None and time.monotonic() < self._next_try)):
+                    wait = None if not self._queue else max(0.05, self._next_try - time.monotonic())
+                    self._queued.wait(wait)
+                if self._closing:
+                    return
             self._drain()
+            with self._queued:
+                self._queued.notify_all()  # flush() waits for an empty queue
+
+    def flush(self) -> bool:
+        """Wait until everything queued so far is sent (``True``), or the store is found down (``False``, the queue
+        kept for later). Before each checkpoint: a run resumed from it then lacks nothing the checkpoint covers."""
+        with self._queued:
+            while self._queue and self._down_since is None and self._writer is not None and self._writer.is_alive():
+                self._queued.wait(1.0)
+            return not self._queue
+
+    def _stop_writer(self) -> None:
+        with self._queued:
+            self._closing = True
+            self._queued.notify_all()
+        if self._writer is not None and self._writer is not threading.current_thread():
+            self._writer.join()
 
     def _drain(self) -> bool:
         """Send the queue in order; ``False`` (and queue kept) while the store is unreachable."""
-        while self._queue:
-            what, call = self._queue[0]
+        while True:
+            with self._queued:
+                if not self._queue:
+                    break
+                what, call = self._queue[0]
             try:
                 with_retry(call, what)
             except Exception as err:  # noqa: BLE001 - tracking must never stop training
@@ -138,7 +181,8 @@ class MlflowTracker(Tracker):
                     self._went_down(err)
                     return False
                 log.warning("mlflow: %s failed and is skipped (%s: %s)", what, type(err).__name__, str(err)[:300])
-            self._queue.pop(0)
+            with self._queued:
+                self._queue.pop(0)
         if self._down_since is not None:
             log.warning("MLflow at %s answers again after %.0fs: sent everything queued meanwhile", self.uri,
                         time.monotonic() - self._down_since)
@@ -238,6 +282,7 @@ class MlflowTracker(Tracker):
             from .mlflow_view import publish_view
 
             self._send("publish view", lambda: publish_view(self.client, self.experiment_id, self._optimize_metric))
+        self._stop_writer()  # what it was sending is sent; the rest goes now, from here, once more whatever the retry
         if not self._drain():
             log.error("MLflow at %s is still unreachable: %d tracking calls were not sent "
                       "(the run's metrics are in %s). "
