@@ -75,13 +75,36 @@ def report_sweep(backend: TrackingBackend, sweep: str | None, out_dir: Path | No
     states = ("FINISHED", "PRUNED", "FAILED", "KILLED", "RUNNING")  # pruned trials counted apart
     counts = ", ".join(f"{sum(r.status == s for r in rows)} {s}" for s in states
                        if any(r.status == s for r in rows))
-    lines = [f"command: {record.command}", f"{len(rows)} runs ({counts}); swept: {', '.join(keys) or 'nothing'}"]
+    lines = [f"command: {record.command}", f"{len(rows)} runs ({counts}); swept: {', '.join(keys) or 'nothing'}",
+             *race_history(record)]
+    for line in lines[2:]:
+        print(line)
     comparison = comparison_of(backend, configurations_of(rows), optimize_metric_of(rows))
     out = out_dir or project_root() / "outputs" / "reports" / f"sweep-{record.id}"
     tables = write_report(backend, f"Sweep {record.id}", lines, rows, keys, out, comparison)
     if log:
         backend.attach_report(out, list(REPORT_FILES), record, None, tables)
     return out, comparison
+
+
+def race_history(record) -> list[str]:
+    """A race's looks, in words, from the newest ``race.json`` among the folders the sweep ran in (nothing for a
+    sweep that is not a race)."""
+    import json
+
+    found = [Path(d) / "race.json" for d in record.dirs if (Path(d) / "race.json").is_file()]
+    if not found:
+        return []
+    race = json.loads(max(found, key=lambda p: p.stat().st_mtime).read_text())
+    lines = [f"race over {len(race['configurations'])} configurations ({race['settings']['first_seeds']} seeds first, "
+             f"at most {race['settings']['max_seeds']}; alpha {race['settings']['alpha']} spent over its looks):"]
+    for look in race["looks"]:
+        lines.append(f"  look {look['look']} (alpha {look['alpha']}): {look['alive']} alive ({look['seeds']}); best "
+                     f"{look['best']}; dropped: {look['dropped']}")
+    lines += [f"  dropped {label}: {why}" for label, why in race["dropped"].items()]
+    lines.append(f"  {'best established: ' + race['best'] if race['established'] else 'no best established yet'}; "
+                 f"still in the race: {', '.join(race['alive'])}")
+    return lines
 
 
 def report_experiment(backend: TrackingBackend, experiment: str, out_dir: Path | None,
@@ -140,7 +163,8 @@ def compare_two(backend: TrackingBackend, a: str, b: str, out_dir: Path | None,
     return out, comparison
 
 
-def main(argv: list[str] | None = None) -> None:
+def arguments() -> argparse.ArgumentParser:
+    """The command line of ``python -m extractive_qa.compare`` (also read by the docs' test of every command)."""
     parser = argparse.ArgumentParser(prog="python -m extractive_qa.compare", description=__doc__.split("\n\n")[0])
     parser.add_argument("sides", nargs="*", metavar="A B",
                         help="two runs, configurations or sweeps to compare (see above)")
@@ -158,6 +182,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--questions", type=int, default=3000, help="dev questions per simulated run (--calibrate)")
     parser.add_argument("--links", metavar="UI", help="only print the links that open each experiment's runs view in "
                         "the UI served at UI (make ui: http://127.0.0.1:5000)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = arguments()
     args = parser.parse_args(argv)
     if args.calibrate:
         from .core.calibration import report

@@ -18,6 +18,7 @@ from extractive_qa.core.significance import (
     em_by_bucket,
     flips,
     holm,
+    pooled_seed_variance,
     position_bucket,
     question_word,
     scores,
@@ -158,16 +159,22 @@ def test_holm_adjusts_step_down():
     assert holm([0.5, 0.9]) == [1.0, 1.0]
 
 
-def test_the_best_against_the_others_is_adjusted_over_every_pair():
+def test_the_best_against_the_others_is_simultaneous_over_every_pair():
     rng = np.random.default_rng(7)
     p = rng.beta(2, 1, 800).clip(0.02, 0.9)
     configs = {"lr=1": _seeds(rng, p + 0.08, 3, 0.1), "lr=2": _seeds(rng, p, 3, 0.1), "lr=3": _seeds(rng, p, 3, 0.1)}
     out = against_best(configs, "lr=1")
-    assert set(out) == {"lr=2", "lr=3"}
+    pooled = pooled_seed_variance(list(configs.values()))
+    assert set(out) == {"lr=2", "lr=3"} and pooled is not None and pooled[1] == 6  # 3 x (3 - 1) seed dfs
     for other, d in out.items():
-        alone = difference(configs["lr=1"], configs[other])
+        alone = difference(configs["lr=1"], configs[other], pooled=pooled, family=3)
         assert d.delta == pytest.approx(alone.delta) and d.p_value == pytest.approx(alone.p_value)
-        assert d.pairs == 3 and d.p_family >= d.p_value and d.significant == (d.p_family < 0.05)
+        assert d.pairs == 3 and d.pooled and d.p_family >= d.p_value
+        assert d.significant == (d.p_family < 0.05) == (d.low > 0 or d.high < 0)
+        pair = difference(configs["lr=1"], configs[other], pooled=pooled).critical
+        # Step down: the largest t is tested over all 3 configurations (wider than a pair), the next over 2.
+        assert (d.critical > pair) if d.step_size == 3 else (d.step_size == 2 and d.critical == pytest.approx(pair))
+    assert sorted(d.step_size for d in out.values()) == [2, 3]
 
 
 # ---------------------------------------------------------------- power, said plainly

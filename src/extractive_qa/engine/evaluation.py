@@ -201,6 +201,7 @@ def score(predictions: Sequence[Prediction], enc: EncodedExamples) -> tuple[dict
     """Aggregate scores over questions with references, and one row per question (with the span's score);
     :func:`~extractive_qa.core.metrics.score_answers` does the scoring, for ``evaluate`` too."""
     aggregate, rows = score_answers({p.id: p.text for p in predictions}, enc.examples)
-    for row, p in zip(rows, predictions, strict=True):
+    for row, p, ex in zip(rows, predictions, enc.examples, strict=True):
         row["score"] = p.score
+        row["paragraph"] = ex.context_key  # the sampling unit of a comparison's question part (core/significance)
     return aggregate, rows

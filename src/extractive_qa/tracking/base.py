@@ -170,6 +170,7 @@ class SweepRecord:
     run_id: str
     keys: list[str]
     command: str = ""
+    dirs: list[str] = field(default_factory=list)  # the folders it ran in (a race's history is there)
 
 
 class TrackingBackend:
@@ -202,6 +203,10 @@ class TrackingBackend:
             f"{what} reads runs back from a tracking store, and tracking={self.name} keeps none. Fix: tracking=mlflow "
             "(the default; runs trained with tracking=none can be sent there with `python -m extractive_qa.sync "
             "RUN_DIR`), or name run folders directly (run_dir=..., run_dirs=[...]).")
+
+    def record_race(self, info: dict, rows: list[dict], verdict: str, run_tags: dict[str, dict[str, str]]) -> None:
+        """A race's rounds table and verdict on its sweep's parent, and tags on runs by id (the store's view of
+        ``race.json``; a backend without one has nothing to do)."""
 
     def find_sweep(self, sweep: str | None) -> SweepRecord:
         raise self.unsupported("finding a sweep")

@@ -29,6 +29,7 @@ from ..core.significance import (
     against_best,
     answer_length_bucket,
     em_by_bucket,
+    failed_runs,
     flips,
     position_bucket,
     question_word,
@@ -63,11 +64,13 @@ class Configuration:
 
 @dataclass
 class Questions:
-    """The dev questions every compared run was scored on, in the first run's order."""
+    """The dev questions every compared run was scored on, in the first run's order, with each one's paragraph (the
+    sampling unit of the comparison's question part; ``None`` when the runs did not record it)."""
 
     ids: list[str]
     questions: list[str]
     references: list[list[str]]
+    paragraphs: list[str] | None = None
 
 
 @dataclass
@@ -79,6 +82,7 @@ class Comparison:
     flip_examples: list[dict]
     buckets: list[dict]
     lines: list[str]  # the verdicts, in words
+    failed: list[dict] = field(default_factory=list)  # runs far below their configuration's others (named)
 
 
 def _read_predictions(path: Path) -> dict[str, dict]:
@@ -118,20 +122,44 @@ def load(backend: TrackingBackend, configurations: list[Configuration], metrics=
     first = next(iter(per_run.values()))[1]
     # Questions without references score 0 for everyone and are not in the run's EM: left out here too.
     ids = [i for i, row in first.items() if row.get("references") and all(i in rows for _, rows in per_run.values())]
+    paragraphs = [first[i].get("paragraph") for i in ids]
+    if not all(p is not None for p in paragraphs):
+        paragraphs = _paragraphs_from_dev_file(configurations, ids)
     dropped = max(sum(1 for r in rows.values() if r.get("references")) for _, rows in per_run.values()) - len(ids)
     if dropped:
         log.warning("the runs were scored on different dev questions: comparing the %d they share (%d left out)",
                     len(ids), dropped)
+    codes = None if paragraphs is None else np.unique(np.asarray(paragraphs, dtype=str), return_inverse=True)[1]
     for config in configurations:
         for metric in metrics:
             matrix = [[_score(run, per_run[_key(run)][0], per_run[_key(run)][1][i], metric) for i in ids]
                       for run in config.runs]
             config.scores[metric] = Scores(np.asarray(matrix, dtype=np.float64).reshape(len(config.runs), len(ids)),
-                                           config.label)
+                                           config.label, codes)
         best = max(config.runs, key=lambda r: best_metrics(r).get("em", -1.0))
         config.answers = [per_run[_key(best)][1][i]["prediction"] for i in ids]
     return Questions(ids=ids, questions=[first[i]["question"] for i in ids],
-                     references=[list(first[i].get("references") or []) for i in ids])
+                     references=[list(first[i].get("references") or []) for i in ids], paragraphs=paragraphs)
+
+
+def _paragraphs_from_dev_file(configurations: list[Configuration], ids: list[str]) -> list[str] | None:
+    """Each question's paragraph for runs that did not record it (before issue 42): from the dev file a run's
+    config names, when it can be read here; else ``None`` (questions counted alone, and said so)."""
+    from omegaconf import OmegaConf
+
+    from ..core.data import read_examples
+
+    for run in (r for c in configurations for r in c.runs if r.run_dir):
+        try:
+            cfg = OmegaConf.load(Path(run.run_dir) / "config_resolved.yaml")
+            by_id = {ex.id: ex.context_key for ex in read_examples(str(cfg.data.dev_file)).examples}
+            if all(i in by_id for i in ids):
+                return [by_id[i] for i in ids]
+        except Exception as err:  # noqa: BLE001 - the comparison goes on, counting questions alone
+            log.warning("paragraphs of %s not found (%s): questions counted alone", run.name, str(err)[:200])
+            return None
+    log.warning("the runs did not record their questions' paragraphs: questions counted alone")
+    return None
 
 
 def _fmt_need(diff: Difference) -> str:
@@ -155,7 +183,7 @@ def _row(other: Configuration, diffs: dict[str, Difference], key: str, best_only
            "verdict": "real" if d.significant else "no verdict" if d.reason else "not established",
            f"Δ{label} (points)": pts(d.delta), "95% low": pts(d.low), "95% high": pts(d.high),
            "p": round(d.p_value, 4) if math.isfinite(d.p_value) else None,
-           **({"p over all pairs (Holm)": round(d.p_family, 4)} if d.p_family is not None else {}),
+           **({"p simultaneous": round(d.p_family, 4)} if d.p_family is not None else {}),
            "seeds": other.scores[key].seeds, f"mean {label}": round(other.mean(key), 4),
            "smallest detectable (points)": pts(d.detectable),
            "seeds needed": _fmt_need(d) if not d.significant else ""}
@@ -193,9 +221,34 @@ def compare(configurations: list[Configuration], questions: Questions, metric: s
                 examples.append({"pair": f"{best.label} vs {other.label}", "flip": direction, "id": questions.ids[i],
                                  "question": questions.questions[i], "references": " | ".join(questions.references[i]),
                                  "answer of the best": best.answers[i], "answer of the other": other.answers[i]})
+    failed, without = _failed_runs(ranked, key, best)
+    lines.extend(without)
     bucket_rows = em_by_bucket(buckets or {}, {c.label: c.per_question("em") for c in ranked})
     return Comparison(reference=best.label, metric=key, questions=len(questions.ids), differences=differences,
-                      flip_examples=examples, buckets=bucket_rows, lines=lines)
+                      flip_examples=examples, buckets=bucket_rows, lines=lines, failed=failed)
+
+
+def _failed_runs(ranked: list[Configuration], key: str, best: Configuration) -> tuple[list[dict], list[str]]:
+    """Runs far below their configuration's others, named (rows for the report), and what the comparison says
+    without them (lines) -- beside the comparison of every run, which stays the verdict: what a user gets."""
+    found = failed_runs({c.label: c.scores[key] for c in ranked})
+    if not found:
+        return [], []
+    label = METRIC_LABELS[key]
+    rows, names = [], []
+    for config in ranked:
+        for r, gap in found.get(config.label, []):
+            rows.append({"configuration": config.label, "run": config.runs[r].name,
+                         f"points below its siblings ({label})": round(100 * gap, 2),
+                         "failure rate of the configuration": f"{len(found[config.label])} of {len(config.runs)}"})
+            names.append(f"{config.runs[r].name}: {100 * gap:.1f} {label} points below its siblings")
+    lines = [f"Failed runs (far below their configuration's other seeds; counted above, as a user would get them): "
+             f"{'; '.join(names)}."]
+    trimmed = {c.label: c.scores[key].without([r for r, _ in found.get(c.label, [])]) for c in ranked}
+    again = against_best(trimmed, best.label)
+    for other, d in again.items():
+        lines.append(f"  without the failed runs, {best.label} vs {other}: {verdict(d, best.label, other, label)}")
+    return rows, lines
 
 
 def question_buckets(questions: Questions, run: RunRow | None = None) -> dict[str, list[str]]:

@@ -71,15 +71,30 @@ class MlflowBackend(TrackingBackend):
             with_retry(lambda: self.client.set_terminated(run_id, "KILLED"), "set status")
             log.warning("MLflow run %s ended as KILLED (its process is gone)", run_id)
 
+    def record_race(self, info: dict, rows: list[dict], verdict: str, run_tags: dict[str, dict[str, str]]) -> None:
+        import pandas as pd
+        from mlflow.entities import RunTag
+
+        client = self.client
+        parent = info.get("parent_run_id")
+        if parent:
+            with_retry(lambda: client.log_table(parent, data=pd.DataFrame(rows), artifact_file="race/rounds.json"),
+                       "log race rounds")
+            tags = [RunTag("race.verdict", verdict[:5000]), RunTag("race.looks", str(len(rows)))]
+            with_retry(lambda: client.log_batch(parent, tags=tags), "tag race parent")
+        for run_id, tags in run_tags.items():
+            items = [RunTag(k, str(v)[:5000]) for k, v in tags.items()]
+            with_retry(lambda r=run_id, t=items: client.log_batch(r, tags=t), "tag dropped run")
+
     # -- reading back
     def find_sweep(self, sweep: str | None) -> SweepRecord:
-        from .parents import find_sweep
+        from .parents import find_sweep, sweep_dirs
 
         parent = find_sweep(self.client, sweep)
         tags = parent.data.tags
         return SweepRecord(id=tags.get("sweep.id", parent.info.run_id[:6]), run_id=parent.info.run_id,
                            keys=[k for k in tags.get("sweep.keys", "").split(", ") if k],
-                           command=tags.get("sweep.command", ""))
+                           command=tags.get("sweep.command", ""), dirs=sweep_dirs(parent))
 
     def sweep_runs(self, sweep: SweepRecord) -> list[RunRow]:
         from .parents import children_of, row_of

@@ -19,8 +19,10 @@ from .summary import Group, best_metrics, group_by_config, optimize_metric_of, r
 PLOTS = ("dev_em.png", "dev_em_steps.png", "train_loss.png")
 # What every interval, p-value and verdict of a comparison counts, said wherever they are shown.
 MEANING = ("Δ = best − other in points; its 95% interval and p-value count both sources of noise: the seeds "
-           "(each configuration's spread from run to run) and the dev questions (paired, question by question); "
-           "in a sweep the verdict's p is Holm-adjusted over every pair of configurations")
+           "(each configuration's spread from run to run, pooled over a sweep's configurations when their spreads "
+           "agree) and the dev questions (paired, with each paragraph's questions counted together); in a sweep the "
+           "interval and p are simultaneous over every pair of configurations, so an interval excludes 0 exactly "
+           "when its line says real")
 REPORT_FILES = ("report.html", "report.md", *PLOTS)
 Table = tuple[list[str], list[list[str]]]  # header, rows
 
@@ -176,9 +178,10 @@ def significance_section(comparison: Comparison) -> Section:
         verdict_md=["## Is the difference real?", "", intro, "", *(f"- {line}" for line in comparison.lines), ""],
         verdict_html=["<h2>Is the difference real?</h2>", f"<p>{html.escape(intro).replace('**', '')}</p>",
                       "<ul>" + "".join(f"<li>{html.escape(line)}</li>" for line in comparison.lines) + "</ul>"])
-    tables = {"differences": comparison.differences, "flips": comparison.flip_examples,
-              "em_by_bucket": comparison.buckets}
+    tables = {"differences": comparison.differences, "failed_runs": comparison.failed,
+              "flips": comparison.flip_examples, "em_by_bucket": comparison.buckets}
     titles = {"differences": "Differences from the best configuration", "flips": "Flips: examples",
+              "failed_runs": "Failed runs (far below their configuration's other seeds)",
               "em_by_bucket": "EM by bucket (per configuration)"}
     for name, rows in tables.items():
         if rows:

@@ -1,0 +1,47 @@
+"""A real race of the tiny model (``-m hparams_search=race``): one hopeless learning rate among three is dropped after
+round 1 and the race ends with a verdict; the same race killed mid-round and run again trains no finished seed again
+and decides the same. (A budget of one round keeps it to 9 runs: the rounds after it are the same code.)"""
+
+from __future__ import annotations
+
+import json
+import signal
+
+from mlflow.tracking import MlflowClient
+
+from helpers import NO_DROPOUT, empty_store, run_module, run_with_faults
+
+
+def _race(synthetic, tmp, uri: str) -> list[str]:
+    # 3 seeds in round 1: two seeds measure a configuration's spread on one degree of freedom, and no calibrated look
+    # can drop anything on that; the hopeless lr scores 0 on every question, the others 30-60 EM points.
+    return ["-m", "hparams_search=race", "lr=3e-3,2e-3,1e-9", "hydra.sweeper.first_seeds=3",
+            "hydra.sweeper.max_seeds=3", f"paths.output_dir={tmp}/outputs", f"paths.cache_dir={tmp}/cache",
+            f"tracking.uri={uri}", "experiment_name=race", "model=tiny", f"model.name_or_path={synthetic['model']}",
+            f"data.dir={synthetic['data']}", "data.limit_train=600", "predict_test=false", "epochs=2",
+            "batch_size=16", "logging_steps=20", *NO_DROPOUT, "tracking.system_metrics=false"]
+
+
+def test_a_race_drops_the_hopeless_rate_after_round_1_and_continues_where_it_was_killed(synthetic, tmp_path):
+    uri = empty_store(tmp_path)
+    args = _race(synthetic, tmp_path, uri)
+    # Killed (SIGKILL) mid-round: the 8th job's setup (7 runs have finished).
+    killed = run_with_faults(["before:setup#8=SIGKILL"], *args, f"hydra.sweep.dir={tmp_path}/outputs/sweeps/first")
+    assert killed.returncode == -signal.SIGKILL
+    assert not (tmp_path / "outputs" / "sweeps" / "first" / "race.json").exists()  # no look yet
+    again = run_module("extractive_qa.train", *args, f"hydra.sweep.dir={tmp_path}/outputs/sweeps/second")
+    out = again.stdout + again.stderr
+    assert out.count("already finished:") == 7  # the finished runs are read back, not retrained
+    race = json.loads((tmp_path / "outputs" / "sweeps" / "second" / "race.json").read_text())
+    assert [look["dropped"] for look in race["looks"]] == ["lr=1e-09"]  # dropped after round 1
+    assert race["looks"][0]["seeds"] == "lr=0.003: 3, lr=0.002: 3, lr=1e-09: 3"
+    assert "race: " in out and ("best established" in out or "no best established within the budget" in out)
+    # MLflow: the rounds table and the verdict on the parent, why on every dropped run.
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("race").experiment_id], max_results=100)
+    parent = next(r for r in runs if r.data.tags.get("sweep.parent") == "true")
+    assert parent.data.tags["race.looks"] == "1" and parent.data.tags["race.verdict"]
+    rounds = client.download_artifacts(parent.info.run_id, "race/rounds.json", str(tmp_path))
+    assert len(json.loads(open(rounds).read())["data"]) == 1
+    dropped = [r for r in runs if r.data.tags.get("race.dropped")]
+    assert len(dropped) == 3 and all("look 1:" in r.data.tags["race.dropped"] for r in dropped)
