@@ -73,7 +73,7 @@ def test_feature_cache_tokenizes_once(tmp_path, char_tokenizer, monkeypatch):
     examples = read_examples(path)
     window = WindowConfig()
     first = encode_cached(examples, char_tokenizer, window, tmp_path / "cache")
-    cached = list((tmp_path / "cache" / "features").glob("*.npz"))
+    cached = [p for p in (tmp_path / "cache" / "features").iterdir() if (p / "features.json").is_file()]
     assert len(cached) == 1
 
     def fail(*args, **kwargs):
@@ -84,9 +84,19 @@ def test_feature_cache_tokenizes_once(tmp_path, char_tokenizer, monkeypatch):
     assert _lists(second.context_ids) == _lists(first.context_ids)
     assert _lists(second.question_ids) == _lists(first.question_ids)
     assert second.examples[0] is examples.examples[0]
-    # Another question length is another key (and would tokenize again).
+    assert second.answer_token_span(0) == first.answer_token_span(0) is not None
+    # Another question length is another key (and would tokenize again), and so is training's lean encoding.
     with pytest.raises(AssertionError, match="tokenized again"):
         encode_cached(examples, char_tokenizer, WindowConfig(max_question_len=8), tmp_path / "cache")
+    with pytest.raises(AssertionError, match="tokenized again"):
+        encode_cached(examples, char_tokenizer, window, tmp_path / "cache", offsets=False)
+    monkeypatch.undo()
+    encode_cached(examples, char_tokenizer, window, tmp_path / "cache", offsets=False)
+    (lean,) = [p for p in (tmp_path / "cache" / "features").iterdir() if p.is_dir() and p != cached[0]]
+    assert not (lean / "context_offsets.npy").exists() and (cached[0] / "context_offsets.npy").is_file()
+    monkeypatch.setattr("extractive_qa.core.features.encode_examples", fail)
+    again = encode_cached(examples, char_tokenizer, window, tmp_path / "cache", offsets=False)
+    assert again.context_offsets is None and again.answer_token_span(0) == first.answer_token_span(0)
 
 
 def test_gpu_check_runs_end_to_end_and_writes_its_json(tmp_path):

@@ -306,7 +306,9 @@ class TrainingRecipe:
         cfg = self.cfg
         self.window = window_config(cfg.window)
         cache = Path(cfg.paths.cache_dir) if cfg.feature_cache else None
-        self.encoded = {s: encode_cached(ex, self.tokenizer, self.window, cache) for s, ex in self.splits.items()}
+        # Training needs its labels' token spans, not character offsets: they are kept for dev and test only.
+        self.encoded = {s: encode_cached(ex, self.tokenizer, self.window, cache, offsets=s != "train")
+                        for s, ex in self.splits.items()}
         self.dev_windows = eval_windows(self.encoded["dev"], self.window)
         self.post = PostprocessSettings.from_cfg(cfg)
         self.data_report = data_report(self.splits["dev"], self.encoded["dev"], self.dev_windows, self.window,

@@ -1,4 +1,4 @@
-"""Nothing a run reads back can run code: the feature cache is numbers (``.npz`` without pickles, JSON), a
+"""Nothing a run reads back can run code: the feature cache is numbers (``.npy`` without pickles, JSON), a
 crafted cache file is rebuilt with a warning and its payload never runs, and no reader in the package
 unpickles (a scan of the source)."""
 
@@ -39,11 +39,11 @@ def test_a_crafted_cache_file_runs_no_code_and_is_rebuilt(tmp_path, char_tokeniz
     examples = read_examples(path)
     window = WindowConfig()
     first = encode_cached(examples, char_tokenizer, window, tmp_path / "cache")
-    (cached,) = (tmp_path / "cache" / "features").glob("*.npz")
+    (cached,) = [p for p in (tmp_path / "cache" / "features").iterdir() if (p / "features.json").is_file()]
     marker = tmp_path / "pwned"
-    # Same name, hostile content: an npz whose arrays are pickled objects, and a plain pickle beside it.
-    np.savez(cached, key=np.array([_Payload(str(marker))], dtype=object), digest=np.array("x"))
-    (cached.with_suffix(".pkl")).write_bytes(pickle.dumps(_Payload(str(marker))))
+    # Same names, hostile content: an array file of pickled objects, and a plain pickle beside it.
+    np.save(cached / "question_ids.npy", np.array([_Payload(str(marker))], dtype=object), allow_pickle=True)
+    (cached / "question_ids.pkl").write_bytes(pickle.dumps(_Payload(str(marker))))
     with caplog.at_level(logging.WARNING):
         again = encode_cached(examples, char_tokenizer, window, tmp_path / "cache")
     assert not marker.exists()  # nothing ran
@@ -51,9 +51,8 @@ def test_a_crafted_cache_file_runs_no_code_and_is_rebuilt(tmp_path, char_tokeniz
     assert _lists(again.question_ids) == _lists(first.question_ids)
     assert _lists(again.context_ids) == _lists(first.context_ids)
     # A cache entry whose numbers were altered is caught by its digest, not trusted.
-    data = dict(np.load(cached, allow_pickle=False))
-    data["question_ids"] = data["question_ids"] + 1
-    np.savez(cached, **data)
+    ids = np.load(cached / "question_ids.npy", allow_pickle=False)
+    np.save(cached / "question_ids.npy", ids + 1)
     caplog.clear()
     with caplog.at_level(logging.WARNING):
         third = encode_cached(examples, char_tokenizer, window, tmp_path / "cache")

@@ -1,3 +1,5 @@
+import sys
+
 import numpy as np
 import pytest
 
@@ -129,6 +131,41 @@ def test_windowing_invariants(char_tokenizer, window):
             offsets = enc.offsets_of(i)
             assert examples[i].context[offsets[s, 0] : offsets[e, 1]] == examples[i].answer_text
             assert first <= wins.start_positions[w] <= wins.end_positions[w] < len(ids) - 1
+
+
+def test_a_split_encoded_for_training_keeps_spans_not_offsets(char_tokenizer):
+    """Training's encoding (offsets=False, 2 bytes a context token instead of 6) locates the same answer spans and
+    cuts the same windows as the full one; asking it for offsets names the fix. Two questions share a context and one
+    has no label, as in a real file."""
+    window = WindowConfig(max_question_len=20, max_seq_len=None, max_paragraph_len=40, doc_stride=10, doc_overlap=None,
+                          train_strategy="all_windows")
+    examples = _synthetic_examples(30, seed=4)
+    examples.append(Example(id="shared", question="哪", context=examples[0].context, context_key="c0",
+                            answers=["Hello"], answer_start=examples[0].answer_start, answer_text="Hello"))
+    examples.append(Example(id="unlabelled", question="的", context=examples[1].context, context_key="c1"))
+    full = encode_examples(examples, char_tokenizer, window)
+    lean = encode_examples(examples, char_tokenizer, window, offsets=False)
+    assert lean.context_offsets is None and full.context_offsets is not None
+    for i, ex in enumerate(examples):
+        expected = (char_span_to_tokens(full.offsets_of(i), ex.answer_start, ex.answer_end) if ex.has_label
+                    else None)
+        assert lean.answer_token_span(i) == full.answer_token_span(i) == expected, ex.id
+    assert lean.answer_token_span(len(examples) - 1) is None and lean.answer_token_span(len(examples) - 2) is not None
+    a, b = train_windows(full, window), train_windows(lean, window)
+    for name in ("example_index", "context_start", "context_len", "start_positions", "end_positions"):
+        assert np.array_equal(getattr(a, name), getattr(b, name)), name
+    with pytest.raises(ValueError, match="offsets=True"):
+        lean.offsets_of(0)
+
+
+def test_encoding_leaves_the_examples_strings_as_they_were(char_tokenizer):
+    """Handing a non-ASCII str to the Rust tokenizer makes CPython keep its UTF-8 bytes inside the str (sys.getsizeof
+    counts them): 154 MB for as long as the examples live, on a 203 MB training file. The examples' strings must come
+    out of encoding the size they went in."""
+    examples = _synthetic_examples(10, seed=6)
+    before = [(sys.getsizeof(ex.question), sys.getsizeof(ex.context)) for ex in examples]
+    encode_examples(examples, char_tokenizer, WindowConfig())
+    assert [(sys.getsizeof(ex.question), sys.getsizeof(ex.context)) for ex in examples] == before
 
 
 def test_random_offset_training_window_always_holds_the_answer(char_tokenizer):

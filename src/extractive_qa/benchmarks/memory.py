@@ -79,43 +79,52 @@ def write_large_train_file(folder: Path, megabytes: int, source: Path | None) ->
     return path
 
 
-def train_file_memory(cfg: dict, limit: int | None = None) -> dict:
-    """Peak RSS of what training does with its training file before the first step -- read it, tokenize it,
-    cut its training windows -- for a ``bench.memory_train_mb`` file (~363,000 questions at 200 MB), or with
-    ``data.limit_train`` = ``limit``. ``data_growth_x``: the peak above the process before reading, over the
-    file's size."""
+def large_train_file(folder: Path, cfg: dict) -> Path:
+    """The ``bench.memory_train_mb`` training file, written by another process (building 200 MB of JSON here would
+    set this process's peak before reading)."""
+    import subprocess
+    import sys
+
+    source = Path(str(cfg["data"]["dir"])) / "hw7_train.json"
+    subprocess.run([sys.executable, "-c", "import sys; from pathlib import Path; from extractive_qa.benchmarks."
+                    "memory import write_large_train_file as w; w(Path(sys.argv[1]), int(sys.argv[2]), "
+                    "Path(sys.argv[3]))", str(folder), str(int(cfg["bench"]["memory_train_mb"])), str(source)],
+                   check=True)
+    return folder / "hw7_train.json"
+
+
+def train_file_memory(cfg: dict, path: str, limit: int | None = None, cache_dir: str | None = None,
+                      run: str = "") -> dict:
+    """Peak RSS of what training does with its training file ``path`` before the first step -- read it, tokenize it
+    (through the feature cache in ``cache_dir``, as ``make train`` does by default: ``run`` says whether this is the
+    first run, which builds it, or a later one, which maps it), cut its training windows -- or with
+    ``data.limit_train`` = ``limit``. ``data_growth_x``: the peak above the process before reading, over the file's
+    size."""
     from ..core.datafiles import load_split
-    from ..core.features import window_config
-    from ..core.windowing import encode_examples
+    from ..core.features import encode_cached, window_config
     from ..engine.batching import TrainWindowDataset
     from ..engine.modeling import load_tokenizer
 
     set_threads(cfg)
     c = OmegaConf.create(cfg)
-    with tempfile.TemporaryDirectory() as tmp:
-        source = Path(str(c.data.dir)) / "hw7_train.json"
-        # Written by another process: building 200 MB of JSON here would set this process's peak before reading.
-        import subprocess
-        import sys
-
-        subprocess.run([sys.executable, "-c", "import sys; from pathlib import Path; from extractive_qa.benchmarks."
-                        "memory import write_large_train_file as w; w(Path(sys.argv[1]), int(sys.argv[2]), "
-                        "Path(sys.argv[3]))", tmp, str(int(c.bench.memory_train_mb)), str(source)], check=True)
-        path = Path(tmp) / "hw7_train.json"
-        tokenizer = load_tokenizer(c.model)
-        window = window_config(c.bench.windows.default)
-        data_cfg = OmegaConf.merge(c.data, {"train_file": str(path), "limit_train": limit})
-        before = _hwm_mb()
-        start = time.perf_counter()
-        examples = load_split(data_cfg, "train")
-        read_peak = _hwm_mb()
-        windows = len(TrainWindowDataset(encode_examples(examples.examples, tokenizer, window), window, 0))
-        peak = _hwm_mb()
-        file_mb = path.stat().st_size / 2**20
-        return {"bench": "train_file_memory", "file_mb": round(file_mb, 1), "questions": len(examples),
-                "limit_train": limit, "windows": windows, "seconds": round(time.perf_counter() - start, 1),
-                "rss_before_mb": round(before, 1), "peak_after_reading_mb": round(read_peak, 1),
-                "peak_rss_mb": round(peak, 1), "data_growth_x": round((peak - before) / file_mb, 2)}
+    tokenizer = load_tokenizer(c.model)
+    window = window_config(c.bench.windows.default)
+    data_cfg = OmegaConf.merge(c.data, {"train_file": str(path), "limit_train": limit})
+    before = _hwm_mb()
+    start = time.perf_counter()
+    examples = load_split(data_cfg, "train")
+    read_peak = _hwm_mb()
+    windows = len(TrainWindowDataset(encode_cached(examples, tokenizer, window, cache_dir, offsets=False), window, 0))
+    peak = _hwm_mb()
+    file_mb = Path(path).stat().st_size / 2**20
+    cache_mb = (sum(f.stat().st_size for f in Path(cache_dir).rglob("*") if f.is_file()) / 2**20
+                if cache_dir else None)
+    return {"bench": "train_file_memory", "path": "default (feature cache on)" if cache_dir else "no cache",
+            "run": run or None, "file_mb": round(file_mb, 1), "questions": len(examples), "limit_train": limit,
+            "windows": windows, "seconds": round(time.perf_counter() - start, 1), "rss_before_mb": round(before, 1),
+            "peak_after_reading_mb": round(read_peak, 1), "peak_rss_mb": round(peak, 1),
+            "data_growth_x": round((peak - before) / file_mb, 2),
+            "cache_mb": round(cache_mb, 1) if cache_mb is not None else None}
 
 
 def _hwm_mb() -> float:

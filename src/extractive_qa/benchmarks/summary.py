@@ -56,6 +56,8 @@ def summarize(cfg: DictConfig, out: dict) -> dict:
     if _ok(out, "train_memory"):
         summary["train_file_peak_rss_mb"] = out["train_memory"].get("peak_rss_mb")
         summary["train_file_data_growth_x"] = out["train_memory"].get("data_growth_x")
+    if _ok(out, "train_memory_later"):
+        summary["train_file_data_growth_x_later_runs"] = out["train_memory_later"].get("data_growth_x")
     if _ok(out, "compare"):
         summary["comparison_seconds"] = out["compare"].get("seconds")
     return summary

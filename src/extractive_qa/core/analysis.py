@@ -43,12 +43,12 @@ def data_report(
         if ex.context[offsets[span[0], 0] : offsets[span[1], 1]] != ex.answer_text:
             inside_token += 1  # the answer starts or ends inside a token: no span can reproduce it
         ids = enc.context_ids[enc.context_index[i]][span[0] : span[1] + 1]
-        unks = sum(t == unk_id for t in ids)
+        unks = int(np.count_nonzero(ids == unk_id))
         answer_tokens += len(ids)
         answer_unks += unks
         answers_with_unk += unks > 0
-    ctx_tokens = sum(len(c) for c in enc.context_ids)
-    ctx_unks = sum(sum(t == unk_id for t in c) for c in enc.context_ids)
+    ctx_tokens = len(enc.context_ids.values)
+    ctx_unks = int(np.count_nonzero(enc.context_ids.values == unk_id))
     starts, ends = oracle_logits(enc, windows)
     preds = PostprocessSettings(max_answer_len=post.max_answer_len, span_score=post.span_score, n_best=0,
                                 answer_cleanup=post.answer_cleanup).apply(enc, windows, starts, ends)
@@ -71,7 +71,7 @@ def data_report(
         "answers_inside_a_token": inside_token,
         "repairs": dict(examples.repairs),
         "unk_rate_context_tokens": ctx_unks / ctx_tokens if ctx_tokens else 0.0,
-        "paragraphs_with_unk": sum(any(t == unk_id for t in c) for c in enc.context_ids) / max(len(enc.context_ids), 1),
+        "paragraphs_with_unk": _rows_holding(enc.context_ids, unk_id) / max(len(enc.context_ids), 1),
         "unk_rate_answer_tokens": answer_unks / answer_tokens if answer_tokens else 0.0,
         "answers_with_unk": answers_with_unk / len(labelled) if labelled else 0.0,
         **{f"oracle_{m}": oracle[m] for m in METRICS},
@@ -79,3 +79,9 @@ def data_report(
         "max_answer_len": post.max_answer_len,
         "answer_cleanup": post.answer_cleanup,
     }
+
+
+def _rows_holding(rows, token: int) -> int:
+    """How many rows of a ragged array hold ``token`` at least once (counted on the flat array)."""
+    hits = np.flatnonzero(rows.values == token)
+    return len(np.unique(np.searchsorted(rows.starts, hits, side="right"))) if len(hits) else 0

@@ -1,10 +1,11 @@
 """From a config and a data split to tokenized windows, cached on disk between runs.
 
-The cache holds numbers only, in a format that cannot run code when read: a numpy ``.npz`` of integer arrays
-and JSON text, loaded with ``allow_pickle=False``. A cache folder may be shared or copied (a lab's
-``EXTRACTIVE_QA_CACHE`` on a shared disk): a pickle there would run whatever code its writer put in it. Each
-file records the digest of what it was made from (the data file, the question count, the tokenizer, the
-question length) and of its own arrays; a file whose check fails is rebuilt, with a warning naming it.
+The cache holds numbers only, in a format that cannot run code when read: a folder of numpy ``.npy`` integer
+arrays and JSON text, loaded with ``allow_pickle=False`` (memory-mapped: only what is used is read). A cache folder
+may be shared or copied (a lab's ``EXTRACTIVE_QA_CACHE`` on a shared disk): a pickle there would run whatever code
+its writer put in it. Each entry records the digest of what it was made from (the data file, the question count,
+the tokenizer, the question length) and of its own arrays; an entry whose check fails is rebuilt, with a warning
+naming it.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 from collections import Counter
 from pathlib import Path
 
@@ -19,11 +21,15 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from .data import ExampleSet
-from .windowing import EncodedExamples, PairTemplate, WindowConfig, encode_examples
+from .windowing import EncodedExamples, PairTemplate, Ragged, WindowConfig, encode_examples
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 3  # 3: .npz + JSON, no pickle (2: windows laid out by the tokenizer's pair template)
+# 5: answer spans stored, offsets only where asked; 4: a folder of .npy arrays in their compact types, memory-mapped
+# (3: one .npz of int64 arrays)
+CACHE_VERSION = 5
+ARRAYS = ("question_ids", "question_starts", "context_index", "context_ids", "context_starts", "answer_spans")
+OFFSETS = "context_offsets"  # only in entries encoded with offsets (dev, test)
 
 
 def window_config(cfg: DictConfig) -> WindowConfig:
@@ -35,86 +41,96 @@ def _tokenizer_fingerprint(tokenizer) -> str:
     return hashlib.sha256(tokenizer.backend_tokenizer.to_str().encode()).hexdigest()[:16]
 
 
-def _ragged(rows) -> tuple[np.ndarray, np.ndarray]:
-    """A list of int sequences as (flat values, row starts with the end appended)."""
-    lengths = np.fromiter((len(r) for r in rows), dtype=np.int64, count=len(rows))
-    starts = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-    flat = np.concatenate([np.asarray(r, dtype=np.int64).reshape(-1) for r in rows]) if rows else np.zeros(0, np.int64)
-    return flat, starts
-
-
-def _unragged(flat: np.ndarray, starts: np.ndarray) -> list[np.ndarray]:
-    return [flat[starts[i]:starts[i + 1]] for i in range(len(starts) - 1)]
-
-
 def _arrays(enc: EncodedExamples) -> dict[str, np.ndarray]:
-    q_flat, q_starts = _ragged(enc.question_ids)
-    c_flat, c_starts = _ragged(enc.context_ids)
-    offsets = (np.concatenate([np.asarray(o, dtype=np.int64).reshape(-1, 2) for o in enc.context_offsets])
-               if enc.context_offsets else np.zeros((0, 2), np.int64))
-    meta = {"template": {"prefix": list(enc.template.prefix), "middle": list(enc.template.middle),
-                         "suffix": list(enc.template.suffix), "pad_id": enc.template.pad_id,
-                         "type_ids": list(enc.template.type_ids) if enc.template.type_ids is not None else None},
+    """The encoded examples as their own flat arrays (no copies: the ragged rows' values and starts)."""
+    arrays = {"question_ids": enc.question_ids.values, "question_starts": enc.question_ids.starts,
+              "context_index": np.asarray(enc.context_index), "context_ids": enc.context_ids.values,
+              "context_starts": enc.context_ids.starts, "answer_spans": enc.answer_spans}
+    if enc.context_offsets is not None:
+        arrays[OFFSETS] = enc.context_offsets.values
+    return arrays
+
+
+def _meta(enc: EncodedExamples) -> dict:
+    t = enc.template
+    return {"template": {"prefix": list(t.prefix), "middle": list(t.middle), "suffix": list(t.suffix),
+                         "pad_id": t.pad_id, "type_ids": list(t.type_ids) if t.type_ids is not None else None},
             "stats": dict(enc.stats)}
-    return {"question_ids": q_flat, "question_starts": q_starts, "context_index": np.asarray(enc.context_index,
-                                                                                              dtype=np.int64),
-            "context_ids": c_flat, "context_starts": c_starts, "context_offsets": offsets,
-            "meta": np.array(json.dumps(meta))}
 
 
-def _digest(arrays: dict[str, np.ndarray]) -> str:
-    h = hashlib.sha256()
+def _digest(arrays: dict[str, np.ndarray], meta: dict) -> str:
+    """One digest of the arrays' bytes, types and shapes and of the metadata -- read through memoryviews: hashing a
+    memory-mapped array does not copy it (``tobytes`` did: a second copy of a 1 GB cache in memory)."""
+    h = hashlib.sha256(json.dumps(meta, sort_keys=True).encode())
     for name in sorted(arrays):
-        h.update(name.encode())
-        h.update(np.ascontiguousarray(arrays[name]).tobytes())
+        a = np.ascontiguousarray(arrays[name])
+        h.update(f"{name}:{a.dtype.str}:{a.shape}".encode())
+        h.update(memoryview(a).cast("B"))
     return h.hexdigest()
 
 
-def _read(path: Path, key: str, examples: ExampleSet) -> EncodedExamples:
-    """The cached features at ``path``, checked: made from ``key``, arrays unchanged, one row per question."""
-    with np.load(path, allow_pickle=False) as data:
-        arrays = {name: data[name] for name in data.files if name not in ("key", "digest")}
-        made_from, digest = str(data["key"]), str(data["digest"])
-    if made_from != key:
+def _read(folder: Path, key: str, examples: ExampleSet) -> EncodedExamples:
+    """The cached features in ``folder``, checked: made from ``key``, arrays unchanged, one row per question. The
+    arrays stay memory-mapped: only what training touches is read, and only once."""
+    record = json.loads((folder / "features.json").read_text())
+    if record.get("key") != key:
         raise ValueError("made from other data or settings")
-    if _digest(arrays) != digest:
+    names = (*ARRAYS, OFFSETS) if record.get("offsets") else ARRAYS
+    arrays = {name: np.load(folder / f"{name}.npy", mmap_mode="r", allow_pickle=False) for name in names}
+    if _digest(arrays, record["meta"]) != record.get("digest"):
         raise ValueError("its arrays do not match their digest")
-    meta = json.loads(str(arrays["meta"]))
-    t = meta["template"]
+    t = record["meta"]["template"]
     template = PairTemplate(tuple(t["prefix"]), tuple(t["middle"]), tuple(t["suffix"]), int(t["pad_id"]),
                             tuple(t["type_ids"]) if t["type_ids"] is not None else None)
-    question_ids = [r.astype(np.int32) for r in _unragged(arrays["question_ids"], arrays["question_starts"])]
-    if len(question_ids) != len(examples) or len(arrays["context_index"]) != len(examples):
-        raise ValueError(f"{len(question_ids)} questions where the data has {len(examples)}")
-    context_ids = [r.astype(np.int32) for r in _unragged(arrays["context_ids"], arrays["context_starts"])]
-    offsets = [o.astype(np.int32) for o in _unragged(arrays["context_offsets"], arrays["context_starts"])]
-    return EncodedExamples(examples=list(examples.examples), question_ids=question_ids,
-                           context_index=arrays["context_index"].tolist(), context_ids=context_ids,
-                           context_offsets=offsets, template=template, stats=Counter(meta["stats"]))
+    if len(arrays["question_starts"]) - 1 != len(examples) or len(arrays["context_index"]) != len(examples):
+        raise ValueError(f"{len(arrays['question_starts']) - 1} questions where the data has {len(examples)}")
+    return EncodedExamples(examples=list(examples.examples),
+                           question_ids=Ragged(arrays["question_ids"], arrays["question_starts"]),
+                           context_index=arrays["context_index"],
+                           context_ids=Ragged(arrays["context_ids"], arrays["context_starts"]),
+                           answer_spans=arrays["answer_spans"],
+                           context_offsets=(Ragged(arrays[OFFSETS], arrays["context_starts"]) if OFFSETS in arrays
+                                            else None),
+                           template=template, stats=Counter(record["meta"]["stats"]))
+
+
+def _write(folder: Path, key: str, enc: EncodedExamples) -> None:
+    """The features into ``folder`` (a temporary sibling renamed into place: a reader never sees half of it)."""
+    import shutil
+
+    arrays, meta = _arrays(enc), _meta(enc)
+    tmp = folder.with_name(f"{folder.name}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for name, array in arrays.items():
+        np.save(tmp / f"{name}.npy", array, allow_pickle=False)
+    (tmp / "features.json").write_text(json.dumps({"key": key, "digest": _digest(arrays, meta), "meta": meta,
+                                                   "offsets": OFFSETS in arrays}))
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.replace(folder)
 
 
 def encode_cached(examples: ExampleSet, tokenizer, window: WindowConfig,
-                  cache_dir: str | Path | None) -> EncodedExamples:
-    """:func:`encode_examples`, memoised on disk by (file digest, question count, tokenizer, question length).
+                  cache_dir: str | Path | None, offsets: bool = True) -> EncodedExamples:
+    """:func:`encode_examples`, memoised on disk by (file digest, question count, tokenizer, question length,
+    offsets kept or not).
 
-    Only tokenization is cached: window placement is cheap and depends on settings a sweep varies.
+    Only tokenization is cached: window placement is cheap and depends on settings a sweep varies. The cache holds
+    each array in the type it was made in (BERT's ids in 2 bytes, a paragraph's offsets in 2 + 2): no larger than
+    the file's tokens need -- a training split, encoded without offsets, 2 bytes a token.
     """
     if cache_dir is None:
-        return encode_examples(examples.examples, tokenizer, window)
+        return encode_examples(examples.examples, tokenizer, window, offsets)
     key = json.dumps([CACHE_VERSION, examples.digest, len(examples), _tokenizer_fingerprint(tokenizer),
-                      window.max_question_len])
-    path = Path(cache_dir) / "features" / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.npz"
-    if path.is_file():
+                      window.max_question_len, offsets])
+    folder = Path(cache_dir) / "features" / hashlib.sha256(key.encode()).hexdigest()[:24]
+    if (folder / "features.json").is_file():
         try:
-            enc = _read(path, key, examples)
-            log.info("features from cache %s", path)
+            enc = _read(folder, key, examples)
+            log.info("features from cache %s", folder)
             return enc
         except Exception as err:  # noqa: BLE001 - a cache entry that fails its check is rebuilt, never fatal
-            log.warning("feature cache %s failed its check (%s): rebuilding it", path, err)
-    enc = encode_examples(examples.examples, tokenizer, window)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    arrays = _arrays(enc)
-    tmp = path.with_name(f"{path.stem}.tmp{id(enc)}.npz")
-    np.savez(tmp, key=np.array(key), digest=np.array(_digest(arrays)), **arrays)
-    tmp.replace(path)
+            log.warning("feature cache %s failed its check (%s): rebuilding it", folder, err)
+    enc = encode_examples(examples.examples, tokenizer, window, offsets)
+    _write(folder, key, enc)
     return enc

@@ -22,6 +22,7 @@ Window size and spacing (see :class:`WindowConfig`):
 from __future__ import annotations
 
 import logging
+from array import array
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -159,19 +160,59 @@ class WindowConfig:
         return asdict(self)
 
 
+class Ragged(Sequence):
+    """Rows of one flat array: row ``i`` is ``values[starts[i]:starts[i + 1]]``, a view made when it is asked for --
+    no copy and no Python object per row held (a 203 MB training file has ~110,000 paragraphs and ~380,000
+    questions). ``values`` may be a memory-mapped array (the feature cache)."""
+
+    __slots__ = ("starts", "values")
+
+    def __init__(self, values: np.ndarray, starts: np.ndarray):
+        self.values, self.starts = values, starts
+
+    def __len__(self) -> int:
+        return len(self.starts) - 1
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        if i < 0:
+            i += len(self)
+        return self.values[self.starts[i] : self.starts[i + 1]]
+
+    def __iter__(self):
+        for i in range(len(self)):
+            yield self[i]
+
+    @classmethod
+    def of(cls, rows: Sequence, dtype=np.int32) -> Ragged:
+        """Rows given as sequences (tests, small inputs), in one flat array."""
+        lengths = np.fromiter((len(r) for r in rows), dtype=np.int64, count=len(rows))
+        starts = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+        shape = (int(starts[-1]), *np.asarray(rows[0]).shape[1:]) if len(rows) else (0,)
+        values = np.empty(shape, dtype=dtype)
+        for row, (a, b) in zip(rows, zip(starts[:-1], starts[1:], strict=True), strict=True):
+            values[a:b] = row
+        return cls(values, starts)
+
+
 @dataclass
 class EncodedExamples:
-    """Token ids of every question and every distinct context, with character offsets for contexts.
+    """Token ids of every question and every distinct context, each question's answer as a token span, and -- where
+    answers are read back as text (dev, test) -- the contexts' character offsets.
 
-    ``question_ids[i]`` is already cut to ``max_question_len``; ``context_offsets[k]`` is an ``(n, 2)``
-    int array of ``[start, end)`` character offsets of each token of context ``k`` in ``context_ids``.
+    ``question_ids[i]`` is already cut to ``max_question_len``; ``answer_spans[i]`` is the inclusive context-token
+    span of the training label, ``(-1, -1)`` for none; ``context_offsets[k]`` is an ``(n, 2)`` array of ``[start,
+    end)`` character offsets of each token of context ``k`` in ``context_ids``, or ``None`` when the split was
+    encoded for training only (its spans are all training needs: 4 bytes a context token less).
     """
 
     examples: list[Example]
-    question_ids: list[np.ndarray]  # int32 token ids
-    context_index: list[int]
-    context_ids: list[np.ndarray]  # int32 token ids
-    context_offsets: list[np.ndarray]
+    question_ids: Ragged  # token ids (the smallest unsigned type the vocabulary fits)
+    context_index: np.ndarray  # int32: the context of each question
+    context_ids: Ragged  # token ids
+    answer_spans: np.ndarray  # (n, 2) int32: inclusive context-token span of each training label; -1 for none
+    context_offsets: Ragged | None  # (n, 2) [start, end) character offsets (the smallest type the longest context fits)
     template: PairTemplate
     stats: Counter = field(default_factory=Counter)
 
@@ -192,6 +233,9 @@ class EncodedExamples:
         return window.paragraph_len(len(self.question_ids[example_index]), self.template.num_special)
 
     def offsets_of(self, example_index: int) -> np.ndarray:
+        if self.context_offsets is None:
+            raise ValueError("these examples were encoded without character offsets (offsets=False: training "
+                             "only); encode them with offsets=True to read answers back as text")
         return self.context_offsets[self.context_index[example_index]]
 
     def answer_token_span(self, example_index: int) -> tuple[int, int] | None:
@@ -200,10 +244,8 @@ class EncodedExamples:
         Works for any tokenizer: the span is every token overlapping the answer's characters, so an
         answer starting or ending inside a token (a digit of "214") gets that whole token.
         """
-        ex = self.examples[example_index]
-        if not ex.has_label:
-            return None
-        return char_span_to_tokens(self.offsets_of(example_index), ex.answer_start, ex.answer_end)
+        first, last = self.answer_spans[example_index]
+        return None if first < 0 else (int(first), int(last))
 
 
 def char_span_to_tokens(offsets: np.ndarray, char_start: int, char_end: int) -> tuple[int, int] | None:
@@ -224,42 +266,107 @@ def char_span_to_tokens(offsets: np.ndarray, char_start: int, char_end: int) -> 
 TOKENIZE_CHUNK = 64
 
 
-def encode_examples(examples: Sequence[Example], tokenizer, window: WindowConfig) -> EncodedExamples:
-    """Tokenize questions and (each distinct) context once, keeping character offsets."""
+def id_dtype(tokenizer) -> np.dtype:
+    """The smallest unsigned integer type every token id of ``tokenizer`` fits (uint16 for BERT's 21,128)."""
+    return np.dtype(np.uint16 if len(tokenizer) <= 2**16 else np.uint32)
+
+
+def _offset_dtype(longest: int) -> np.dtype:
+    return np.dtype(np.uint16 if longest < 2**16 else np.uint32)
+
+
+def _tokenize_into(texts: Sequence[str], tokenizer, ids_dtype, offsets_dtype, capacity: int, cut: int | None = None,
+                   with_offsets: bool = True, keep_offsets: bool = True, on_row=None):
+    """``texts`` tokenized in chunks straight into flat arrays (no per-row arrays, no final concatenation): the ids,
+    their ``(n, 2)`` character offsets (``keep_offsets``), the rows' starts. ``capacity`` bounds the tokens (a token
+    covers at least one character): the arrays are made that large, uninitialised -- pages never written are never
+    resident -- and the rows' views cover what was written. ``cut``: keep each text's first ``cut`` tokens (and count
+    the cut ones). ``on_row(k, offsets)`` sees each row's offsets (a list of pairs) while they are at hand."""
+    keep_offsets = with_offsets and keep_offsets
+    ids = np.empty(capacity, dtype=ids_dtype)
+    offsets = np.empty((capacity, 2), dtype=offsets_dtype) if keep_offsets else None
+    starts = np.zeros(len(texts) + 1, dtype=np.int64)
+    at, truncated = 0, 0
+    for chunk in range(0, len(texts), TOKENIZE_CHUNK):
+        # Copies, not the examples' own strings: handing a non-ASCII str to the Rust tokenizer makes CPython cache
+        # its UTF-8 bytes inside the str for as long as it lives -- 154 MB kept for a 203 MB training file.
+        batch = tokenizer([t.encode().decode() for t in texts[chunk : chunk + TOKENIZE_CHUNK]],
+                          add_special_tokens=False, return_offsets_mapping=with_offsets, verbose=False)
+        for k, row in enumerate(batch["input_ids"]):
+            if cut is not None and len(row) > cut:
+                truncated += 1
+                row = row[:cut]
+            n = len(row)
+            if at + n > len(ids):  # a token shorter than a character (never seen): grow once, keep going
+                ids = np.resize(ids, max(2 * len(ids), at + n))
+                offsets = np.resize(offsets, (len(ids), 2)) if keep_offsets else None
+            if n:  # (an empty text has no tokens: nothing to copy, and its offsets list has no columns)
+                ids[at : at + n] = row
+                if keep_offsets:
+                    offsets[at : at + n] = batch["offset_mapping"][k][:n]
+            if on_row is not None:
+                on_row(chunk + k, batch["offset_mapping"][k][:n])
+            at += n
+            starts[chunk + k + 1] = at
+        del batch
+    return ids[:at], (offsets[:at] if keep_offsets else None), starts, truncated
+
+
+def encode_examples(examples: Sequence[Example], tokenizer, window: WindowConfig,
+                    offsets: bool = True) -> EncodedExamples:
+    """Tokenize questions and (each distinct) context once -- into flat arrays of the smallest types they fit (BERT's
+    ids in 2 bytes) -- and locate each training label as a token span. ``offsets``: keep the contexts' character
+    offsets too (2 + 2 bytes a token), which reading answers back as text needs (dev, test); training needs only the
+    spans: a 203 MB training file's ~47 million context tokens then take 2 bytes each, not 6. A tokenizer's batch
+    output for 100,000 paragraphs at once (Python lists of ints and offset tuples) took 12.7 GB for a 190 MB
+    training file."""
     if not getattr(tokenizer, "is_fast", False):
         raise TypeError("a fast tokenizer is required (offset mapping); load it with AutoTokenizer")
     keys: dict[str, int] = {}
     contexts: list[str] = []
-    context_index = []
-    for ex in examples:
+    context_index = np.empty(len(examples), dtype=np.int32)
+    for i, ex in enumerate(examples):
         if ex.context_key not in keys:
             keys[ex.context_key] = len(contexts)
             contexts.append(ex.context)
-        context_index.append(keys[ex.context_key])
+        context_index[i] = keys[ex.context_key]
+    del keys
     stats: Counter = Counter()
-    # In chunks, kept as int32 arrays: a tokenizer's batch output for 100,000 paragraphs at once (Python lists of
-    # ints and offset tuples) took 12.7 GB for a 190 MB training file; numpy holds the same in ~12 bytes a token.
-    question_ids = []
-    for chunk in range(0, len(examples), TOKENIZE_CHUNK):
-        batch = tokenizer([ex.question for ex in examples[chunk:chunk + TOKENIZE_CHUNK]], add_special_tokens=False,
-                          verbose=False)["input_ids"]
-        for ids in batch:
-            if len(ids) > window.max_question_len:
-                stats["questions_truncated"] += 1
-            question_ids.append(np.asarray(ids[: window.max_question_len], dtype=np.int32))
-    context_ids, context_offsets = [], []
-    for chunk in range(0, len(contexts), TOKENIZE_CHUNK):
-        batch = tokenizer(contexts[chunk:chunk + TOKENIZE_CHUNK], add_special_tokens=False,
-                          return_offsets_mapping=True, verbose=False)
-        context_ids.extend(np.asarray(ids, dtype=np.int32) for ids in batch["input_ids"])
-        context_offsets.extend(np.asarray(o, dtype=np.int32).reshape(-1, 2) for o in batch["offset_mapping"])
-        del batch
+    dtype = id_dtype(tokenizer)
+    q_ids, _, q_starts, truncated = _tokenize_into(
+        [ex.question for ex in examples], tokenizer, dtype, None,
+        min(sum(len(ex.question) for ex in examples), len(examples) * window.max_question_len) + 1,
+        cut=window.max_question_len, with_offsets=False)
+    if truncated:
+        stats["questions_truncated"] += truncated
+    # The questions of each context, to locate their labels while the context's offsets are at hand.
+    by_context = np.argsort(context_index, kind="stable")
+    group = np.searchsorted(context_index[by_context], np.arange(len(contexts) + 1))
+    answer_spans = np.full((len(examples), 2), -1, dtype=np.int32)
+
+    def locate(k: int, row_offsets) -> None:
+        located = None
+        for i in by_context[group[k] : group[k + 1]].tolist():
+            ex = examples[i]
+            if not ex.has_label:
+                continue
+            if located is None:
+                located = np.asarray(row_offsets, dtype=np.int64).reshape(-1, 2)
+            span = char_span_to_tokens(located, ex.answer_start, ex.answer_end)
+            if span is not None:
+                answer_spans[i] = span
+
+    longest = max((len(c) for c in contexts), default=0)
+    c_ids, c_offsets, c_starts, _ = _tokenize_into(contexts, tokenizer, dtype, _offset_dtype(longest),
+                                                   sum(len(c) for c in contexts) + 1, keep_offsets=offsets,
+                                                   on_row=locate)
     return EncodedExamples(
         examples=list(examples),
-        question_ids=question_ids,
+        question_ids=Ragged(q_ids, q_starts),
         context_index=context_index,
-        context_ids=context_ids,
-        context_offsets=context_offsets,
+        context_ids=Ragged(c_ids, c_starts),
+        answer_spans=answer_spans,
+        context_offsets=Ragged(c_offsets, c_starts) if offsets else None,
         template=PairTemplate.of(tokenizer),
         stats=stats,
     )
@@ -283,8 +390,11 @@ class Windows:
         return len(self.example_index)
 
     @classmethod
-    def from_rows(cls, rows: list[tuple[int, int, int, int, int]]) -> Windows:
-        arr = np.asarray(rows, dtype=np.int64).reshape(-1, 5)
+    def from_rows(cls, rows: array | list[tuple[int, int, int, int, int]]) -> Windows:
+        """Windows from (example, start, length, start label, end label) rows: tuples, or one flat ``array("q")`` --
+        40 bytes a window while they are made (a list of tuples took ~150: 100 MB for a 203 MB training file)."""
+        arr = (np.frombuffer(rows, dtype=np.int64) if isinstance(rows, array)
+               else np.asarray(rows, dtype=np.int64)).reshape(-1, 5)
         return cls(*(arr[:, i].copy() for i in range(5)))
 
 
@@ -316,14 +426,14 @@ def _label(enc: EncodedExamples, i: int, span: tuple[int, int] | None, start: in
 
 def eval_windows(enc: EncodedExamples, window: WindowConfig) -> Windows:
     """Every window of every example, labelled where the window holds the whole answer."""
-    rows = []
+    rows = array("q")
     for i in range(len(enc.examples)):
         n = len(enc.context_ids[enc.context_index[i]])
         plen = enc.paragraph_len(i, window)
         span = enc.answer_token_span(i)
         for s in window_starts(n, plen, window.step(plen), window.stop_at_paragraph_end):
             length = min(plen, n - s) if n else 0
-            rows.append((i, s, length, *_label(enc, i, span, s, length)))
+            rows.extend((i, s, length, *_label(enc, i, span, s, length)))
     return Windows.from_rows(rows)
 
 
@@ -348,7 +458,7 @@ def train_windows(enc: EncodedExamples, window: WindowConfig, rng: np.random.Gen
     generator each epoch for fresh offsets. Questions without a located label are left out of
     training (they stay in dev scoring); questions whose answer is longer than a window too.
     """
-    rows = []
+    rows = array("q")
     skipped: Counter = Counter()
     rng = rng if rng is not None else np.random.default_rng(0)
     for i in range(len(enc.examples)):
@@ -364,13 +474,13 @@ def train_windows(enc: EncodedExamples, window: WindowConfig, rng: np.random.Gen
         if window.train_strategy == "all_windows":
             for s in window_starts(n, plen, window.step(plen), window.stop_at_paragraph_end):
                 length = min(plen, n - s)
-                rows.append((i, s, length, *_label(enc, i, span, s, length)))
+                rows.extend((i, s, length, *_label(enc, i, span, s, length)))
         else:
             r = window.train_offset_range if window.train_offset_range is not None else plen // 2
             offset = int(rng.integers(-r, r)) if r > 0 else 0
             s = random_offset_start(span, n, plen, offset)
             length = min(plen, n - s)
-            rows.append((i, s, length, *_label(enc, i, span, s, length)))
+            rows.extend((i, s, length, *_label(enc, i, span, s, length)))
     if skipped:
         log.info("training windows: left out %s", dict(skipped))
     for k, v in skipped.items():
