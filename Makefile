@@ -17,7 +17,7 @@ STAMP := $(VENV)/.installed
 # (43 CPU-s) here, against 0-8 s added to the test suite's first imports (a fresh clone's pytest against a rerun).
 unexport PYTHONDONTWRITEBYTECODE
 
-.PHONY: install train predict report evaluate ui serve server postgres bench gpu-check test lint clean
+.PHONY: install train predict report evaluate ui serve server postgres bench gpu-check test lint docs clean
 
 install: $(STAMP)
 
@@ -67,7 +67,7 @@ ui: install
 	@echo "MLflow UI: http://127.0.0.1:$${PORT:-5000}/#/experiments?workflowType=machine_learning  (runs: click 'Model training' once)"
 	@echo "Each experiment's runs view (best dev scores first, sweeps expanded, charts led by dev EM):"
 	@MLFLOW_TRACKING_URI="sqlite:///$(CURDIR)/mlflow.db" $(PY) -m extractive_qa.compare --links http://127.0.0.1:$${PORT:-5000} 2>/dev/null | sed 's/^/  /'
-	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=$${MLFLOW_SERVER_ENABLE_JOB_EXECUTION:-false} \
+	PYTHONWARNINGS="ignore::DeprecationWarning,ignore:starlette.middleware.wsgi is deprecated" MLFLOW_SERVER_ENABLE_JOB_EXECUTION=$${MLFLOW_SERVER_ENABLE_JOB_EXECUTION:-false} \
 	  $(VENV)/bin/mlflow ui --host 127.0.0.1 --port $${PORT:-5000} --backend-store-uri "sqlite:///$(CURDIR)/mlflow.db"
 
 # A logged or registered model over REST with MLflow's own scoring app, bounded (serve.py: body size, JSON nesting,
@@ -78,7 +78,7 @@ serve: install
 	  $(PY) -m extractive_qa.serve "$(MODEL)" --port $${PORT:-5001} $(ARGS)
 
 # A team's tracking server: MLflow + PostgreSQL + basic-auth logins, on 127.0.0.1:5000 (README "Teams and clusters").
-# Needs MLFLOW_AUTH_ADMIN_PASSWORD (12+ characters) and EQA_POSTGRES_PASSWORD in the environment.
+# Needs MLFLOW_AUTH_ADMIN_PASSWORD (12+ characters) in the environment; database passwords are made and kept in .server/.
 server: install postgres
 	$(PY) -m extractive_qa.server $(ARGS)
 
@@ -98,12 +98,18 @@ gpu-check: install
 	$(PY) -m extractive_qa.gpu_check $(ARGS)
 
 # Lint first (ruff, line length 120), then the tests on every core (pytest-xdist; a test file stays on one
-# worker; shared fixtures are built once).
+# worker; shared fixtures are built once). Files go out in the order they are collected: xdist's default order
+# (files with the fewest tests last) queued the four long one-test files (the notebook, the install, two hosts,
+# the race) on one worker while the other sat idle for 75 s at the end (2 cores, Zen 4).
 test: install postgres lint
-	$(PY) -m pytest -q -n auto --dist loadfile --durations=15 $(ARGS)
+	$(PY) -m pytest -q -n auto --dist loadfile --no-loadscope-reorder --durations=15 $(ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check src tests
+
+# The documentation site (docs/, MkDocs + Material) on http://127.0.0.1:$${PORT:-8000}; make test builds it --strict.
+docs: install
+	$(VENV)/bin/mkdocs serve -a 127.0.0.1:$${PORT:-8000}
 
 clean:
 	rm -rf outputs/runs outputs/sweeps outputs/reports .cache/features .pytest_cache

@@ -1,6 +1,8 @@
 """notebooks/quickstart.ipynb, executed headless top to bottom (nbclient) on the CPU, with its parameters cell
-replaced by a tiny offline model: a finished run, a sweep and its report, a submission with every test id once --
-everything on the "durable" folder the notebook's first cell chose. Plus the lost-runtime path it relies on."""
+replaced by a tiny offline model: a finished run, a race of two settings over seeds and its report with one verdict,
+a submission with every test id once -- everything on the "durable" folder the notebook's first cell chose -- and
+outputs that read as a Colab user reads them (each log once, no progress bars, no echoed log, one submission line).
+Plus the lost-runtime path it relies on."""
 
 from __future__ import annotations
 
@@ -22,17 +24,27 @@ def test_the_quickstart_notebook_runs_top_to_bottom(synthetic, tmp_path):
     nb = nbformat.read(NOTEBOOK, as_version=4)
     (params,) = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
     durable = tmp_path / "durable"
+    # Enough training that seeds answer differently (at 4 steps every run scored 0: a report gives no verdict then).
     preset = (f"model=tiny model.name_or_path={synthetic['model']} data.dir={synthetic['data']} "
-              "data.limit_train=48 data.limit_dev=12 data.limit_test=20 epochs=1 max_steps=4 batch_size=8 "
-              "logging_steps=2 tracking.system_metrics=false")
+              "data.limit_train=200 data.limit_dev=40 data.limit_test=20 epochs=2 batch_size=16 lr=3e-3 "
+              "logging_steps=4 tracking.system_metrics=false")
     params.source = (f'REPO = "unused"\nPRESET = "{preset}"\nEXTRA = "checkpoint_minutes=10"\n'
-                     f'SWEEP = "-m warmup_ratio=0.1,0.2"\nDURABLE = "{durable}"\nOPEN_UI = False\n')
+                     f'SWEEP = "-m hparams_search=race warmup_ratio=0.1,0.2 hydra.sweeper.max_seeds=2"\n'
+                     f'DURABLE = "{durable}"\nOPEN_UI = False\n')
     NotebookClient(nb, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}).execute()
     outputs = "\n".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
+    echoed = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
+              if o.get("output_type") == "execute_result"]
+    assert not echoed, echoed[0].get("data", {}).get("text/plain", "")[:300]  # no log printed a second time as Out[]
+    assert "it/s" not in outputs and "s/it" not in outputs  # progress bars left out, those with a postfix too
+    assert outputs.count("submission: ") == 1
+    assert len([line for line in outputs.splitlines() if " vs " in line and (": real:" in line or
+                                                                         ": not established:" in line)]) == 1
     runs = sorted((durable / "outputs" / "runs").glob("*/run.json"))
     assert len(runs) == 1 and json.loads(runs[0].read_text())["status"] == "FINISHED"
     jobs = sorted((durable / "outputs" / "sweeps").glob("*/*/run.json"))
-    assert len(jobs) == 2 and {json.loads(j.read_text())["status"] for j in jobs} == {"FINISHED"}
+    assert len(jobs) == 4 and {json.loads(j.read_text())["status"] for j in jobs} == {"FINISHED"}  # 2 seeds each
+    assert "race over 2 configurations" in outputs  # the report's race history
     assert "Is the difference real?" in outputs  # the report, shown in the notebook
     assert (durable / "mlflow.db").is_file()
     submission = next(line.split("submission: ", 1)[1] for line in outputs.splitlines()

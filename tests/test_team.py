@@ -138,11 +138,11 @@ def test_without_permission_on_an_experiment_a_member_cannot_write(team_server):
 
 
 def test_jobs_at_once_log_every_step_once(team_server, synthetic, tmp_path):
-    """Several processes writing to the team server at once (joblib): 3 here, EQA_TEAM_JOBS=8 for the load of
-    issue 30 (each job is a fresh interpreter, ~6.8 CPU-s of it importing and training: on 2 cores eight took
-    69-84 s, four 42 s)."""
+    """Processes writing to the team server at once (joblib): 2 here -- one per core, so both write while the other
+    does -- EQA_TEAM_JOBS=8 for the load of issue 30 (each job is a fresh interpreter, ~6.8 CPU-s of it importing and
+    training: on 2 cores eight took 69-84 s, four 42 s)."""
     pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
-    n = int(os.environ.get("EQA_TEAM_JOBS", "3"))
+    n = int(os.environ.get("EQA_TEAM_JOBS", "2"))
     run_module("extractive_qa.train", "-m", "launcher=joblib", f"hydra.launcher.n_jobs={n}", f"seed=range(1,{n + 1})",
                *tiny(synthetic, tmp_path, team.uri(team_server), "at-once"), "max_steps=6", "eval_steps=3",
                f"hydra.sweep.dir={tmp_path}/sweep", env=team.credentials())
@@ -159,13 +159,16 @@ def test_jobs_at_once_log_every_step_once(team_server, synthetic, tmp_path):
 
 def test_the_server_killed_and_restarted_mid_run(team_server, synthetic, tmp_path):
     """The tracking server dies at step 4 and comes back at step 12 (from inside the run, at exact steps):
-    training goes on, and every metric step arrives, once."""
+    training goes on, the outage is said once and its end once, with no traceback, and every metric step arrives,
+    once. (The same outage of a plain `mlflow server` goes through the same tracker: this is the case that has
+    logins and PostgreSQL behind it too.)"""
     env = {**team.credentials(), **team.settings_env(team_server)}
     res = run_with_faults(["after:_maybe_log:4=call:helpers.team:kill",
                            "after:_maybe_log:12=call:helpers.team:restart"],
                           *tiny(synthetic, tmp_path, team.uri(team_server), "outage"), "epochs=3", "max_steps=16",
                           f"hydra.run.dir={tmp_path}/run", env=env, check=True)
-    assert "unreachable" in res.stderr or "went down" in res.stderr or "queue" in (res.stderr + res.stdout)
+    log = res.stdout + res.stderr
+    assert log.count("does not answer") == 1 and "answers again" in log and "Traceback" not in log, log[-3000:]
     client = admin_client(team_server)
     (run,) = client.search_runs([client.get_experiment_by_name("outage").experiment_id])
     assert run.info.status == "FINISHED"

@@ -70,7 +70,8 @@ def evaluate(predictions: str, references: str, unanswerable: str = "error", who
             "predictions_file": str(predictions), "references_file": str(references)}
 
 
-def main(argv: list[str] | None = None) -> None:
+def arguments() -> argparse.ArgumentParser:
+    """The command line of ``python -m extractive_qa.evaluate`` (also read by the docs' test of every command)."""
     parser = argparse.ArgumentParser(prog="python -m extractive_qa.evaluate", description=__doc__.split("\n\n")[0])
     parser.add_argument("predictions")
     parser.add_argument("references")
@@ -78,6 +79,11 @@ def main(argv: list[str] | None = None) -> None:
                         help="score a run's dev predictions against the whole file (questions it did not score: 0)")
     parser.add_argument("--unanswerable", choices=("error", "drop"), default="error",
                         help="SQuAD v2 unanswerable questions in REFERENCES: refuse the file, or leave them out")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = arguments()
     args = parser.parse_args(argv)
     try:
         report = evaluate(args.predictions, args.references, args.unanswerable, args.whole_file)

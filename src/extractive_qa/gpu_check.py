@@ -215,13 +215,19 @@ def inputs(workdir: Path, quick: bool) -> list[str]:
     return args
 
 
-def main(argv: list[str] | None = None) -> int:
+def arguments() -> argparse.ArgumentParser:
+    """The command line of ``python -m extractive_qa.gpu_check`` (also read by the docs' test of every command)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=300, help="timed optimizer steps of the throughput run")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--seq-len", type=int, default=384)
     parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "gpu_check")
     parser.add_argument("--quick", action="store_true", help="tiny sizes, on any device: tests the script itself")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = arguments()
     args = parser.parse_args(argv)
     import torch
 

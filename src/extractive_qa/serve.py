@@ -21,13 +21,19 @@ import argparse
 from .core.errors import run_cli
 
 
-def main(argv: list[str] | None = None) -> int:
+def arguments() -> argparse.ArgumentParser:
+    """The command line of ``python -m extractive_qa.serve`` (also read by the docs' test of every command)."""
     parser = argparse.ArgumentParser(prog="python -m extractive_qa.serve", description=__doc__.split("\n\n")[0])
     parser.add_argument("model", help="models:/NAME/VERSION, models:/NAME@ALIAS or runs:/RUN_ID/model")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=5001)
     parser.add_argument("--max-body-mb", type=float, default=1.0, help="larger bodies are refused (413)")
     parser.add_argument("--max-depth", type=int, default=64, help="deeper JSON nesting is refused (400)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = arguments()
     args = parser.parse_args(argv)
     import uvicorn
 

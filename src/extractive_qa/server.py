@@ -100,7 +100,8 @@ def prepare(home: Path, pg_port: int, host: str = "127.0.0.1", allow: tuple[str,
     return postgres, env
 
 
-def _arguments(argv: list[str] | None) -> argparse.Namespace:
+def arguments() -> argparse.ArgumentParser:
+    """The command line of ``python -m extractive_qa.server`` (also read by the docs' test of every command)."""
     parser = argparse.ArgumentParser(prog="python -m extractive_qa.server", description=__doc__.split("\n\n")[0])
     parser.add_argument("--home", type=Path, default=project_root() / ".server")
     parser.add_argument("--host", default="127.0.0.1", help="where it listens (0.0.0.0: every interface)")
@@ -114,6 +115,11 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--print-urls", action="store_true", help="print the Optuna URL and the password file for "
                         "members, and stop")
+    return parser
+
+
+def _arguments(argv: list[str] | None) -> argparse.Namespace:
+    parser = arguments()
     args = parser.parse_args(argv)
     if bool(args.tls_cert) != bool(args.tls_key):
         parser.error("--tls-cert and --tls-key go together")

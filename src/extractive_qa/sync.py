@@ -21,12 +21,18 @@ from .core.errors import SetupError, run_cli
 from .tracking.base import backend_named
 
 
-def main(argv: list[str] | None = None) -> None:
+def arguments() -> argparse.ArgumentParser:
+    """The command line of ``python -m extractive_qa.sync`` (also read by the docs' test of every command)."""
     parser = argparse.ArgumentParser(prog="python -m extractive_qa.sync", description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dirs", nargs="+", type=Path)
     parser.add_argument("--uri", help="tracking URI (default: $MLFLOW_TRACKING_URI or the project's mlflow.db)")
     parser.add_argument("--tracking", default="mlflow",
                         help="the backend to send to: a conf/tracking/ option (default: mlflow)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = arguments()
     args = parser.parse_args(argv)
     try:
         backend = backend_named(args.tracking, project_root(), args.uri)

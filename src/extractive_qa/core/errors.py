@@ -118,6 +118,27 @@ def one_line_error(err: BaseException) -> tuple[str, int] | None:
     return None
 
 
+THIRD_PARTY_NOTICES = ("starlette.middleware.wsgi is deprecated", "Using or importing the ABCs")
+
+
+def quiet_third_party_deprecations() -> None:
+    """Deprecation notices of the libraries a command loads (MLflow's Starlette middleware, transformers' renamed
+    arguments, ...) say nothing a user of this project can act on; the project's own still show. Also for the
+    processes it starts (``PYTHONWARNINGS``: MLflow's server, a launcher's workers)."""
+    import os
+    import warnings
+
+    for category in (DeprecationWarning, FutureWarning, PendingDeprecationWarning):
+        warnings.filterwarnings("ignore", category=category)
+        warnings.filterwarnings("default", category=category, module=r"extractive_qa(\.|$)")
+    # Starlette's deprecation notices are UserWarnings: told by their words (MLflow's server printed four at start).
+    for words in THIRD_PARTY_NOTICES:
+        warnings.filterwarnings("ignore", message=words)
+    quiet = ",".join(["ignore::DeprecationWarning", "ignore::FutureWarning",
+                      *(f"ignore:{words}" for words in THIRD_PARTY_NOTICES)])
+    os.environ["PYTHONWARNINGS"] = ",".join(x for x in (os.environ.get("PYTHONWARNINGS"), quiet) if x)
+
+
 def run_cli(main) -> None:
     """Every entry point's way to run its ``main`` (a Hydra main or an argparse one):
 
@@ -138,6 +159,7 @@ def run_cli(main) -> None:
 
     sys.argv[1:] = lift_passwords(sys.argv[1:])
     redact_log_records()
+    quiet_third_party_deprecations()
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")
     with exits_promptly():
         try:

@@ -17,6 +17,7 @@ import logging
 from pathlib import Path
 
 import mlflow.pyfunc
+import pandas as pd
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,9 @@ class ExtractiveQAModel(mlflow.pyfunc.PythonModel):
         self.accelerator = make_accelerator(OmegaConf.create({"precision": {"mixed_precision": "auto"}}))
         self.member = load_member("model", Path(context.artifacts["model"]), run_cfg, self.accelerator, {})
 
-    def predict(self, context, model_input, params=None) -> list[str]:
+    # The type hint MLflow asks for ("Add type hints to the `predict` method"): a DataFrame of question and context
+    # columns, as the scoring server and pyfunc.predict pass it; its schema stays the one logged with the model.
+    def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> list[str]:
         from ..core.data import Example
         from ..engine.ensemble import predict_members
 

@@ -159,8 +159,18 @@ class SweepCallback(Callback):
         lines += [f"  job {o['job']} {o['status']}: {(o.get('error') or '').splitlines()[0] if o.get('error') else ''}"
                   + (f" (log: {o['run_dir']}/train.log)" if o.get("run_dir") else "") for o in failed]
         print("\n".join(lines), file=sys.stderr if failed else sys.stdout, flush=True)
+        print(next_steps(info), flush=True)
         if failed:
             sys.exit(1)
+
+
+def next_steps(info: dict) -> str:
+    """What to do once a sweep has ended: its report (the verdict) and the UI (its runs, grouped by configuration)."""
+    store = info.get("tracking_uri") or ""
+    ui = "make ui" if not store.startswith(("http://", "https://")) else f"open {store}"
+    return (f"next: make report ARGS=\"--sweep {info['id']}\"   (is the difference real? the report, also in the "
+            f"sweep's parent run)\n      {ui}   (the runs of experiment {info.get('experiment', '')!r}, grouped by "
+            "configuration)")
 
 
 _watchdog: dict = {}  # this process's watch on its sweep's launcher (one per process, across its jobs)
