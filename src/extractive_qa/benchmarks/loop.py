@@ -99,22 +99,18 @@ def _loop_epoch(recipe) -> dict:
     timed = {"evaluation": 0.0, "step": 0.0}
     evaluate, step = recipe.evaluate, recipe._optimizer_step
 
-    def timed_evaluate(*args, **kwargs):
-        start = time.perf_counter()
-        try:
-            return evaluate(*args, **kwargs)
-        finally:
-            timed["evaluation"] += time.perf_counter() - start
-
-    def timed_step(*args, **kwargs):
-        start = time.perf_counter()
-        try:
-            return step(*args, **kwargs)
-        finally:
-            timed["step"] += time.perf_counter() - start
+    def timing(fn, part: str):
+        def timed_call(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                timed[part] += time.perf_counter() - start
+        return timed_call
 
     loader = _TimedLoader(recipe.loader)
-    recipe.evaluate, recipe._optimizer_step, recipe.loader = timed_evaluate, timed_step, loader
+    recipe.evaluate, recipe._optimizer_step = timing(evaluate, "evaluation"), timing(step, "step")
+    recipe.loader = loader
     recipe.progress = Progress()
     try:
         start = time.perf_counter()

@@ -72,7 +72,7 @@ class BoundedRequests:
             chunks.append(chunk)
             more = message.get("more_body", False)
         body = b"".join(chunks)
-        if body[:1] in (b"{", b"[") or body.lstrip()[:1] in (b"{", b"["):
+        if body.lstrip()[:1] in (b"{", b"["):
             depth = nesting_depth(body)
             if depth > self.max_depth:
                 return await self._refuse(send, 400, f"the JSON body nests {depth} levels deep, over the limit of "

@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import shlex
 import sys
 from pathlib import Path
 
@@ -27,7 +26,8 @@ from omegaconf import DictConfig, OmegaConf
 from ..core.outputs import write_json
 from ..core.roles import role_of_override
 from ..core.runs import RUN_RECORD, RUNNING, process_alive, read_run_record, this_process
-from ..core.secrets import redact, redact_tree
+from ..core.secrets import redact_tree
+from .naming import command_line
 
 log = logging.getLogger(__name__)
 
@@ -132,8 +132,7 @@ class SweepCallback(Callback):
         sweep_dir = Path(str(config.hydra.sweep.dir)).resolve()
         space = OmegaConf.select(config, "hydra.sweeper.params")
         info = describe_sweep(list(config.hydra.overrides.task), OmegaConf.to_container(space) if space else None)
-        command = redact(shlex.join(["python", "-m", "extractive_qa.train", *sys.argv[1:]]))
-        info.update(dir=str(sweep_dir), command=command,
+        info.update(dir=str(sweep_dir), command=command_line(),
                     experiment=_experiment_name(config), optimize_metric=str(config.get("optimize_metric") or "em"),
                     parent_run_id=None, tracking_uri=None, launcher=this_process())
         info.update(_backend(config).open_sweep(config, info))
