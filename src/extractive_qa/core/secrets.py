@@ -83,8 +83,18 @@ def redact_log_records() -> None:
 
 
 # ---------------------------------------------------------------------------------------------- lifting
-def _pgpass_escape(field: str) -> str:
-    return field.replace("\\", "\\\\").replace(":", "\\:")
+def pgpass_line(host: str, port: int | str, database: str, user: str, password: str) -> str:
+    """One line of a libpq password file (``host:port:database:user:password``, ``\\`` and ``:`` escaped)."""
+    return ":".join(str(x).replace("\\", "\\\\").replace(":", "\\:")
+                    for x in (host, port, database, user, password)) + "\n"
+
+
+def write_private(path: Path, text: str) -> None:
+    """``text`` into ``path``, readable by its owner only, never for a moment by anyone else."""
+    path.unlink(missing_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
 
 
 class _PasswordFile:
@@ -97,18 +107,16 @@ class _PasswordFile:
 
     @classmethod
     def add(cls, host: str, port: int | None, database: str, user: str, password: str) -> None:
-        line = ":".join(_pgpass_escape(x) for x in (host or "*", str(port or "*"), database or "*", user, password))
+        line = pgpass_line(host or "*", port or "*", database or "*", user, password)
         if cls.path is None or cls.owner != os.getpid():
             folder = Path(tempfile.mkdtemp(prefix="eqa-pgpass-"))  # mkdtemp: mode 0700
             path = folder / "pgpass"
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(_existing_entries())
+            write_private(path, _existing_entries())
             cls.path, cls.owner = path, os.getpid()
             atexit.register(_remove_if_owner, folder, os.getpid())
         # Lifted entries go first: libpq takes the first line that matches.
         old = cls.path.read_text(encoding="utf-8")
-        cls.path.write_text(line + "\n" + old, encoding="utf-8")
+        cls.path.write_text(line + old, encoding="utf-8")
         os.environ["PGPASSFILE"] = str(cls.path)
 
 

@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 
 from ..core.errors import SetupError
+from ..core.secrets import pgpass_line, write_private
 
 INSTALL_HINT = "install PostgreSQL's server: `make postgres` (Debian: apt-get install postgresql), then run again"
 MLFLOW_ROLE, OPTUNA_ROLE = "eqa_mlflow", "eqa_optuna"
@@ -71,19 +72,6 @@ def listen_addresses(host: str) -> str:
 
 def _sql_literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
-
-
-def _pgpass_line(host: str, port: int, database: str, role: str, password: str) -> str:
-    escaped = [str(x).replace("\\", "\\\\").replace(":", "\\:") for x in (host, port, database, role, password)]
-    return ":".join(escaped) + "\n"
-
-
-def _write_private(path: Path, text: str) -> None:
-    """``text`` into ``path``, readable by its owner only, never for a moment by anyone else."""
-    path.unlink(missing_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
 
 
 class LocalPostgres:
@@ -185,7 +173,7 @@ class LocalPostgres:
         known = json.loads(path.read_text()) if path.is_file() else {}
         if not all(known.get(r) for r in (MLFLOW_ROLE, OPTUNA_ROLE)):
             known = {r: known.get(r) or secrets.token_urlsafe(24) for r in (MLFLOW_ROLE, OPTUNA_ROLE)}
-            _write_private(path, json.dumps(known))
+            write_private(path, json.dumps(known))
         return known
 
     def _make_roles_and_databases(self) -> None:
@@ -206,10 +194,10 @@ class LocalPostgres:
         self._write_password_files(passwords)
 
     def _write_password_files(self, passwords: dict[str, str]) -> None:
-        server = "".join(_pgpass_line("127.0.0.1", self.port, db, role, passwords[role])
+        server = "".join(pgpass_line("127.0.0.1", self.port, db, role, passwords[role])
                          for db, role in DATABASES.items())
-        _write_private(self.password_file, server)
-        _write_private(self.member_password_file, _pgpass_line("*", self.port, "optuna", OPTUNA_ROLE,
+        write_private(self.password_file, server)
+        write_private(self.member_password_file, pgpass_line("*", self.port, "optuna", OPTUNA_ROLE,
                                                                passwords[OPTUNA_ROLE]))
 
     @property
