@@ -81,18 +81,20 @@ def test_the_course_sized_zip_unpacks(tmp_path):
     assert json.loads((tmp_path / "hw7_test.json").read_text(encoding="utf-8")) == data
 
 
-def _download_run(tmp_path: Path, cache: Path, *overrides: str):
+def _download_run(tmp_path: Path, cache: Path, synthetic: dict, *overrides: str):
     from helpers import run_module
 
+    # The synthetic tiny model: without ../shared, model=tiny's default folder would add a second error to the line.
     return run_module("extractive_qa.train", "data.archive_url=file:///dev/zero", f"data.dir={tmp_path}/data",
-                      f"data.cache_dir={cache}", "model=tiny", "tracking=none", f"paths.output_dir={tmp_path}/out",
+                      f"data.cache_dir={cache}", "model=tiny", f"model.name_or_path={synthetic['model']}",
+                      "tracking=none", f"paths.output_dir={tmp_path}/out",
                       f"paths.cache_dir={tmp_path}/cache", *overrides, check=False)
 
 
-def test_a_download_that_never_ends_stops_at_the_limit(tmp_path):
+def test_a_download_that_never_ends_stops_at_the_limit(tmp_path, synthetic):
     """``data.archive_url=file:///dev/zero`` (no size, no end): stopped at the archives' limit (settable), one line,
     nothing left behind -- it used to write until the disk was full."""
-    res = _download_run(tmp_path, tmp_path / "downloads", "+data.archive_limits.max_mb=2")
+    res = _download_run(tmp_path, tmp_path / "downloads", synthetic, "+data.archive_limits.max_mb=2")
     assert res.returncode == 2, res.stderr[-2000:]
     assert res.stderr.strip().splitlines()[-1].startswith(
         "error: file:///dev/zero: more than 2 MB, the download limit; stopped there and removed. Fix: raise "
@@ -100,13 +102,13 @@ def test_a_download_that_never_ends_stops_at_the_limit(tmp_path):
     assert not list((tmp_path / "downloads").iterdir())  # no .part
 
 
-def test_a_download_onto_a_full_disk_names_that_disk_and_leaves_nothing(tmp_path):
+def test_a_download_onto_a_full_disk_names_that_disk_and_leaves_nothing(tmp_path, synthetic):
     from helpers.disk import tmpfs
 
     with tmpfs(tmp_path / "small", 4) as small:
         if small is None:
             pytest.skip("needs root to mount a small tmpfs")
-        res = _download_run(tmp_path, small)
+        res = _download_run(tmp_path, small, synthetic)
         assert res.returncode == 2, res.stderr[-2000:]
         last = res.stderr.strip().splitlines()[-1]
         assert re.match(rf"error: no space left on the disk of {small} \(0\.\d MB free there\) while downloading "

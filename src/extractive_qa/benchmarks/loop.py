@@ -51,7 +51,9 @@ def _compose(cfg: dict, folder: Path):
 
     b = cfg["bench"]
     precision = {"no": "fp32"}.get(cfg["precision"]["mixed_precision"], cfg["precision"]["mixed_precision"])
-    overrides = [f"model={b['loop_model']}", f"data.dir={cfg['data']['dir']}",
+    # The bench's own tokenizer (gpu-check's synthetic one on a machine without ../shared), the loop model's shape.
+    overrides = [f"model={b['loop_model']}", f"model.name_or_path={cfg['model']['name_or_path']}",
+                 f"data.dir={cfg['data']['dir']}",
                  f"data.limit_train={b['loop_questions']}", "data.limit_dev=8", "epochs=1", "predict_test=false",
                  "save_model=false", f"precision={precision}",
                  f"paths.output_dir={folder}/outputs", f"paths.cache_dir={cfg['paths']['cache_dir']}",
