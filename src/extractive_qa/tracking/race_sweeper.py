@@ -62,7 +62,7 @@ def label_of(values: dict[str, str]) -> str:
 class RaceSweeper(Sweeper):
     """See the module docstring. Configured by ``conf/hydra/sweeper/race.yaml``."""
 
-    def __init__(self, first_seeds: int = 2, max_seeds: int = 8, max_runs: int | None = None, alpha: float = 0.05,
+    def __init__(self, first_seeds: int = 2, max_seeds: int = 10, max_runs: int | None = None, alpha: float = 0.05,
                  seed_key: str = "seed", params: dict | None = None):
         self.settings = RaceSettings(int(first_seeds), int(max_seeds), None if max_runs is None else int(max_runs),
                                      float(alpha))
