@@ -113,6 +113,10 @@ def test_gpu_check_runs_end_to_end_and_writes_its_json(tmp_path):
     assert tests["verdict"].startswith("not run: no CUDA GPU") and res.returncode == 0
     rows = result["bench_auto"]
     assert "error" not in [r["bench"] for r in rows]
+    # HF's Trainer and ours evaluate the same questions, and the summary holds their ratio.
+    peer = {r["side"]: r for r in rows if r["bench"] == "peer_eval"}
+    assert set(peer) == {"hf_trainer", "ours"} and peer["ours"]["questions"] == peer["hf_trainer"]["questions"]
+    assert [r for r in rows if r["bench"] == "summary"][0]["eval_vs_hf_trainer"] > 0
     profiles = [r for r in rows if r["bench"] == "profile"]
     assert [p["phase"] for p in profiles] == ["train_step", "eval_batch"]
     for p in profiles:

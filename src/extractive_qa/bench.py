@@ -98,8 +98,8 @@ def main(cfg: DictConfig) -> None:
         out["peer_train_trainer"] = emit(in_fresh_process(trainer_train, plain))
         out["peer_train_ours"] = emit(in_fresh_process(ours_train, plain))
         out["peer_eval_trainer"] = emit(in_fresh_process(trainer_eval, plain))
-        if "default" not in out:
-            out["default"] = emit(in_fresh_process(eval_ours, plain, "default"))
+        ours = in_fresh_process(eval_ours, plain, "default", None, int(cfg.bench.peer_eval_questions))
+        out["peer_eval_ours"] = emit({**ours, "bench": "peer_eval", "side": "ours"} if "error" not in ours else ours)
     if "loop" in parts:  # make train's loop against a bare one, same batches (tiny model: the per-step overhead)
         out["loop"] = emit(in_fresh_process(loop_bench, plain))
     if "optimizer" in parts:

@@ -89,8 +89,9 @@ def tests_verdict(returncode: int, counts: dict, cuda: bool, quick: bool) -> dic
 
 # On a GPU a step takes milliseconds: every training side is timed long enough to be past warm-up.
 GPU_STEPS = ["bench.train_steps=200", "bench.train_questions=1500", "bench.peer_steps=200", "bench.peer_warmup=20",
-             "bench.loop_questions=3000", "bench.loop_rounds=2"]
-QUICK_STEPS = ["bench.peer_steps=1", "bench.peer_warmup=1", "bench.loop_questions=40", "bench.loop_rounds=1"]
+             "bench.loop_questions=3000", "bench.loop_rounds=2", "bench.peer_eval_questions=1000"]
+QUICK_STEPS = ["bench.peer_steps=1", "bench.peer_warmup=1", "bench.loop_questions=40", "bench.loop_rounds=1",
+               "bench.peer_eval_questions=8"]
 
 
 def run_bench(precision: str, overrides: list[str], quick: bool) -> list[dict]:

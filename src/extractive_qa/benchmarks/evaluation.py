@@ -22,9 +22,10 @@ def naive_precision(device_type: str) -> str:
     return "fp16" if device_type == "cuda" else "no"
 
 
-def eval_ours(cfg: dict, window_name: str, budgets: list | None = None) -> dict | list[dict]:
-    """Our evaluation of the first ``bench.eval_questions`` dev questions at a window preset: the median of
-    ``bench.repeats`` timed passes after an untimed one. With ``budgets``: the default windows of
+def eval_ours(cfg: dict, window_name: str, budgets: list | None = None,
+              questions: int | None = None) -> dict | list[dict]:
+    """Our evaluation of the first ``bench.eval_questions`` dev questions (``questions``, when given) at a window
+    preset: the median of ``bench.repeats`` timed passes after an untimed one. With ``budgets``: the default windows of
     ``bench.budget_questions`` questions at each ``eval_batch_tokens`` budget."""
     from ..core.postprocess import PostprocessSettings, oracle_logits, postprocess_predictions
     from ..engine.batching import window_lengths
@@ -32,7 +33,7 @@ def eval_ours(cfg: dict, window_name: str, budgets: list | None = None) -> dict 
     from ..engine.hardware import eval_batch_tokens
     from ..engine.setup import make_accelerator
 
-    limit = int(cfg["bench"]["budget_questions" if budgets else "eval_questions"])
+    limit = questions or int(cfg["bench"]["budget_questions" if budgets else "eval_questions"])
     c, _, _, enc, windows = data_slice(cfg, window_name, "dev", limit)
     accelerator = make_accelerator(c)
     model = accelerator.prepare(build_model(c))
