@@ -48,3 +48,36 @@ def test_a_race_drops_the_hopeless_rate_after_round_1_and_continues_where_it_was
     assert len(json.loads(open(rounds).read())["data"]) == 1
     dropped = [r for r in runs if r.data.tags.get("race.dropped")]
     assert len(dropped) == 3 and all("look 1:" in r.data.tags["race.dropped"] for r in dropped)
+
+
+def test_a_race_reads_its_runs_as_compare_does(tmp_path):
+    """The race's looks read the runs' per-question scores as ``compare`` does: over the questions every finished run
+    was scored on (not a missing one counted as 0), paired across configurations, paragraphs as clusters, and a score
+    that is not a number refused with the file named."""
+    import pytest
+    from omegaconf import OmegaConf
+
+    from extractive_qa.tracking.race_sweeper import RaceSweeper
+    from extractive_qa.tracking.sweep import JOBS_DIR
+
+    def run(job: int, em: dict[str, float], status: str = "FINISHED") -> None:
+        folder = tmp_path / f"run{job}"
+        folder.mkdir()
+        rows = [{"id": q, "references": ["x"], "em": v, "paragraph": f"p{q[-1]}", "prediction": "x"}
+                for q, v in em.items()]
+        (folder / "dev_predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        (tmp_path / JOBS_DIR).mkdir(exist_ok=True)
+        (tmp_path / JOBS_DIR / f"{job}.json").write_text(json.dumps({"status": status, "run_dir": str(folder)}))
+
+    run(0, {"q1": 1, "q2": 1, "q3": 0})
+    run(1, {"q1": 1, "q3": 1})  # q2 missing: left out for every run, not a 0
+    run(2, {"q3": 1, "q2": 0, "q1": 0})  # another order: paired by question id
+    run(3, {"q1": 1, "q2": 1, "q3": 1}, status="FAILED")
+    race = RaceSweeper()
+    race.sweep_dir, race.config = tmp_path, OmegaConf.create({"optimize_metric": "em"})
+    measured = race._scores({"a": [0, 1], "b": [2, 3]})
+    assert measured["a"].matrix.tolist() == [[1, 0], [1, 1]] and measured["b"].matrix.tolist() == [[0, 1]]
+    assert measured["a"].clusters is not None and measured["a"].clusters.tolist() == measured["b"].clusters.tolist()
+    run(4, {"q1": float("nan"), "q2": 1, "q3": 1})
+    with pytest.raises(ValueError, match=r"run4/dev_predictions.jsonl holds em=nan for question 'q1'"):
+        race._scores({"a": [0, 4]})

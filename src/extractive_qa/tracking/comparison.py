@@ -98,46 +98,67 @@ def _key(run: RunRow) -> str:
     return run.run_id or run.run_dir or run.name
 
 
-def _score(run: RunRow, path: Path, row: dict, metric: str) -> float:
+def _score(name: str, path: Path, row: dict, metric: str) -> float:
     """One question's score, refused unless it is a finite number: a NaN would make every statistic NaN."""
     value = row.get(metric)
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise ValueError(f"run {run.name}: {path} holds {metric}={value!r} for question {row.get('id')!r}, not a "
+        raise ValueError(f"run {name}: {path} holds {metric}={value!r} for question {row.get('id')!r}, not a "
                          f"finite score. Fix: re-score the run (python -m extractive_qa.evaluate {path} DEV_FILE) "
                          "or leave it out of the comparison")
     return float(value)
 
 
+@dataclass
+class ScoreFiles:
+    """Every run's per-question score file, read once, over the questions they all share."""
+
+    files: dict[str, tuple[Path, dict[str, dict]]]  # run key -> its file and its rows by question id
+    ids: list[str]  # the questions with references that every run was scored on, in the first file's order
+    paragraphs: list | None  # each question's paragraph, where the files hold it for every question
+
+    def matrix(self, keys: list[str], names: list[str], metric: str) -> np.ndarray:
+        """The runs ``keys`` (named ``names`` in an error) x the shared questions, each score a finite number."""
+        return np.asarray([[_score(name, self.files[key][0], self.files[key][1][i], metric) for i in self.ids]
+                           for key, name in zip(keys, names, strict=True)], dtype=np.float64).reshape(len(keys),
+                                                                                                    len(self.ids))
+
+
+def read_score_files(paths: dict[str, Path]) -> ScoreFiles:
+    """Read the runs' ``dev_predictions.jsonl`` (run key -> path): the questions with references that all of them
+    were scored on (a warning names how many some runs lacked), and each one's paragraph when the files hold it.
+    Questions without references score 0 for everyone and are not in a run's EM: left out here too."""
+    files = {key: (path, _read_predictions(path)) for key, path in paths.items()}
+    first = next(iter(files.values()))[1]
+    ids = [i for i, row in first.items() if row.get("references") and all(i in rows for _, rows in files.values())]
+    dropped = max(sum(1 for r in rows.values() if r.get("references")) for _, rows in files.values()) - len(ids)
+    if dropped:
+        log.warning("the runs were scored on different dev questions: comparing the %d they share (%d left out)",
+                    len(ids), dropped)
+    paragraphs = [first[i].get("paragraph") for i in ids]
+    return ScoreFiles(files, ids, paragraphs if all(p is not None for p in paragraphs) else None)
+
+
 def load(backend: TrackingBackend, configurations: list[Configuration], metrics=SCORES) -> Questions:
     """Read every run's per-question scores; fill each configuration's ``scores`` (its seeds x the questions)
     and ``answers`` (its best run's), over the questions with references that all runs were scored on."""
-    per_run: dict[str, tuple[Path, dict[str, dict]]] = {}
+    paths: dict[str, Path] = {}
     for config in configurations:
         for run in config.runs:
             path = backend.run_file(run, PREDICTIONS)
             if path is None:
                 raise FileNotFoundError(f"run {run.name} has no {PREDICTIONS} (here or in the store): it cannot be "
                                         "compared question by question")
-            per_run[_key(run)] = (path, _read_predictions(path))
-    first = next(iter(per_run.values()))[1]
-    # Questions without references score 0 for everyone and are not in the run's EM: left out here too.
-    ids = [i for i, row in first.items() if row.get("references") and all(i in rows for _, rows in per_run.values())]
-    paragraphs = [first[i].get("paragraph") for i in ids]
-    if not all(p is not None for p in paragraphs):
-        paragraphs = _paragraphs_from_dev_file(configurations, ids)
-    dropped = max(sum(1 for r in rows.values() if r.get("references")) for _, rows in per_run.values()) - len(ids)
-    if dropped:
-        log.warning("the runs were scored on different dev questions: comparing the %d they share (%d left out)",
-                    len(ids), dropped)
+            paths[_key(run)] = path
+    read = read_score_files(paths)
+    ids, first = read.ids, next(iter(read.files.values()))[1]
+    paragraphs = read.paragraphs if read.paragraphs is not None else _paragraphs_from_dev_file(configurations, ids)
     codes = None if paragraphs is None else np.unique(np.asarray(paragraphs, dtype=str), return_inverse=True)[1]
     for config in configurations:
+        keys, names = [_key(run) for run in config.runs], [run.name for run in config.runs]
         for metric in metrics:
-            matrix = [[_score(run, per_run[_key(run)][0], per_run[_key(run)][1][i], metric) for i in ids]
-                      for run in config.runs]
-            config.scores[metric] = Scores(np.asarray(matrix, dtype=np.float64).reshape(len(config.runs), len(ids)),
-                                           config.label, codes)
+            config.scores[metric] = Scores(read.matrix(keys, names, metric), config.label, codes)
         best = max(config.runs, key=lambda r: best_metrics(r).get("em", -1.0))
-        config.answers = [per_run[_key(best)][1][i]["prediction"] for i in ids]
+        config.answers = [read.files[_key(best)][1][i]["prediction"] for i in ids]
     return Questions(ids=ids, questions=[first[i]["question"] for i in ids],
                      references=[list(first[i].get("references") or []) for i in ids], paragraphs=paragraphs)
 

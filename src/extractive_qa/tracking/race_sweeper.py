@@ -30,7 +30,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from ..core.outputs import write_json
 from ..core.racing import Look, RaceSettings, look, next_seeds
-from ..core.significance import Scores
+from ..core.significance import Scores, scores
+from .comparison import PREDICTIONS, read_score_files
 from .sweep import JOBS_DIR, SWEEP_FILE
 
 log = logging.getLogger(__name__)
@@ -101,9 +102,8 @@ class RaceSweeper(Sweeper):
                     jobs[label].append(next_job + offset)
                     seeds[label] += 1
                 next_job, runs = next_job + len(batch), runs + len(batch)
-            scores = {label: self._scores(jobs[label]) for label in labels if jobs[label]}
-            seen = look({k: v for k, v in scores.items() if v is not None}, [a for a in alive if scores.get(a)],
-                        number, self.settings, self._metric_label())
+            measured = self._scores(jobs)
+            seen = look(measured, [a for a in alive if a in measured], number, self.settings, self._metric_label())
             looks.append(seen)
             alive = [a for a in alive if a not in seen.dropped]
             self._record(looks, labels, jobs, alive)
@@ -125,34 +125,31 @@ class RaceSweeper(Sweeper):
 
         return METRIC_LABELS.get(self._metric(), self._metric())
 
-    def _scores(self, job_numbers: list[int]) -> Scores | None:
-        """A configuration's seeds x dev questions (its optimize_metric), from its finished jobs' run folders, with
-        each question's paragraph; ``None`` when none finished."""
-        rows, paragraphs, ids = [], None, None
-        for job in job_numbers:
-            outcome = self.sweep_dir / JOBS_DIR / f"{job}.json"
-            try:
-                record = json.loads(outcome.read_text())
-            except (OSError, ValueError):
-                continue
-            if record.get("status") != "FINISHED" or not record.get("run_dir"):
-                continue
-            path = Path(record["run_dir"]) / "dev_predictions.jsonl"
-            if not path.is_file():
-                continue
-            predictions = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-            predictions = [p for p in predictions if p.get("references")]
-            if ids is None:
-                ids = [p["id"] for p in predictions]
-                paragraphs = [p.get("paragraph") for p in predictions]
-            by_id = {p["id"]: float(p[self._metric()]) for p in predictions}
-            rows.append([by_id.get(i, 0.0) for i in ids])
-        if not rows:
-            return None
-        from ..core.significance import scores
-
-        clusters = paragraphs if paragraphs and all(p is not None for p in paragraphs) else None
-        return scores(rows, clusters=clusters)
+    def _scores(self, jobs: dict[str, list[int]]) -> dict[str, Scores]:
+        """Each configuration's seeds x dev questions (its optimize_metric) from its finished jobs' run folders, with
+        each question's paragraph -- read as ``compare`` reads runs (:func:`.comparison.read_score_files`: the
+        questions every run shares, a score that is not a finite number refused); configurations with no finished
+        job are left out."""
+        paths: dict[str, Path] = {}
+        owners: dict[str, list[str]] = {}
+        for label, numbers in jobs.items():
+            for job in numbers:
+                try:
+                    record = json.loads((self.sweep_dir / JOBS_DIR / f"{job}.json").read_text())
+                except (OSError, ValueError):
+                    continue
+                if record.get("status") != "FINISHED" or not record.get("run_dir"):
+                    continue
+                path = Path(record["run_dir"]) / PREDICTIONS
+                if path.is_file():
+                    paths[f"job {job}"] = path
+                    owners.setdefault(label, []).append(f"job {job}")
+        if not paths:
+            return {}
+        read = read_score_files(paths)
+        clusters = read.paragraphs
+        return {label: scores(read.matrix(keys, keys, self._metric()), label, clusters)
+                for label, keys in owners.items()}
 
     # ---------------------------------------------------------------- what it records
     def _note_race(self, labels: list[str]) -> None:
