@@ -67,7 +67,8 @@ def test_a_race_reads_its_runs_as_compare_does(tmp_path):
                 for q, v in em.items()]
         (folder / "dev_predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
         (tmp_path / JOBS_DIR).mkdir(exist_ok=True)
-        (tmp_path / JOBS_DIR / f"{job}.json").write_text(json.dumps({"status": status, "run_dir": str(folder)}))
+        (tmp_path / JOBS_DIR / f"{job}.json").write_text(json.dumps({"job": job, "status": status,
+                                                                     "run_dir": str(folder)}))
 
     run(0, {"q1": 1, "q2": 1, "q3": 0})
     run(1, {"q1": 1, "q3": 1})  # q2 missing: left out for every run, not a 0

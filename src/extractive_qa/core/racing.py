@@ -48,7 +48,7 @@ def look_levels(configurations: int, first_seeds: int, max_seeds: int, alpha: fl
 
     k = max(int(configurations), 2)
     seeds = np.arange(first_seeds, max(max_seeds, first_seeds) + 1)
-    spent = alpha * np.minimum(seeds / seeds[-1], 1.0) ** rho
+    spent = alpha * (seeds / seeds[-1]) ** rho
     rng = np.random.default_rng([k, first_seeds, max_seeds])
     sums = rng.standard_normal((BOUNDARY_PATHS, k)) * np.sqrt(first_seeds)
     crossed = np.zeros(BOUNDARY_PATHS, dtype=bool)

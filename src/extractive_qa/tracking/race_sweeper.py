@@ -32,7 +32,7 @@ from ..core.outputs import write_json
 from ..core.racing import Look, RaceSettings, look, next_seeds
 from ..core.significance import Scores, scores
 from .comparison import PREDICTIONS, read_score_files
-from .sweep import JOBS_DIR, SWEEP_FILE
+from .sweep import SWEEP_FILE, job_outcomes
 
 log = logging.getLogger(__name__)
 
@@ -130,14 +130,12 @@ class RaceSweeper(Sweeper):
         each question's paragraph -- read as ``compare`` reads runs (:func:`.comparison.read_score_files`: the
         questions every run shares, a score that is not a finite number refused); configurations with no finished
         job are left out."""
+        outcomes = {o.get("job"): o for o in job_outcomes(self.sweep_dir)}
         paths: dict[str, Path] = {}
         owners: dict[str, list[str]] = {}
         for label, numbers in jobs.items():
             for job in numbers:
-                try:
-                    record = json.loads((self.sweep_dir / JOBS_DIR / f"{job}.json").read_text())
-                except (OSError, ValueError):
-                    continue
+                record = outcomes.get(job, {})
                 if record.get("status") != "FINISHED" or not record.get("run_dir"):
                     continue
                 path = Path(record["run_dir"]) / PREDICTIONS
@@ -147,8 +145,7 @@ class RaceSweeper(Sweeper):
         if not paths:
             return {}
         read = read_score_files(paths)
-        clusters = read.paragraphs
-        return {label: scores(read.matrix(keys, keys, self._metric()), label, clusters)
+        return {label: scores(read.matrix(keys, keys, self._metric()), label, read.paragraphs)
                 for label, keys in owners.items()}
 
     # ---------------------------------------------------------------- what it records
@@ -189,10 +186,11 @@ class RaceSweeper(Sweeper):
 
         try:
             info = json.loads((self.sweep_dir / SWEEP_FILE).read_text())
+            outcomes = {o.get("job"): o for o in job_outcomes(self.sweep_dir)}
             run_ids: dict[str, list[str]] = {}
             for label, numbers in jobs.items():
                 for job in numbers:
-                    record = json.loads((self.sweep_dir / JOBS_DIR / f"{job}.json").read_text())
+                    record = outcomes.get(job, {})
                     run_json = Path(record.get("run_dir") or "") / "run.json"
                     if run_json.is_file() and (run_id := json.loads(run_json.read_text()).get("mlflow_run_id")):
                         run_ids.setdefault(label, []).append(run_id)
