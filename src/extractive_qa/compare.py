@@ -100,7 +100,7 @@ def race_history(record) -> list[str]:
              f"at most {race['settings']['max_seeds']}; alpha {race['settings']['alpha']} spent over its looks):"]
     for look in race["looks"]:
         lines.append(f"  look {look['look']} (alpha {look['alpha']}): {look['alive']} alive ({look['seeds']}); best "
-                     f"{look['best']}; dropped: {look['dropped']}")
+                     f"{look['best']}; dropped: {look['dropped']}; next seed: {look.get('next seed', '-')}")
     lines += [f"  dropped {label}: {why}" for label, why in race["dropped"].items()]
     lines.append(f"  {'best established: ' + race['best'] if race['established'] else 'no best established yet'}; "
                  f"still in the race: {', '.join(race['alive'])}")

@@ -50,6 +50,62 @@ def test_a_race_drops_the_hopeless_rate_after_round_1_and_continues_where_it_was
     assert len(dropped) == 3 and all("look 1:" in r.data.tags["race.dropped"] for r in dropped)
 
 
+def _job(sweep_dir, job: int, em: dict[str, float], status: str = "FINISHED") -> None:
+    """A job as the sweep records it: its run folder's per-question dev scores and its outcome."""
+    from extractive_qa.tracking.sweep import JOBS_DIR
+
+    folder = sweep_dir / f"run{job}"
+    folder.mkdir()
+    rows = [{"id": q, "references": ["x"], "em": v, "paragraph": f"p{q[-1]}", "prediction": "x"} for q, v in em.items()]
+    (folder / "dev_predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (sweep_dir / JOBS_DIR).mkdir(exist_ok=True)
+    outcome = {"job": job, "status": status, "run_dir": str(folder)}
+    (sweep_dir / JOBS_DIR / f"{job}.json").write_text(json.dumps(outcome))
+
+
+class _ScoringLauncher:
+    """Hydra's launcher interface, scoring each job instead of training it: ``lr`` is the chance of each of 600
+    questions being right (seeded by lr and seed)."""
+
+    def __init__(self, sweep_dir):
+        self.sweep_dir, self.batches = sweep_dir, []
+
+    def launch(self, batch, initial_job_idx):
+        import numpy as np
+
+        self.batches.append(batch)
+        for offset, overrides in enumerate(batch):
+            values = dict(o.split("=", 1) for o in overrides)
+            p, seed = float(values["lr"]), int(values["seed"])
+            right = np.random.default_rng([round(p * 1000), seed]).random(600) < p
+            _job(self.sweep_dir, initial_job_idx + offset, {f"q{i}": float(r) for i, r in enumerate(right)})
+
+
+def test_a_race_trains_the_best_and_its_closest_challenger_and_drops_the_far_one_on_its_first_seeds(tmp_path):
+    """The sweeper's rounds without training (a launcher that scores): after look 1 only the best and the
+    configuration it is least sure to beat train another seed; the one 7 points behind keeps its 2 seeds and is
+    dropped on them once the pooled spread has the degrees of freedom; the rounds table says who trained next."""
+    from types import SimpleNamespace
+
+    from omegaconf import OmegaConf
+
+    from extractive_qa.compare import race_history
+    from extractive_qa.tracking.race_sweeper import RaceSweeper
+
+    race = RaceSweeper(first_seeds=2, max_seeds=4)
+    race.sweep_dir, race.config = tmp_path, OmegaConf.create({"optimize_metric": "em"})
+    race.launcher = _ScoringLauncher(tmp_path)
+    race.sweep(["lr=0.62,0.6,0.55"])
+    record = json.loads((tmp_path / "race.json").read_text())
+    first, second = record["looks"][:2]
+    assert first["dropped"] == "-" and first["next seed"] == "lr=0.62, lr=0.6", first
+    assert second["seeds"] == "lr=0.62: 3, lr=0.6: 3, lr=0.55: 2" and second["dropped"] == "lr=0.55", second
+    assert len(record["jobs"]["lr=0.55"]) == 2 and [len(b) for b in race.launcher.batches][:2] == [6, 2]
+    assert record["looks"][-1]["next seed"] == "-"
+    history = race_history(SimpleNamespace(dirs=[str(tmp_path)]))  # what `make report` prints
+    assert "dropped: -; next seed: lr=0.62, lr=0.6" in history[1] and "dropped lr=0.55: look 2:" in history[-2], history
+
+
 def test_a_race_reads_its_runs_as_compare_does(tmp_path):
     """The race's looks read the runs' per-question scores as ``compare`` does: over the questions every finished run
     was scored on (not a missing one counted as 0), paired across configurations, paragraphs as clusters, and a score
@@ -58,17 +114,9 @@ def test_a_race_reads_its_runs_as_compare_does(tmp_path):
     from omegaconf import OmegaConf
 
     from extractive_qa.tracking.race_sweeper import RaceSweeper
-    from extractive_qa.tracking.sweep import JOBS_DIR
 
     def run(job: int, em: dict[str, float], status: str = "FINISHED") -> None:
-        folder = tmp_path / f"run{job}"
-        folder.mkdir()
-        rows = [{"id": q, "references": ["x"], "em": v, "paragraph": f"p{q[-1]}", "prediction": "x"}
-                for q, v in em.items()]
-        (folder / "dev_predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-        (tmp_path / JOBS_DIR).mkdir(exist_ok=True)
-        (tmp_path / JOBS_DIR / f"{job}.json").write_text(json.dumps({"job": job, "status": status,
-                                                                     "run_dir": str(folder)}))
+        _job(tmp_path, job, em, status)
 
     run(0, {"q1": 1, "q2": 1, "q3": 0})
     run(1, {"q1": 1, "q3": 1})  # q2 missing: left out for every run, not a 0

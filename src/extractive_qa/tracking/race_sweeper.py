@@ -5,8 +5,9 @@ Hydra's basic sweeper reads them, or ``hydra.sweeper.params``); the race sets ``
 configuration on ``first_seeds`` seeds; after each round the survivors are compared with the best of them, question
 by question (:mod:`extractive_qa.core.racing`: paragraphs as clusters, the seed spread pooled when the spreads
 agree, simultaneous intervals, alpha spent over the looks); the configurations the best is ahead of beyond noise are
-dropped; the survivors get one more seed each, until the best is established or ``max_seeds`` / ``max_runs`` is
-reached. Jobs go through the configured launcher (basic, joblib, submitit/SLURM): each round is one batch.
+dropped; the best and the survivor it is least sure to beat get one more seed each, until the best is established,
+the last look is taken (``max_seeds``) or ``max_runs`` is reached. Jobs go through the configured launcher (basic,
+joblib, submitit/SLURM): each round is one batch.
 
 A killed race continues: the same command again replays the rounds; every job whose run already FINISHED is reported,
 not retrained (the sweep's usual resume), so the same decisions follow and the race goes on where it stopped. What
@@ -106,13 +107,12 @@ class RaceSweeper(Sweeper):
             seen = look(measured, [a for a in alive if a in measured], number, self.settings, self._metric_label())
             looks.append(seen)
             alive = [a for a in alive if a not in seen.dropped]
+            wanted = next_seeds(seen, alive, seeds, self.settings, runs)
             self._record(looks, labels, jobs, alive)
-            log.info("race look %d (alpha %.4f): %d alive %s; best %s%s", number, seen.alpha, len(alive),
-                     {a: seeds[a] for a in alive}, seen.best, "".join(f"\n  dropped {k}: {v}"
-                                                                  for k, v in seen.dropped.items()))
-            if seen.established:
-                break
-            wanted = next_seeds(alive, seeds, self.settings, runs)
+            log.info("race look %d (alpha %.4f): %d alive %s; best %s%s%s", number, seen.alpha, len(alive),
+                     {a: seeds[a] for a in alive}, seen.best,
+                     "".join(f"\n  dropped {k}: {v}" for k, v in seen.dropped.items()),
+                     f"\n  next: one more seed of {', '.join(seen.trains)}" if seen.trains else "")
             if not wanted:
                 break
         self._finish(looks, labels, jobs, alive, runs)
