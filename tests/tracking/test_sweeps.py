@@ -187,6 +187,8 @@ def test_a_two_by_two_sweep_reads_apart_and_says_whether_its_configurations_diff
     assert "### EM by bucket" in md and "question word" in md
     artifacts = {a.path for a in MlflowClient(uri).list_artifacts(parent.info.run_id, "report")}
     assert {"report/differences.json", "report/em_by_bucket.json"} <= artifacts  # MLflow tables: shown as tables
+    table = MlflowClient(uri).download_artifacts(parent.info.run_id, "report/differences.json", str(tmp_path))
+    assert len(json_module.loads(open(table).read())["data"]) == 1  # made twice, the one pair's line once
 
     # Any two sides: configurations of the sweep through the store, or run folders without any store.
     report_main(["--uri", uri, f"sweep={sweep_id}:warmup_ratio=0.1", f"sweep={sweep_id}:warmup_ratio=0.3",

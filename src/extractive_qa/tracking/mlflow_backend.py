@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ..core.runs import RUNNING, read_metrics, read_run_record, update_run_record
 from .base import RunRow, SweepRecord, Tracker, TrackingBackend
-from .store import client_for, connect, create_run, get_or_create_experiment, resolve_uri, with_retry
+from .store import client_for, connect, create_run, get_or_create_experiment, log_table, resolve_uri, with_retry
 
 log = logging.getLogger(__name__)
 
@@ -72,14 +72,12 @@ class MlflowBackend(TrackingBackend):
             log.warning("MLflow run %s ended as KILLED (its process is gone)", run_id)
 
     def record_race(self, info: dict, rows: list[dict], verdict: str, run_tags: dict[str, dict[str, str]]) -> None:
-        import pandas as pd
         from mlflow.entities import RunTag
 
         client = self.client
         parent = info.get("parent_run_id")
         if parent:
-            with_retry(lambda: client.log_table(parent, data=pd.DataFrame(rows), artifact_file="race/rounds.json"),
-                       "log race rounds")
+            log_table(client, parent, rows, "race/rounds.json")
             tags = [RunTag("race.verdict", verdict[:5000]), RunTag("race.looks", str(len(rows)))]
             with_retry(lambda: client.log_batch(parent, tags=tags), "tag race parent")
         for run_id, tags in run_tags.items():
@@ -136,11 +134,7 @@ class MlflowBackend(TrackingBackend):
             with_retry(lambda n=name: client.log_artifact(run_id, str(folder / n), "report"), f"log {name}")
         for name, rows in (tables or {}).items():
             if rows:
-                import pandas as pd
-
-                frame = pd.DataFrame(rows)
-                with_retry(lambda f=frame, n=name: client.log_table(run_id, data=f, artifact_file=f"report/{n}.json"),
-                           f"log table {name}")
+                log_table(client, run_id, rows, f"report/{name}.json")
         if sweep is None:
             with_retry(lambda: client.set_terminated(run_id, "FINISHED"), "end report run")
 

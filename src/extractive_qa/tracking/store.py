@@ -131,6 +131,30 @@ def create_run(client, experiment_id: str, run_name: str, tags: dict[str, str]):
     return with_retry(lambda: client.create_run(experiment_id, run_name=run_name, tags=tags), "create run")
 
 
+def log_table(client, run_id: str, rows: list[dict], artifact_file: str) -> None:
+    """``rows`` as an MLflow table (the artifact view shows it as one) that **replaces** the one at ``artifact_file``:
+    ``client.log_table`` appends to an existing table, so a report made twice, or a race's command run again, listed
+    every row twice. The same file and tag MLflow's own writes (JSON, ``orient="split"``; ``mlflow.loggedArtifacts``),
+    retried."""
+    import json
+    import posixpath
+    import tempfile
+
+    import pandas as pd
+    from mlflow.utils.mlflow_tags import MLFLOW_LOGGED_ARTIFACTS
+
+    folder, name = posixpath.split(artifact_file)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / name
+        pd.DataFrame(rows).to_json(path, orient="split", index=False, date_format="iso")
+        with_retry(lambda: client.log_artifact(run_id, str(path), folder or None), f"log table {artifact_file}")
+    run = with_retry(lambda: client.get_run(run_id), "read run tags")
+    logged = json.loads(run.data.tags.get(MLFLOW_LOGGED_ARTIFACTS, "[]"))
+    if {"path": artifact_file, "type": "table"} not in logged:
+        logged.append({"path": artifact_file, "type": "table"})
+        with_retry(lambda: client.set_tag(run_id, MLFLOW_LOGGED_ARTIFACTS, json.dumps(logged)), "tag table")
+
+
 def get_or_create_experiment(client, uri: str, name: str, artifact_root: str | None = None,
                              tags: dict[str, str] | None = None) -> str:
     """The experiment's id, created if missing. A sqlite store gets an explicit, absolute artifact
