@@ -162,6 +162,8 @@ def test_the_next_round_trains_the_best_and_the_challenger_it_is_least_sure_to_b
     seeds = dict.fromkeys(alive, 2)
     assert next_seeds(seen, alive, seeds, settings, 6) == {"best": 3, "near": 3}
     assert seen.trains == ["near", "best"] and seen.row()["next seed"] == "near, best"
+    assert {k: v for k, v in seen.table_row([*alive, "gone"]).items() if k.startswith("seeds")} == {
+        "seeds near": "2", "seeds best": "2", "seeds far": "2", "seeds gone": "-"}
     assert next_seeds(seen, alive, {**seeds, "near": 4}, settings, 6) == {"best": 3, "far": 3}
     assert next_seeds(seen, [*alive, "crashed"], {**seeds, "crashed": 1}, settings, 7) == {
         "best": 3, "near": 3, "crashed": 2}

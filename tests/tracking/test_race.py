@@ -45,7 +45,9 @@ def test_a_race_drops_the_hopeless_rate_after_round_1_and_continues_where_it_was
     parent = next(r for r in runs if r.data.tags.get("sweep.parent") == "true")
     assert parent.data.tags["race.looks"] == "1" and parent.data.tags["race.verdict"]
     rounds = client.download_artifacts(parent.info.run_id, "race/rounds.json", str(tmp_path))
-    assert len(json.loads(open(rounds).read())["data"]) == 1
+    table = json.loads(open(rounds).read())
+    assert len(table["data"]) == 1 and table["columns"][:6] == [
+        "look", "alpha", "alive", "seeds lr=0.003", "seeds lr=0.002", "seeds lr=1e-09"], table["columns"]
     dropped = [r for r in runs if r.data.tags.get("race.dropped")]
     assert len(dropped) == 3 and all("look 1:" in r.data.tags["race.dropped"] for r in dropped)
 

@@ -157,6 +157,14 @@ class Look:
                 "dropped": "; ".join(self.dropped) or "-", "best established": self.established,
                 "next seed": ", ".join(self.trains) or "-"}
 
+    def table_row(self, labels: list[str]) -> dict:
+        """:meth:`row` with one column of seeds per configuration of the race (``-`` once it is out) in place of the
+        seeds in one cell: a table cell shows a dozen characters, and which configurations train is the point."""
+        row = self.row()
+        seeds = {f"seeds {label}": str(self.seeds.get(label, "-")) for label in labels}
+        head = {k: row[k] for k in ("look", "alpha", "alive")}
+        return {**head, **seeds, **{k: v for k, v in row.items() if k not in head and k != "seeds"}}
+
 
 def look(configurations: Mapping[str, Scores], alive: list[str], number: int, settings: RaceSettings,
          metric: str = "EM") -> Look:

@@ -195,7 +195,8 @@ class RaceSweeper(Sweeper):
                     if run_json.is_file() and (run_id := json.loads(run_json.read_text()).get("mlflow_run_id")):
                         run_ids.setdefault(label, []).append(run_id)
             backend = backend_for(self.config.tracking, self.config.paths.root)
-            backend.record_race(info, [s.row() for s in looks], verdict,
+            labels = list(jobs)
+            backend.record_race(info, [s.table_row(labels) for s in looks], verdict,
                                 {run_id: {"race.dropped": why} for label, why in dropped.items()
                                  for run_id in run_ids.get(label, [])})
         except Exception as err:  # noqa: BLE001 - the race's own files hold it all; the store is a view
