@@ -148,7 +148,7 @@ def test_the_next_round_trains_the_best_and_the_challenger_it_is_least_sure_to_b
     """After a look: the best and the survivor with the smallest lead in standard errors train one more seed, not the
     one far behind; one at ``max_seeds`` gives its place to the next; a survivor with no finished run trains too; past
     the last look or ``max_runs`` nothing trains."""
-    from extractive_qa.core.racing import look, next_seeds
+    from extractive_qa.core.racing import configuration_rows, look, next_seeds
 
     rng = np.random.default_rng(3)
     configurations = {name: Scores((rng.random((2, 600)) < p).astype(float), name)
@@ -162,8 +162,10 @@ def test_the_next_round_trains_the_best_and_the_challenger_it_is_least_sure_to_b
     seeds = dict.fromkeys(alive, 2)
     assert next_seeds(seen, alive, seeds, settings, 6) == {"best": 3, "near": 3}
     assert seen.trains == ["near", "best"] and seen.row()["next seed"] == "near, best"
-    assert {k: v for k, v in seen.table_row([*alive, "gone"]).items() if k.startswith("seeds")} == {
-        "seeds near": "2", "seeds best": "2", "seeds far": "2", "seeds gone": "-"}
+    rows = {r["configuration"]: r for r in configuration_rows([seen], alive, {**seeds, "near": 3, "best": 3})}
+    assert [rows[k]["status"] for k in alive] == ["in the race", "leader", "in the race"]
+    assert [rows[k]["seeds"] for k in alive] == [3, 3, 2] and rows["best"]["behind the best (points)"] == 0.0
+    assert rows["far"]["behind the best (points)"] == round(100 * seen.lines["far"].delta, 2) > 0
     assert next_seeds(seen, alive, {**seeds, "near": 4}, settings, 6) == {"best": 3, "far": 3}
     assert next_seeds(seen, [*alive, "crashed"], {**seeds, "crashed": 1}, settings, 7) == {
         "best": 3, "near": 3, "crashed": 2}

@@ -157,14 +157,6 @@ class Look:
                 "dropped": "; ".join(self.dropped) or "-", "best established": self.established,
                 "next seed": ", ".join(self.trains) or "-"}
 
-    def table_row(self, labels: list[str]) -> dict:
-        """:meth:`row` with one column of seeds per configuration of the race (``-`` once it is out) in place of the
-        seeds in one cell: a table cell shows a dozen characters, and which configurations train is the point."""
-        row = self.row()
-        seeds = {f"seeds {label}": str(self.seeds.get(label, "-")) for label in labels}
-        head = {k: row[k] for k in ("look", "alpha", "alive")}
-        return {**head, **seeds, **{k: v for k, v in row.items() if k not in head and k != "seeds"}}
-
 
 def look(configurations: Mapping[str, Scores], alive: list[str], number: int, settings: RaceSettings,
          metric: str = "EM") -> Look:
@@ -216,3 +208,26 @@ def _lead(line: Difference | None) -> float:
     if line is None or line.reason or not line.se > 0:
         return 0.0
     return line.delta / line.se
+
+
+def configuration_rows(looks: list[Look], labels: list[str], seeds: Mapping[str, int]) -> list[dict]:
+    """One row per configuration of the race: seeds trained, where it stands, how far behind the best its last look
+    put it, and why it was dropped -- the race's other table (a table cell shows a dozen characters, so the rounds
+    table's seeds cell cannot say which configuration trained; and a column per configuration would be named
+    ``lr=0.003``, which MLflow's table view reads as a nested field and leaves empty)."""
+    last = looks[-1] if looks else None
+    dropped = {label: (seen.look, why) for seen in looks for label, why in seen.dropped.items()}
+    rows = []
+    for label in labels:
+        lines = [seen.lines[label] for seen in looks if label in seen.lines]
+        if label in dropped:
+            status = f"dropped at look {dropped[label][0]}"
+        elif last is not None and label == last.best:
+            status = "best (established)" if last.established else "leader"
+        else:
+            status = "in the race" if lines or (last and label in last.seeds) else "no finished run"
+        behind = 0.0 if last is not None and label == last.best else (
+            round(100 * lines[-1].delta, 2) if lines else None)
+        rows.append({"configuration": label, "seeds": int(seeds.get(label, 0)), "status": status,
+                     "behind the best (points)": behind, "why": dropped[label][1] if label in dropped else "-"})
+    return rows

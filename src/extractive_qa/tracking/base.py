@@ -204,9 +204,11 @@ class TrackingBackend:
             "(the default; runs trained with tracking=none can be sent there with `python -m extractive_qa.sync "
             "RUN_DIR`), or name run folders directly (run_dir=..., run_dirs=[...]).")
 
-    def record_race(self, info: dict, rows: list[dict], verdict: str, run_tags: dict[str, dict[str, str]]) -> None:
-        """A race's rounds table and verdict on its sweep's parent, and tags on runs by id (the store's view of
-        ``race.json``; a backend without one has nothing to do)."""
+    def record_race(self, info: dict, tables: dict[str, list[dict]], verdict: str,
+                    run_tags: dict[str, dict[str, str]]) -> None:
+        """A race's tables (``rounds``: one row per look; ``configurations``: one per configuration) and verdict on
+        its sweep's parent, and tags on runs by id (the store's view of ``race.json``; a backend without one has
+        nothing to do)."""
 
     def find_sweep(self, sweep: str | None) -> SweepRecord:
         raise self.unsupported("finding a sweep")

@@ -71,14 +71,16 @@ class MlflowBackend(TrackingBackend):
             with_retry(lambda: self.client.set_terminated(run_id, "KILLED"), "set status")
             log.warning("MLflow run %s ended as KILLED (its process is gone)", run_id)
 
-    def record_race(self, info: dict, rows: list[dict], verdict: str, run_tags: dict[str, dict[str, str]]) -> None:
+    def record_race(self, info: dict, tables: dict[str, list[dict]], verdict: str,
+                    run_tags: dict[str, dict[str, str]]) -> None:
         from mlflow.entities import RunTag
 
         client = self.client
         parent = info.get("parent_run_id")
         if parent:
-            log_table(client, parent, rows, "race/rounds.json")
-            tags = [RunTag("race.verdict", verdict[:5000]), RunTag("race.looks", str(len(rows)))]
+            for name, rows in tables.items():
+                log_table(client, parent, rows, f"race/{name}.json")
+            tags = [RunTag("race.verdict", verdict[:5000]), RunTag("race.looks", str(len(tables.get("rounds", []))))]
             with_retry(lambda: client.log_batch(parent, tags=tags), "tag race parent")
         for run_id, tags in run_tags.items():
             items = [RunTag(k, str(v)[:5000]) for k, v in tags.items()]

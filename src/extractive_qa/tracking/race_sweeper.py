@@ -30,7 +30,7 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
 from ..core.outputs import write_json
-from ..core.racing import Look, RaceSettings, look, next_seeds
+from ..core.racing import Look, RaceSettings, configuration_rows, look, next_seeds
 from ..core.significance import Scores, scores
 from .comparison import PREDICTIONS, read_score_files
 from .sweep import SWEEP_FILE, job_outcomes
@@ -195,8 +195,9 @@ class RaceSweeper(Sweeper):
                     if run_json.is_file() and (run_id := json.loads(run_json.read_text()).get("mlflow_run_id")):
                         run_ids.setdefault(label, []).append(run_id)
             backend = backend_for(self.config.tracking, self.config.paths.root)
-            labels = list(jobs)
-            backend.record_race(info, [s.table_row(labels) for s in looks], verdict,
+            tables = {"rounds": [s.row() for s in looks],
+                      "configurations": configuration_rows(looks, list(jobs), {k: len(v) for k, v in jobs.items()})}
+            backend.record_race(info, tables, verdict,
                                 {run_id: {"race.dropped": why} for label, why in dropped.items()
                                  for run_id in run_ids.get(label, [])})
         except Exception as err:  # noqa: BLE001 - the race's own files hold it all; the store is a view
