@@ -120,18 +120,15 @@ def test_a_race_reads_its_runs_as_compare_does(tmp_path):
 
     from extractive_qa.tracking.race_sweeper import RaceSweeper
 
-    def run(job: int, em: dict[str, float], status: str = "FINISHED") -> None:
-        _job(tmp_path, job, em, status)
-
-    run(0, {"q1": 1, "q2": 1, "q3": 0})
-    run(1, {"q1": 1, "q3": 1})  # q2 missing: left out for every run, not a 0
-    run(2, {"q3": 1, "q2": 0, "q1": 0})  # another order: paired by question id
-    run(3, {"q1": 1, "q2": 1, "q3": 1}, status="FAILED")
+    _job(tmp_path, 0, {"q1": 1, "q2": 1, "q3": 0})
+    _job(tmp_path, 1, {"q1": 1, "q3": 1})  # q2 missing: left out for every run, not a 0
+    _job(tmp_path, 2, {"q3": 1, "q2": 0, "q1": 0})  # another order: paired by question id
+    _job(tmp_path, 3, {"q1": 1, "q2": 1, "q3": 1}, status="FAILED")
     race = RaceSweeper()
     race.sweep_dir, race.config = tmp_path, OmegaConf.create({"optimize_metric": "em"})
     measured = race._scores({"a": [0, 1], "b": [2, 3]})
     assert measured["a"].matrix.tolist() == [[1, 0], [1, 1]] and measured["b"].matrix.tolist() == [[0, 1]]
     assert measured["a"].clusters is not None and measured["a"].clusters.tolist() == measured["b"].clusters.tolist()
-    run(4, {"q1": float("nan"), "q2": 1, "q3": 1})
+    _job(tmp_path, 4, {"q1": float("nan"), "q2": 1, "q3": 1})
     with pytest.raises(ValueError, match=r"run4/dev_predictions.jsonl holds em=nan for question 'q1'"):
         race._scores({"a": [0, 4]})
